@@ -1,0 +1,1 @@
+"""ncalm: pre-pre-training language models on neural cellular automata, in JAX."""

@@ -1,0 +1,173 @@
+"""Complexity filter: gzip scores and rule banks sampled into a band (SPEC §3).
+
+The score of a rule is how well one short trajectory compresses: simulate `burn_in`
+steps, record 10 frames, tokenise, drop the frame delimiters, write the patch ids as
+int32 little-endian bytes and gzip them at level 9. score = compressed ÷ raw bytes;
+lower is simpler. Simulation runs jitted on the accelerator; gzip runs on the host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncalm import nca, tokens
+
+SCORE_FRAMES = 10            # frames recorded for the score (after the burn-in)
+GZIP_OVERHEAD = 18           # gzip header (10 bytes, no file name) + CRC32 and size (8)
+DEFAULT_CHUNK = 1024         # candidates simulated per compiled call
+DEFAULT_MAX_ROUNDS = 64      # sampler rounds before an unreachable band is an error
+
+
+def gzip_score(patch_ids: np.ndarray) -> float:
+  """gzip(level 9) size ÷ raw size of the ids as int32 little-endian bytes.
+
+  Equal to `len(gzip.compress(raw, 9)) / len(raw)` (Python's gzip writes a 10-byte
+  header and an 8-byte trailer around a raw deflate stream), without the header work.
+  """
+  raw = np.ascontiguousarray(patch_ids, dtype='<i4').tobytes()
+  return (len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD) / len(raw)
+
+
+def score_config(cfg: nca.NCAConfig) -> nca.NCAConfig:
+  return cfg.replace(frames=SCORE_FRAMES)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'mode'))
+def score_ids(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
+              mode: str) -> jax.Array:
+  """Patch ids (B × 10·patches) of each rule's scoring trajectory, delimiters dropped."""
+  frames = nca.rollout(rule_keys, sim_keys, score_config(cfg), mode)
+  return tokens.encode_frames(frames, cfg).reshape(frames.shape[0], -1)
+
+
+def score_rules(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
+                mode: str = 'fast', chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+  """Exact gzip scores (float64, B) of rules, each with its own simulation key.
+
+  Runs in fixed-size chunks (one compile), dispatching chunk i+1 to the device
+  before gzipping chunk i on the host.
+  """
+  rule_keys, sim_keys = np.asarray(rule_keys), np.asarray(sim_keys)
+  n = len(rule_keys)
+  scores = np.empty(n, np.float64)
+  pending = None
+  for start in range(0, n + chunk, chunk):
+    if start < n:
+      rk = _pad_to(rule_keys[start:start + chunk], chunk)
+      sk = _pad_to(sim_keys[start:start + chunk], chunk)
+      current = (start, score_ids(rk, sk, cfg, mode))
+    else:
+      current = None
+    if pending is not None:
+      begin, ids = pending
+      ids = np.asarray(ids)[:min(chunk, n - begin)]
+      scores[begin:begin + len(ids)] = [gzip_score(row) for row in ids]
+    pending = current
+  return scores
+
+
+def _chunk_for(n: int, chunk: int) -> int:
+  """The smallest power of two >= n, capped at chunk: few distinct compiled shapes."""
+  return min(chunk, 1 << max(0, (n - 1).bit_length()))
+
+
+def _pad_to(rows: np.ndarray, size: int) -> np.ndarray:
+  if len(rows) == size:
+    return rows
+  return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), axis=0)])
+
+
+def in_band(scores: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+  """low < score < high, compared in float32 as the published sampler does."""
+  s = np.asarray(scores).astype(np.float32)
+  return (np.float32(band[0]) < s) & (s < np.float32(band[1]))
+
+
+def check_band(band) -> tuple[float, float]:
+  """A (low, high) band inside [0, 1] with low < high, or a clear error."""
+  if band is None or len(band) != 2:
+    raise ValueError(f'band={band!r}: give two numbers low,high such as 0.5,1.0.')
+  low, high = float(band[0]), float(band[1])
+  if not (0.0 <= low < high <= 1.0):
+    raise ValueError(
+        f'band=({low}, {high}) must satisfy 0 <= low < high <= 1 (scores are gzip '
+        'ratios; the published bands are 0.2-0.3, 0.3-0.4, 0.4-0.5 and 0.5-1.0).')
+  return low, high
+
+
+def candidate_rounds(key: jax.Array, num_candidates: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The published sampler's rounds: (candidate rule keys, their simulation keys).
+
+  Round keys advance by `split(key, 1)[0]`; a round's candidates are
+  `split(round_key, n)` and their simulation keys `split(candidates[0], n)`.
+  """
+  key = jnp.asarray(key)
+  while True:
+    candidates = jax.random.split(key, num_candidates)
+    yield np.asarray(candidates), np.asarray(jax.random.split(candidates[0], num_candidates))
+    key = jax.random.split(key, 1)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleBank:
+  """Rule keys accepted into a complexity band, with their scores."""
+  keys: np.ndarray        # uint32 [N, 2] raw PRNG keys
+  scores: np.ndarray      # float64 [N] exact gzip scores
+  band: tuple[float, float] | None
+
+  def __len__(self) -> int:
+    return len(self.keys)
+
+  def split(self, num_validation: int) -> tuple['RuleBank', 'RuleBank']:
+    """(train, validation): the last num_validation rules are held out."""
+    if not 0 <= num_validation < len(self):
+      raise ValueError(f'num_validation={num_validation} must be in [0, {len(self)}).')
+    cut = len(self) - num_validation
+    return (RuleBank(self.keys[:cut], self.scores[:cut], self.band),
+            RuleBank(self.keys[cut:], self.scores[cut:], self.band))
+
+  def save(self, path: str) -> None:
+    band = np.asarray(self.band if self.band else (np.nan, np.nan), np.float64)
+    with open(path, 'wb') as f:
+      np.savez(f, keys=self.keys, scores=self.scores, band=band)
+
+  @classmethod
+  def load(cls, path: str) -> 'RuleBank':
+    with np.load(path) as data:
+      band = tuple(float(b) for b in data['band'])
+      return cls(data['keys'], data['scores'], None if np.isnan(band[0]) else band)
+
+
+def sample_rule_bank(key: jax.Array, num_rules: int, band, cfg: nca.NCAConfig,
+                     mode: str = 'fast', max_rounds: int = DEFAULT_MAX_ROUNDS,
+                     chunk: int = DEFAULT_CHUNK) -> RuleBank:
+  """Rejection-samples num_rules rules with low < score < high (or any, if band is None).
+
+  Follows the published sampler round by round, so in reference mode the same key
+  gives the same accepted rules. Raises after max_rounds rounds if the band is still
+  short of rules, instead of searching forever.
+  """
+  if band is not None:
+    band = check_band(band)
+  keys, scores = [], []
+  have = 0
+  rounds = candidate_rounds(key, num_rules)
+  for round_index in range(max_rounds):
+    candidates, sim_keys = next(rounds)
+    round_scores = score_rules(candidates, sim_keys, cfg, mode, _chunk_for(num_rules, chunk))
+    keep = in_band(round_scores, band) if band else np.ones(num_rules, bool)
+    keys.append(candidates[keep])
+    scores.append(round_scores[keep])
+    have += int(keep.sum())
+    if have >= num_rules:
+      return RuleBank(np.concatenate(keys)[:num_rules], np.concatenate(scores)[:num_rules], band)
+  raise RuntimeError(
+      f'band={band}: only {have} of {num_rules} rules found in max_rounds={max_rounds} '
+      f'rounds of {num_rules} candidates ({have / (max_rounds * num_rules):.2%} accepted). '
+      'Widen the band, or raise max_rounds if the band is just rare.')
