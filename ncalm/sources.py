@@ -1,0 +1,93 @@
+"""What a training step can eat: batches of (inputs, targets, loss mask).
+
+A *source* makes a batch from a PRNG key inside a jitted step, on the device:
+`source.batch(key, batch_size)`. NCA and Dyck sources make their data from the key
+alone, so a step's batch is a pure function of (seed, step). Sources are pytrees:
+the NCA rule bank travels as a device array argument, not as a baked-in constant.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ncalm import dyck
+from ncalm import nca
+from ncalm import tokens
+
+
+class Batch(NamedTuple):
+  inputs: jax.Array     # int32 [B, L] token ids
+  targets: jax.Array    # int32 [B, L] the next token of each input
+  loss_mask: jax.Array  # float32 [B, L] weight of each target (0 = not scored)
+
+
+@dataclasses.dataclass(frozen=True)
+class NCASource:
+  """NCA sequences: a rule drawn from the bank and a fresh initial state per sequence.
+
+  With `rule_keys=None` every sequence gets a fresh, unfiltered rule from the key.
+  """
+  cfg: nca.NCAConfig                  # NCA family; `frames` is derived from seq_len
+  seq_len: int = 1024                 # model context; seq_len + 1 tokens are simulated
+  mode: str = 'fast'                  # 'fast' (training default) or 'reference'
+  rule_keys: jax.Array | None = None  # uint32 [N, 2] rule bank, or None for fresh rules
+
+  def __post_init__(self):
+    if self.mode not in nca.MODES:
+      raise ValueError(f'mode={self.mode!r}: use one of {nca.MODES}.')
+    if self.seq_len < tokens.tokens_per_frame(self.cfg):
+      raise ValueError(f'seq_len={self.seq_len} is shorter than one frame '
+                       f'({tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
+
+  @property
+  def vocab_size(self) -> int:
+    return tokens.vocab_size(self.cfg)
+
+  @property
+  def sim_cfg(self) -> nca.NCAConfig:
+    return self.cfg.replace(frames=tokens.frames_needed(self.seq_len, self.cfg))
+
+  def sequences(self, rule_keys: jax.Array, sim_keys: jax.Array) -> jax.Array:
+    """Token sequences B × frames·tokens_per_frame for explicit keys."""
+    frames = nca.rollout(rule_keys, sim_keys, self.sim_cfg, self.mode)
+    return tokens.frames_to_tokens(frames, self.cfg)
+
+  def draw_keys(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """(rule keys, simulation keys) of a batch: bank rules drawn uniformly."""
+    rule_key, sim_key = jax.random.split(key)
+    if self.rule_keys is None:
+      rule_keys = jax.random.split(rule_key, batch_size)
+    else:
+      index = jax.random.randint(rule_key, (batch_size,), 0, self.rule_keys.shape[0])
+      rule_keys = jnp.asarray(self.rule_keys)[index]
+    return rule_keys, jax.random.split(sim_key, batch_size)
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    seqs = self.sequences(*self.draw_keys(key, batch_size))
+    inputs, targets = tokens.inputs_and_targets(seqs, self.seq_len)
+    mask = jnp.broadcast_to(tokens.loss_mask(self.seq_len, self.cfg), inputs.shape)
+    return Batch(inputs, targets, mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class DyckSource:
+  """k-Dyck or shuffle-Dyck: concatenated balanced words cut to seq_len + 1 tokens."""
+  cfg: dyck.DyckConfig
+  seq_len: int = 1024
+
+  @property
+  def vocab_size(self) -> int:
+    return dyck.vocab_size(self.cfg)
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    seqs = dyck.dyck_batch(key, batch_size, self.seq_len + 1, self.cfg)
+    inputs, targets = tokens.inputs_and_targets(seqs, self.seq_len)
+    return Batch(inputs, targets, jnp.ones(inputs.shape, jnp.float32))
+
+
+jax.tree_util.register_dataclass(
+    NCASource, data_fields=['rule_keys'], meta_fields=['cfg', 'seq_len', 'mode'])
+jax.tree_util.register_dataclass(DyckSource, data_fields=[], meta_fields=['cfg', 'seq_len'])
