@@ -1,9 +1,12 @@
 """What a training step can eat: batches of (inputs, targets, loss mask).
 
 A *source* makes a batch from a PRNG key inside a jitted step, on the device:
-`source.batch(key, batch_size)`. NCA and Dyck sources make their data from the key
-alone, so a step's batch is a pure function of (seed, step). Sources are pytrees:
-the NCA rule bank travels as a device array argument, not as a baked-in constant.
+`source.batch(key, batch_size)`. It does so in two parts so that each device can make
+its own rows: `row_keys(key, batch_size)` (a few bytes per row, cheap to replicate) and
+`rows(row_keys)` (the work, a pure function of each row's keys — `ncalm.train` runs it
+under `shard_map`, each device on its shard). NCA and Dyck sources make their data from
+the key alone, so a step's batch is a pure function of (seed, step). Sources are
+pytrees: the NCA rule bank travels as a device array argument, not as a constant.
 """
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import PartitionSpec as P
+
 from ncalm import dyck
 from ncalm import nca
+from ncalm import sharding
 from ncalm import tokens
 
 
@@ -55,6 +61,16 @@ class NCASource:
     frames = nca.rollout(rule_keys, sim_keys, self.sim_cfg, self.mode)
     return tokens.frames_to_tokens(frames, self.cfg)
 
+  def loss_mask(self) -> jax.Array:
+    return tokens.loss_mask(self.seq_len, self.cfg)
+
+  def rows(self, row_keys) -> jax.Array:
+    """Tokens B × (seq_len + 1) for the keys of `row_keys`."""
+    return self.sequences(*row_keys)[:, :self.seq_len + 1]
+
+  def row_keys(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    return self.draw_keys(key, batch_size)
+
   def draw_keys(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """(rule keys, simulation keys) of a batch: bank rules drawn uniformly."""
     rule_key, sim_key = jax.random.split(key)
@@ -66,10 +82,7 @@ class NCASource:
     return rule_keys, jax.random.split(sim_key, batch_size)
 
   def batch(self, key: jax.Array, batch_size: int) -> Batch:
-    seqs = self.sequences(*self.draw_keys(key, batch_size))
-    inputs, targets = tokens.inputs_and_targets(seqs, self.seq_len)
-    mask = jnp.broadcast_to(tokens.loss_mask(self.seq_len, self.cfg), inputs.shape)
-    return Batch(inputs, targets, mask)
+    return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +95,34 @@ class DyckSource:
   def vocab_size(self) -> int:
     return dyck.vocab_size(self.cfg)
 
+  def loss_mask(self) -> jax.Array:
+    return jnp.ones((self.seq_len,), jnp.float32)
+
+  def row_keys(self, key: jax.Array, batch_size: int) -> jax.Array:
+    return jax.random.split(key, batch_size)
+
+  def rows(self, row_keys: jax.Array) -> jax.Array:
+    return jax.vmap(dyck.dyck_tokens, in_axes=(0, None, None))(
+        row_keys, self.seq_len + 1, self.cfg)
+
   def batch(self, key: jax.Array, batch_size: int) -> Batch:
-    seqs = dyck.dyck_batch(key, batch_size, self.seq_len + 1, self.cfg)
-    inputs, targets = tokens.inputs_and_targets(seqs, self.seq_len)
-    return Batch(inputs, targets, jnp.ones(inputs.shape, jnp.float32))
+    return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
+
+
+def make_sharded_batch(source, key: jax.Array, batch_size: int, mesh) -> Batch:
+  """`source.batch(key, batch_size)` with each device making its own rows (no
+  communication); the rows come out split over the mesh's data-parallel axes."""
+  spec = P(sharding.BATCH_AXES)
+  make_rows = jax.shard_map(lambda src, keys: src.rows(keys), mesh=mesh,
+                            in_specs=(P(), spec), out_specs=spec, check_vma=False)
+  return to_batch(make_rows(source, source.row_keys(key, batch_size)), source.loss_mask())
+
+
+def to_batch(rows: jax.Array, loss_mask: jax.Array) -> Batch:
+  """Rows of seq_len + 1 tokens → inputs, next-token targets, per-target weights."""
+  seq_len = rows.shape[-1] - 1
+  inputs, targets = tokens.inputs_and_targets(rows, seq_len)
+  return Batch(inputs, targets, jnp.broadcast_to(loss_mask, inputs.shape))
 
 
 jax.tree_util.register_dataclass(

@@ -1,0 +1,199 @@
+"""A Llama-style decoder in Flax linen (SPEC §4).
+
+RMSNorm, rotary position embeddings, SwiGLU MLP, no biases, dropout on attention
+probabilities, untied input embedding and output head, N(0, 0.02) init. Parameters are
+float32 and carry *logical* axis names (`embed`, `heads`, `mlp`, `vocab`, `layers`, ...);
+`ncalm.sharding` maps them onto the mesh. Compute runs in `dtype` (bfloat16 by
+default) and the logits come out in float32. Layers are stacked with `nn.scan` (one
+compiled block) under a selectable remat policy.
+
+Linen rather than NNX: its logical-partitioning metadata (`with_logical_partitioning`,
+`get_partition_spec`, `logical_to_mesh_sharding`), `nn.scan` over layers and named
+remat policies are the proven path in MaxText for sharded, scanned models, and its
+parameters are a plain pytree that orbax and optax take as they are.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+REMAT_POLICIES = {
+    'none': None,  # no rematerialisation: keep every activation
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 10002
+  d_model: int = 2048
+  num_layers: int = 24
+  num_heads: int = 32
+  mlp_dim: int = 8192
+  max_len: int = 1024
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  attn_dropout: float = 0.1
+  init_std: float = 0.02
+  dtype: str = 'bfloat16'      # compute dtype; params stay float32
+  remat: str = 'none'          # one of REMAT_POLICIES
+  scan_layers: bool = True
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(f'model.d_model={self.d_model} is not divisible by '
+                       f'model.num_heads={self.num_heads}.')
+    if (self.d_model // self.num_heads) % 2:
+      raise ValueError('model.d_model / model.num_heads must be even for RoPE.')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'model.remat={self.remat!r}: use one of {list(REMAT_POLICIES)}.')
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def _param(module: nn.Module, name: str, shape, axes, std: float):
+  init = nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+  return module.param(name, init, shape, jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * scale).astype(x.dtype)
+
+
+def rotary(x_BLHD: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) over the last axis."""
+  length, dim = x_BLHD.shape[1], x_BLHD.shape[-1]
+  freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angle = jnp.arange(length, dtype=jnp.float32)[:, None] * freq[None, :]   # L, D/2
+  sin = jnp.sin(angle)[None, :, None, :]
+  cos = jnp.cos(angle)[None, :, None, :]
+  x1, x2 = jnp.split(x_BLHD.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BLHD.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BLE):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    shape, axes = (cfg.d_model, cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'head_dim')
+    project = lambda name: jnp.einsum(
+        'ble,ehd->blhd', x_BLE, _param(self, name, shape, axes, cfg.init_std).astype(dt))
+    q = rotary(project('query'), cfg.rope_theta)
+    k = rotary(project('key'), cfg.rope_theta)
+    v = project('value')
+    q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
+    length = x_BLE.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=self.deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dt), v)
+    w_out = _param(self, 'out', (cfg.num_heads, cfg.head_dim, cfg.d_model),
+                   ('heads', 'head_dim', 'embed'), cfg.init_std)
+    return jnp.einsum('blhd,hde->ble', out, w_out.astype(dt))
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLE):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    w = lambda name, shape, axes: _param(self, name, shape, axes, cfg.init_std).astype(dt)
+    gate = x_BLE @ w('gate', (cfg.d_model, cfg.mlp_dim), ('embed', 'mlp'))
+    up = x_BLE @ w('up', (cfg.d_model, cfg.mlp_dim), ('embed', 'mlp'))
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ('act_batch', 'act_len', 'act_mlp'))
+    return hidden @ w('down', (cfg.mlp_dim, cfg.d_model), ('mlp', 'embed'))
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BLE, _=None):
+    x = x_BLE + Attention(self.cfg, self.deterministic, name='attn')(
+        RMSNorm(self.cfg.norm_eps, name='attn_norm')(x_BLE))
+    x = x + Mlp(self.cfg, name='mlp')(RMSNorm(self.cfg.norm_eps, name='mlp_norm')(x))
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_len', 'act_embed'))
+    return x, None
+
+
+class Transformer(nn.Module):
+  """tokens int32 [B, L] → logits float32 [B, L, vocab].
+
+  With `logits_at` (int32 [B]) only those positions' logits are computed: [B, vocab].
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL, deterministic: bool = True, logits_at=None):
+    cfg = self.cfg
+    embedding = _param(self, 'embedding', (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
+                       cfg.init_std)
+    x = jnp.take(embedding, tokens_BL, axis=0).astype(cfg.compute_dtype)
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_len', 'act_embed'))
+    block = Block
+    if cfg.remat != 'none':
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
+                                                                      'dropout': True},
+                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = stack(cfg, deterministic, name='layers')(x, None)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = block(cfg, deterministic, name=f'layers_{i}')(x, None)
+    x = RMSNorm(cfg.norm_eps, name='final_norm')(x)
+    head = _param(self, 'head', (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), cfg.init_std)
+    if logits_at is not None:
+      x_BE = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)[:, 0]
+      return jnp.einsum('be,ev->bv', x_BE, head.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum('ble,ev->blv', x, head.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits, ('act_batch', 'act_len', 'act_vocab'))
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+  """Parameter counts: total, input embedding, and the rest (blocks, norms, head)."""
+  e, m, layers = cfg.d_model, cfg.mlp_dim, cfg.num_layers
+  per_block = 4 * e * e + 3 * e * m + 2 * e
+  embedding = cfg.vocab_size * e
+  blocks = layers * per_block
+  head = e * cfg.vocab_size
+  return dict(total=embedding + blocks + e + head, embedding=embedding, blocks=blocks,
+              head=head, non_embedding=blocks + e + head)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 × matmul params (blocks + head) + attention scores."""
+  matmul_params = cfg.num_layers * (4 * cfg.d_model ** 2 + 3 * cfg.d_model * cfg.mlp_dim)
+  matmul_params += cfg.d_model * cfg.vocab_size
+  attention = 12 * cfg.num_layers * cfg.d_model * seq_len  # QK^T and PV, fwd + bwd
+  return 6 * matmul_params + attention

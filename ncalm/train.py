@@ -1,0 +1,281 @@
+"""Training state, the jitted step and the loop.
+
+The step is pure: `train_step(state, source, seed_key)` folds the step number into the
+seed, makes its own batch on the devices (each device its own rows, under `shard_map`),
+and returns the new state and a few scalars. The loop dispatches step t before it
+fetches step t-1's metrics, so the devices never wait on Python.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ncalm import checkpoint
+from ncalm import config_lib
+from ncalm import evaluate
+from ncalm import metrics as metrics_lib
+from ncalm import model as model_lib
+from ncalm import optim
+from ncalm import sharding
+from ncalm import sources
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything the loop needs that is fixed for a run."""
+  cfg: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model: model_lib.Transformer
+  tx: optax.GradientTransformation
+  lr: optax.Schedule
+  state_shardings: Any
+  abstract_state: Any    # ShapeDtypeStructs with shardings: what a restore fills in
+
+
+# ------------------------------------------------------------------------- data
+
+
+def step_keys(seed_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(data key, dropout key) of a step: a pure function of (seed, step)."""
+  data_key, dropout_key = jax.random.split(jax.random.fold_in(seed_key, step))
+  return data_key, dropout_key
+
+
+# ------------------------------------------------------------------------- state
+
+
+def init_state(setup_model, tx, cfg, rng):
+  """A boxed TrainState (params carry logical axis names)."""
+  dummy = jnp.zeros((1, cfg.seq_len), jnp.int32)
+  params = setup_model.init({'params': rng}, dummy)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
+                 devices=None) -> Setup:
+  mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices)
+  rules = sharding.rules_from_config(cfg.logical_axis_rules)
+  model = model_lib.Transformer(config_lib.model_config(cfg, vocab_size))
+  tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
+                              jax.random.PRNGKey(0))
+    shardings = sharding.logical_shardings(abstract, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.meta.unbox(abstract), shardings)
+  return Setup(cfg, mesh, rules, model, tx, lr, shardings, abstract_state)
+
+
+def create_state(setup: Setup, rng: jax.Array) -> TrainState:
+  """Parameters born sharded: init is jitted straight into the target shardings."""
+  init = functools.partial(init_state, setup.model, setup.tx, setup.cfg)
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    return jax.jit(lambda r: nn.meta.unbox(init(r)),
+                   out_shardings=setup.state_shardings)(rng)
+
+
+# -------------------------------------------------------------------------- step
+
+
+def masked_loss_sums(model, params, batch: sources.Batch, dropout_key=None):
+  """(Σ mask·cross-entropy, Σ mask) of a batch; dropout on iff a key is given."""
+  rngs = None if dropout_key is None else {'dropout': dropout_key}
+  logits = model.apply({'params': params}, batch.inputs, deterministic=dropout_key is None,
+                       rngs=rngs)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
+  return jnp.sum(ce * batch.loss_mask), jnp.sum(batch.loss_mask)
+
+
+def update(setup: Setup, state: TrainState, batch: sources.Batch, dropout_key):
+  """One optimizer step on a batch, accumulating gradients over micro-batches.
+
+  dropout_key=None turns dropout off (deterministic forward passes).
+  """
+  accum = setup.cfg.grad_accum
+  micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+  def loss_fn(params, mb, key):
+    total, count = masked_loss_sums(setup.model, params, mb, key)
+    return total, count
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def body(carry, xs):
+    grads, total, count = carry
+    index, mb = xs
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+    (t, c), g = grad_fn(state.params, mb, key)
+    return (jax.tree.map(jnp.add, grads, g), total + t, count + c), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, total, count), _ = jax.lax.scan(
+      body, (zeros, 0.0, 0.0), (jnp.arange(accum), micro))
+  grads = jax.tree.map(lambda g: g / count, grads)
+  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+  scalars = {'train/loss': total / count, 'train/grad_norm': optax.tree.norm(grads),
+             'train/lr': setup.lr(state.step)}
+  return new_state, scalars
+
+
+def make_train_step(setup: Setup):
+  """jit(state, source, seed_key) → (state, scalars); the batch is made inside."""
+  batch_size = setup.cfg.global_batch
+
+  def step(state, source, seed_key):
+    data_key, dropout_key = step_keys(seed_key, state.step)
+    batch = sources.make_sharded_batch(source, data_key, batch_size, setup.mesh)
+    return update(setup, state, batch, dropout_key)
+
+  rep = sharding.replicated(setup.mesh)
+  return jax.jit(step, in_shardings=(setup.state_shardings, rep, rep),
+                 out_shardings=(setup.state_shardings, rep), donate_argnums=0)
+
+
+def make_train_step_on_batch(setup: Setup):
+  """jit(state, batch, seed_key) → (state, scalars) for a host-fed batch (e.g. text)."""
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  rep = sharding.replicated(setup.mesh)
+
+  def step(state, batch, seed_key):
+    _, dropout_key = step_keys(seed_key, state.step)
+    return update(setup, state, batch, dropout_key)
+
+  return jax.jit(step, in_shardings=(setup.state_shardings, batch_sharding, rep),
+                 out_shardings=(setup.state_shardings, rep), donate_argnums=0)
+
+
+# -------------------------------------------------------------------------- loop
+
+
+class StopRequested:
+  """Turns SIGTERM (what a preempted VM gets) into a flag the loop checks each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint, then stopping.')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def _check_finite(step: int, scalars: dict) -> None:
+  """Loss and gradient norm of a finished step must be finite (then so is its update)."""
+  loss, grad_norm = scalars['train/loss'], scalars['train/grad_norm']
+  if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+    raise NonFiniteLoss(
+        f'loss {loss}, gradient norm {grad_norm} at step {step}: stopping. The last good '
+        'checkpoint is kept in the workdir; lower optim.lr, set optim.clip_norm or check '
+        'the data.')
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) a training run in workdir; returns the last metrics."""
+  run = config_lib.prepare_run(cfg, workdir)
+  setup = create_setup(cfg, run.train_source.vocab_size)
+  config_lib.check_batch(cfg, setup.mesh)
+  seed_key = jax.random.PRNGKey(cfg.seed)
+  init_key, train_key = jax.random.split(seed_key)
+  is_host0 = jax.process_index() == 0
+
+  manager = checkpoint.make_manager(workdir, cfg)
+  state = checkpoint.restore_latest(manager, setup)
+  if state is None:
+    state = create_state(setup, init_key)
+  start = int(state.step)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_host0)
+  writer.truncate_after(start)
+  if start:
+    logging.info('Resumed from step %d.', start)
+
+  evaluator = evaluate.Evaluator(setup, run.val_source, cfg)
+  train_step = make_train_step(setup)
+  flops = model_lib.flops_per_token(setup.model.cfg, cfg.seq_len)
+  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
+  tokens_per_step = cfg.global_batch * cfg.seq_len
+  progress = metrics_lib.Progress(cfg.train_steps, start, tokens_per_step)
+  stop = StopRequested()
+  last: dict = {}
+  pending = None  # (step number after the update, device scalars)
+
+  def settle(pending):
+    """Fetches a finished step's scalars, checks them and logs them."""
+    done, device_scalars = pending
+    scalars = {k: float(v) for k, v in jax.device_get(device_scalars).items()}
+    _check_finite(done, scalars)
+    progress.update(done)
+    if done % cfg.log_every == 0 or done == cfg.train_steps:
+      rate = progress.tokens_per_second()
+      if rate:
+        scalars['perf/tokens_per_s'] = rate
+        scalars['perf/step_s'] = tokens_per_step / rate
+        util = metrics_lib.mfu(flops, rate, jax.device_count(), peak)
+        if util is not None:
+          scalars['perf/mfu'] = util
+      writer.write(done, scalars)
+      if is_host0:
+        logging.info(progress.line(done, scalars))
+    return scalars
+
+  try:
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+      for step in range(start, cfg.train_steps):
+        state, device_scalars = train_step(state, run.train_source, train_key)
+        if pending is not None:
+          last = settle(pending)
+        pending = (step + 1, device_scalars)
+        done = step + 1
+        save_now = (done % cfg.checkpoint_every == 0 or done == cfg.train_steps
+                    or stop.requested)
+        eval_now = done % cfg.eval_every == 0 or done == cfg.train_steps
+        if save_now or eval_now:
+          last = settle(pending)  # never save or evaluate a state with a bad loss
+          pending = None
+        if eval_now:
+          eval_scalars = evaluator.run(state.params, done, workdir, writer)
+          last.update(eval_scalars)
+        if save_now:
+          checkpoint.save(manager, done, state)
+        if save_now or eval_now:
+          progress.restart(done)
+        if stop.requested:
+          break
+      if pending is not None:
+        last = settle(pending)
+  finally:
+    checkpoint.wait_and_close(manager)
+    writer.close()
+    stop.restore()
+  if is_host0:
+    metrics_lib.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png')
+  return last

@@ -1,0 +1,104 @@
+"""The Llama-style decoder: shapes, causality, RoPE, scan/remat equivalence, counts."""
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncalm import model as model_lib
+
+CFG = model_lib.ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, mlp_dim=64,
+                            max_len=16, dtype='float32')
+
+
+def init(cfg, tokens):
+  return nn.meta.unbox(model_lib.Transformer(cfg).init(jax.random.PRNGKey(0), tokens))
+
+
+class ModelTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 50)
+    self.params = init(CFG, self.tokens)
+
+  def test_shapes_dtypes_and_init(self):
+    logits = model_lib.Transformer(CFG.__class__(**{**CFG.__dict__, 'dtype': 'bfloat16'})).apply(
+        self.params, self.tokens)
+    self.assertEqual(logits.shape, (2, 16, 50))
+    self.assertEqual(logits.dtype, jnp.float32)  # f32 logits from bf16 compute
+    p = self.params['params']
+    self.assertEqual(p['layers']['mlp']['gate'].shape, (2, 32, 64))
+    self.assertAlmostEqual(float(jnp.std(p['embedding'])), 0.02, delta=0.003)
+    np.testing.assert_array_equal(p['final_norm']['scale'], 1.0)
+    self.assertFalse(np.array_equal(p['embedding'], p['head'].T))  # untied
+
+  def test_param_count_formula_and_paper_size(self):
+    self.assertEqual(sum(x.size for x in jax.tree.leaves(self.params)),
+                     model_lib.count_params(CFG)['total'])
+    paper = model_lib.ModelConfig()
+    self.assertAlmostEqual(model_lib.count_params(paper)['blocks'] / 1e9, 1.61, places=2)
+    abstract = jax.eval_shape(model_lib.Transformer(paper).init, jax.random.PRNGKey(0),
+                              jnp.zeros((1, 8), jnp.int32))
+    self.assertEqual(sum(x.size for x in jax.tree.leaves(nn.meta.unbox(abstract))),
+                     model_lib.count_params(paper)['total'])
+
+  def test_causal(self):
+    model = model_lib.Transformer(CFG)
+    changed = self.tokens.at[:, 10:].set((self.tokens[:, 10:] + 1) % 50)
+    a, b = model.apply(self.params, self.tokens), model.apply(self.params, changed)
+    np.testing.assert_allclose(a[:, :10], b[:, :10], atol=1e-6)
+    self.assertGreater(float(jnp.abs(a[:, 10:] - b[:, 10:]).max()), 1e-3)
+
+  def test_rope_scores_depend_on_relative_position(self):
+    q = jax.random.normal(jax.random.PRNGKey(2), (1, 1, 1, 8))
+    k = jax.random.normal(jax.random.PRNGKey(3), (1, 1, 1, 8))
+    seq = lambda x: jnp.tile(x, (1, 12, 1, 1))
+    rq, rk = model_lib.rotary(seq(q), 1e4)[0, :, 0], model_lib.rotary(seq(k), 1e4)[0, :, 0]
+    np.testing.assert_allclose(rq[5] @ rk[2], rq[9] @ rk[6], rtol=1e-5)
+    np.testing.assert_allclose(model_lib.rotary(seq(q), 1e4)[0, 0, 0], q[0, 0, 0])
+    self.assertNotAlmostEqual(float(rq[5] @ rk[2]), float(rq[5] @ rk[3]), places=3)
+
+  def test_scan_equals_unrolled_layers(self):
+    unrolled_cfg = CFG.__class__(**{**CFG.__dict__, 'scan_layers': False})
+    stacked = self.params['params']['layers']
+    unrolled = {k: v for k, v in self.params['params'].items() if k != 'layers'}
+    for i in range(CFG.num_layers):
+      unrolled[f'layers_{i}'] = jax.tree.map(lambda x: x[i], stacked)
+    a = model_lib.Transformer(CFG).apply(self.params, self.tokens)
+    b = model_lib.Transformer(unrolled_cfg).apply({'params': unrolled}, self.tokens)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+  @parameterized.parameters('full', 'dots', 'dots_no_batch')
+  def test_remat_keeps_values_and_gradients(self, policy):
+    remat_cfg = CFG.__class__(**{**CFG.__dict__, 'remat': policy})
+    loss = lambda cfg: jax.grad(
+        lambda p: jnp.sum(model_lib.Transformer(cfg).apply(p, self.tokens) ** 2))(self.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 loss(CFG), loss(remat_cfg))
+
+  def test_dropout_only_when_training(self):
+    model = model_lib.Transformer(CFG)
+    det = model.apply(self.params, self.tokens)
+    np.testing.assert_array_equal(det, model.apply(self.params, self.tokens))
+    rngs = {'dropout': jax.random.PRNGKey(5)}
+    train = model.apply(self.params, self.tokens, deterministic=False, rngs=rngs)
+    self.assertGreater(float(jnp.abs(train - det).max()), 1e-4)
+
+  def test_logits_at(self):
+    model = model_lib.Transformer(CFG)
+    full = model.apply(self.params, self.tokens)
+    at = jnp.array([3, 15])
+    np.testing.assert_allclose(model.apply(self.params, self.tokens, logits_at=at),
+                               full[jnp.arange(2), at], atol=1e-6)
+
+  def test_bad_config(self):
+    with self.assertRaisesRegex(ValueError, 'num_heads'):
+      model_lib.ModelConfig(d_model=30, num_heads=4)
+    with self.assertRaisesRegex(ValueError, 'model.remat'):
+      model_lib.ModelConfig(remat='some')
+
+
+if __name__ == '__main__':
+  absltest.main()

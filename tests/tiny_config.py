@@ -1,0 +1,34 @@
+"""The smallest config that exercises the whole loop: tests run the real entry point on it.
+
+    python -m ncalm.main --config=tests/tiny_config.py --workdir=/tmp/tiny
+"""
+import ml_collections
+
+from ncalm import config_lib
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  c = config_lib.base_config()
+  c.train_steps = 6
+  c.global_batch = 4
+  c.seq_len = 76                    # two whole 38-token frames (+ 1 target)
+  c.data.num_train_rules = 8
+  c.data.num_val_rules = 4
+  c.model.update(d_model=32, num_layers=2, num_heads=4, mlp_dim=64, dtype='float32',
+                 remat='none')
+  c.optim.update(lr=1e-2, schedule='warmup', warmup_steps=2)
+  c.log_every = 1
+  c.eval_every = 3
+  c.eval_batches = 1
+  c.probe_sequences = 2
+  c.checkpoint_every = 3
+  if variant == 'dyck':
+    c.data.source = 'dyck'
+    c.data.dyck.update(num_types=4, max_depth=4)
+  elif variant == 'long':           # for kill-and-resume: time to kill mid-run
+    c.train_steps = 40
+    c.checkpoint_every = 5
+    c.eval_every = 20
+  elif variant:
+    raise ValueError(f'unknown variant {variant!r}')
+  return c

@@ -1,0 +1,229 @@
+"""The training step and loop end to end on one device: data in the step, accumulation,
+checkpoints, exact resume after SIGTERM and SIGKILL, NaN stops, start-up errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl.testing import absltest
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncalm import checkpoint
+from ncalm import config_lib
+from ncalm import metrics
+from ncalm import sources
+from ncalm import train
+import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(workdir, variant='', extra=(), wait=True, cache_dir=None):
+  """`python -m ncalm.main` on the tiny config, as a user would run it."""
+  config = os.path.join(REPO, 'tests', 'tiny_config.py') + (f':{variant}' if variant else '')
+  env = dict(os.environ)
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  cmd = [sys.executable, '-m', 'ncalm.main', f'--config={config}', f'--workdir={workdir}',
+         *extra]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  if wait:
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+  return proc
+
+
+def comparable(rows):
+  """Metric lines without timing-dependent fields."""
+  return [{k: v for k, v in r.items() if not k.startswith('perf/')} for r in rows]
+
+
+def final_params(workdir, cfg):
+  setup = train.create_setup(cfg, 10002)
+  manager = checkpoint.make_manager(workdir, cfg)
+  state = checkpoint.restore_latest(manager, setup)
+  checkpoint.wait_and_close(manager)
+  return int(state.step), jax.device_get(state.params)
+
+
+class StepTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.cfg = tiny_config.get_config()
+    self.workdir = self.create_tempdir().full_path
+    self.run_data = config_lib.prepare_run(self.cfg, self.workdir)
+    self.setup = train.create_setup(self.cfg, self.run_data.train_source.vocab_size)
+
+  def test_batch_made_in_step_equals_source_batch(self):
+    source = self.run_data.train_source
+    key = jax.random.PRNGKey(3)
+    sharded = sources.make_sharded_batch(source, key, 4, self.setup.mesh)
+    plain = source.batch(key, 4)
+    for a, b in zip(sharded, plain):
+      np.testing.assert_array_equal(a, b)
+
+  def test_params_born_sharded_and_logical(self):
+    state = train.create_state(self.setup, jax.random.PRNGKey(0))
+    self.assertEqual(state.params['layers']['attn']['query'].shape, (2, 32, 4, 8))
+    self.assertEqual(state.params['embedding'].dtype, jnp.float32)
+    for leaf, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(self.setup.state_shardings)):
+      self.assertEqual(leaf.sharding, sharding)
+
+  def test_gradient_accumulation_equals_one_big_batch(self):
+    state = train.create_state(self.setup, jax.random.PRNGKey(0))
+    batch = self.run_data.train_source.batch(jax.random.PRNGKey(1), 4)
+    self.cfg.unlock()
+    results = []
+    for accum in (1, 2, 4):
+      self.cfg.grad_accum = accum
+      setup = train.create_setup(self.cfg, 10002)
+      with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+        new, scalars = jax.jit(lambda s, b: train.update(setup, s, b, None))(state, batch)
+      results.append((jax.device_get(new.params), float(scalars['train/loss'])))
+    for params, loss in results[1:]:
+      self.assertAlmostEqual(loss, results[0][1], places=5)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+                   params, results[0][0])
+
+
+class LoopTest(absltest.TestCase):
+
+  def test_end_to_end_outputs_and_learning(self):
+    workdir = self.create_tempdir().full_path
+    cfg = tiny_config.get_config()
+    cfg.train_steps = 30
+    cfg.eval_every = 15
+    cfg.checkpoint_every = 15
+    last = train.train_and_evaluate(cfg, workdir)
+    rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+    self.assertLen(losses, 30)
+    self.assertLess(np.mean(losses[-5:]), np.mean(losses[:5]) - 1.0)
+    evals = [r for r in rows if 'eval/loss' in r]
+    self.assertEqual([r['step'] for r in evals], [15, 30])
+    self.assertLess(evals[-1]['eval/loss'], evals[0]['eval/loss'])
+    self.assertIn('probe/cell_accuracy', last)
+    self.assertIn('eval/loss_frame/01', evals[0])
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))), ['15', '30'])
+    for name in ('loss_curves.png', 'rule_bank.npz', 'probe/step_0000030.png'):
+      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    self.assertNotEmpty(os.listdir(os.path.join(workdir, 'tensorboard')))
+    # Running again in the same workdir resumes at the end: nothing to do, same result.
+    again = train.train_and_evaluate(cfg, workdir)
+    self.assertEqual(again, {})
+
+  def test_dyck_source(self):
+    workdir = self.create_tempdir().full_path
+    last = train.train_and_evaluate(tiny_config.get_config('dyck'), workdir)
+    self.assertLess(last['eval/loss'], np.log(8))
+    self.assertNotIn('probe/cell_accuracy', last)
+
+  def test_nan_stops_and_keeps_last_good_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    cfg = tiny_config.get_config()
+    cfg.optim.update(lr=1e6, schedule='warmup', warmup_steps=3)
+    cfg.checkpoint_every = 1
+    cfg.train_steps = 20
+    with self.assertRaisesRegex(train.NonFiniteLoss, r'at step \d+'):
+      train.train_and_evaluate(cfg, workdir)
+    rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    bad_step = next(r['step'] for r in rows if not np.isfinite(r.get('train/loss', 0.0))
+                    or not np.isfinite(r.get('train/grad_norm', 0.0))) if any(
+                        not np.isfinite(r.get('train/loss', 0.0)) for r in rows) else None
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+    self.assertNotEmpty(saved)
+    step, params = final_params(workdir, cfg)
+    self.assertEqual(step, saved[-1])
+    self.assertTrue(all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params)))
+    if bad_step is not None:
+      self.assertLess(saved[-1], bad_step)
+
+  def test_startup_errors(self):
+    workdir = self.create_tempdir().full_path
+    cases = [
+        (lambda c: c.model.update(vocab_size=100), 'model.vocab_size'),
+        (lambda c: c.data.nca.update(frames=1), 'data.nca.frames'),
+        (lambda c: c.mesh.update(data=2), 'mesh'),
+        (lambda c: c.update(grad_accum=3), 'grad_accum'),
+        (lambda c: c.data.nca.update(grid=13), 'nca.grid'),
+        (lambda c: c.data.update(band=(0.7, 0.2)), 'band'),
+        (lambda c: c.data.update(source='c4'), 'data.source'),
+        (lambda c: c.optim.update(schedule='linear'), 'optim.schedule'),
+    ]
+    for change, field in cases:
+      cfg = tiny_config.get_config()
+      change(cfg)
+      with self.assertRaisesRegex(ValueError, field):
+        train.train_and_evaluate(cfg, workdir)
+    cfg = tiny_config.get_config()
+    cfg.unlock()
+    cfg.model.n_layers = 3
+    with self.assertRaisesRegex(ValueError, 'model.n_layers'):
+      train.train_and_evaluate(cfg, workdir)
+
+
+class ResumeTest(absltest.TestCase):
+  """A run killed mid-way and resumed ends bitwise equal to an uninterrupted run."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.cache = os.path.join(cls.tmp, 'jax_cache')
+    cls.reference = os.path.join(cls.tmp, 'uninterrupted')
+    code, out = run_main(cls.reference, 'long', cache_dir=cls.cache)
+    assert code == 0, out
+    cls.cfg = tiny_config.get_config('long')
+
+  def _kill_and_resume(self, sig):
+    workdir = os.path.join(self.tmp, f'killed_{sig}')
+    proc = run_main(workdir, 'long', wait=False, cache_dir=self.cache)
+    first = os.path.join(workdir, 'checkpoints', '5')
+    deadline = time.time() + 300
+    while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.05)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    self.assertIsNotNone(proc.returncode, out)
+    rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    killed_at = max(r['step'] for r in rows)
+    self.assertLess(killed_at, self.cfg.train_steps, 'the run finished before the kill')
+    # A SIGKILL mid-save leaves orbax's '<step>.orbax-checkpoint-tmp': never restored.
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
+                   if s.isdigit())
+    code, out = run_main(workdir, 'long', cache_dir=self.cache)
+    self.assertEqual(code, 0, out)
+    return workdir, proc.returncode, killed_at, saved
+
+  def _assert_same_as_reference(self, workdir):
+    want = metrics.read_jsonl(os.path.join(self.reference, 'metrics.jsonl'))
+    got = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    self.assertEqual(comparable(got), comparable(want))
+    step_a, params_a = final_params(self.reference, self.cfg)
+    step_b, params_b = final_params(workdir, self.cfg)
+    self.assertEqual(step_a, step_b)
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+  def test_sigterm_saves_then_resumes_exactly(self):
+    workdir, code, killed_at, saved = self._kill_and_resume(signal.SIGTERM)
+    self.assertEqual(code, 0)  # a clean stop
+    self.assertEqual(saved[-1], killed_at)  # the step it stopped at was saved
+    self._assert_same_as_reference(workdir)
+
+  def test_sigkill_resumes_exactly(self):
+    workdir, code, _, _ = self._kill_and_resume(signal.SIGKILL)
+    self.assertEqual(code, -signal.SIGKILL)
+    self._assert_same_as_reference(workdir)
+
+
+if __name__ == '__main__':
+  absltest.main()
