@@ -78,7 +78,7 @@ def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
   tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
-                              jax.random.PRNGKey(0))
+                              jax.ShapeDtypeStruct((2,), jnp.uint32))  # abstract key
     shardings = sharding.logical_shardings(abstract, mesh, rules)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

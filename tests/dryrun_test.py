@@ -1,0 +1,133 @@
+"""The dry run: parameter counts, per-device memory under the sharding rules, the CLI."""
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+
+from ncalm import dryrun
+from ncalm import model as model_lib
+import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def paper_config():
+  spec = importlib.util.spec_from_file_location(
+      'nca_164m', os.path.join(REPO, 'configs', 'nca_164m.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+class CountsTest(absltest.TestCase):
+
+  def test_counts_match_the_model_and_eval_shape(self):
+    cfg = tiny_config.get_config()
+    p = dryrun.plan(cfg, 'h100x1')
+    m = dryrun.model_config(cfg)
+    for key, value in model_lib.count_params(m).items():
+      self.assertEqual(p['params'][key], value, key)
+    shapes = jax.eval_shape(model_lib.Transformer(m).init, jax.random.key(0),
+                            jnp.zeros((1, cfg.seq_len), jnp.int32))
+    leaves = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    self.assertEqual(p['params']['total'], leaves)
+    self.assertEqual(p['params']['leaves'], leaves)
+
+
+class MemoryTest(absltest.TestCase):
+
+  def test_fsdp_divides_the_sharded_leaves_exactly(self):
+    cfg = tiny_config.get_config()
+    cfg.global_batch = 8                      # splits over 8 data-parallel devices
+    data = dryrun.plan(cfg, 'h100x8', dict(data=8))
+    fsdp = dryrun.plan(cfg, 'h100x8', dict(fsdp=8))
+    self.assertEqual((data['problems'], fsdp['problems']), ([], []))
+    sharded = {s.path for s in dryrun.state_shards(cfg, fsdp['mesh']) if 8 in s.splits}
+    self.assertLen(sharded & set(fsdp['leaf_param_bytes']), 9)   # all but the 3 norms
+    for path, dp_bytes in data['leaf_param_bytes'].items():
+      expected = dp_bytes // 8 if path in sharded else dp_bytes
+      self.assertEqual(fsdp['leaf_param_bytes'][path], expected, path)
+      if path in sharded:
+        self.assertEqual(dp_bytes % 8, 0)
+    self.assertEqual(data['bytes']['params'], 4 * data['params']['total'])   # f32, replicated
+    self.assertEqual(fsdp['bytes']['grads'], fsdp['bytes']['params'])
+
+  def test_paper_model_on_one_h100(self):
+    p = dryrun.plan(paper_config(), 'h100x1')
+    n = p['params']
+    self.assertEqual(round(n['blocks'] / 1e9, 2), 1.61)       # SPEC §4: 1.61B w/o embeddings
+    self.assertAlmostEqual(n['non_embedding'] / 1e9, 1.61, delta=0.025)  # + final norm, head
+    state = p['bytes']['params'] + p['bytes']['opt_state'] + p['bytes']['grads']
+    self.assertAlmostEqual(state / n['total'], 16, places=6)  # f32 params, mu, nu, grads
+    self.assertEqual(p['mesh'], dict(data=1, fsdp=1, tensor=1))
+    self.assertEqual(p['fits'], 'yes')
+    self.assertEqual(p['tokens_per_step'], 32 * 1024)
+    self.assertEqual(p['flops_per_token'], model_lib.flops_per_token(dryrun.model_config(
+        paper_config()), 1024))
+
+  def test_recommendations(self):
+    cfg = paper_config()
+    use, _ = dryrun.recommend(cfg, 'v5e-16')     # 16 GiB chips: the config's data=16 fails
+    self.assertGreater(use['mesh']['fsdp'], 1)
+    self.assertEqual(use['fits'], 'yes')
+    # Batch 32 over 256 chips leaves tensor >= 8, which vocab 10002 does not divide, and
+    # the 16x16 torus only lays axes of 16 or 256: the vocabulary is padded, tensor=16.
+    use, note = dryrun.recommend(cfg, 'v5e-256')
+    self.assertEqual(use['mesh'], dict(data=16, fsdp=1, tensor=16))
+    self.assertEqual(use['vocab_size'], 10112)
+    self.assertIn('model.vocab_size=10112', note)
+    self.assertFalse(dryrun.torus_layout_ok(dryrun.TARGETS['v5p-128'],
+                                            dict(data=32, fsdp=1, tensor=2)))
+    self.assertTrue(dryrun.torus_layout_ok(dryrun.TARGETS['v5p-128'],
+                                           dict(data=16, fsdp=1, tensor=4)))
+
+  def test_activation_terms_follow_the_remat_policy(self):
+    m = model_lib.ModelConfig(vocab_size=100, d_model=8, num_layers=3, num_heads=2,
+                              mlp_dim=16, dtype='bfloat16', remat='full')
+    full = dryrun.activation_bytes(m, batch=2, seq_len=4)
+    self.assertEqual(full['saved_layers'], 3 * 2 * 4 * 8 * 2)
+    self.assertEqual(full['logits'], 3 * 2 * 4 * 100 * 4)
+    totals = {r: dryrun.activation_bytes(m.__class__(**{**m.__dict__, 'remat': r}), 2, 4)
+              ['total'] for r in model_lib.REMAT_POLICIES}
+    self.assertLess(totals['full'], totals['dots_no_batch'])
+    self.assertLess(totals['dots_no_batch'], totals['dots'])
+
+
+class ChecksTest(absltest.TestCase):
+
+  def test_lowering_the_train_step_allocates_nothing(self):
+    before = dryrun._peak_rss_gib()
+    r = dryrun.lower_train_step(paper_config())   # 1.65B parameters, abstract
+    self.assertEqual(r['platform'], 'cpu')
+    self.assertLess(r['peak_rss_gib'] - before, 2)  # the f32 state alone would be 26 GB
+
+  def test_no_libtpu_is_said_cleanly(self):
+    saved = os.environ.pop('TPU_LIBRARY_PATH', None)
+    try:
+      if importlib.util.find_spec('libtpu') is not None:
+        self.skipTest('libtpu is installed')
+      with self.assertRaisesRegex(dryrun.AotUnavailable, 'no libtpu'):
+        dryrun.compile_for_tpu(tiny_config.get_config(), 'v4-32', libtpu='/nonexistent')
+    finally:
+      if saved is not None:
+        os.environ['TPU_LIBRARY_PATH'] = saved
+    with self.assertRaisesRegex(dryrun.AotUnavailable, 'not a TPU'):
+      dryrun.tpu_devices(dryrun.TARGETS['h100x8'])
+
+  def test_cli_prints_the_table(self):
+    env = {k: v for k, v in os.environ.items() if k != 'TPU_LIBRARY_PATH'}
+    out = subprocess.run(
+        [sys.executable, '-m', 'ncalm.dryrun', '--config=configs/nca_164m.py'], cwd=REPO,
+        env=env, capture_output=True, text=True, timeout=120)
+    self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+    for text in ('H100', 'v5p', 'v4-32', 'v5e-256', '1,651,681,280', 'Lowering:', 'AOT'):
+      self.assertIn(text, out.stdout)
+
+
+if __name__ == '__main__':
+  absltest.main()
