@@ -18,7 +18,7 @@ sequence), and the next-frame probe's per-cell accuracy climbs towards 1.
 `cpu`: the same data (12×12 NCA, 50%+ band, 1,024-token sequences, rules made inside the
 step) and loop with a small float32 model (2 layers, d_model 128) for 300 steps of batch 8,
 lr 1e-3 with a short warmup and cosine decay: a few minutes on a 2-core CPU. Expected:
-the eval loss falls well below `eval/unigram_entropy` (predicting the token distribution
+the eval loss falls well below `eval/unigram_loss` (predicting the token distribution
 alone) and the probe's per-cell accuracy rises from chance.
 
 `decay`: the published run with warmup (500 steps) then cosine decay to 0.

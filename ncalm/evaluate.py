@@ -22,6 +22,21 @@ from ncalm import sources
 from ncalm import tokens
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out keys never coincide with training keys
+UNIGRAM_SEQUENCES = 256       # training sequences that estimate the token distribution
+
+
+def unigram_log_probs(source, num_batches: int, batch_size: int, key) -> np.ndarray:
+  """log p(token) of the training data's token distribution (add-½ smoothing): the
+  baseline that predicts every target from the token distribution alone."""
+  @jax.jit
+  def count(src, k):
+    batch = src.batch(k, batch_size)
+    return jnp.zeros(src.vocab_size).at[batch.targets].add(batch.loss_mask)
+
+  counts = sum(np.asarray(count(source, jax.random.fold_in(key, i)), np.float64)
+               for i in range(num_batches))
+  counts += 0.5
+  return np.log(counts / counts.sum())
 
 
 def position_loss_sums(model, params, batch: sources.Batch):
@@ -51,7 +66,7 @@ def greedy_frame(model, params, inputs_BL: jax.Array, start: int, length: int,
 class Evaluator:
   """Runs held-out loss (and, for NCA, the probe) for a training setup."""
 
-  def __init__(self, setup, source, cfg):
+  def __init__(self, setup, source, cfg, train_source):
     self.setup, self.source, self.cfg = setup, source, cfg
     self.is_nca = isinstance(source, sources.NCASource)
     mesh = setup.mesh
@@ -59,6 +74,9 @@ class Evaluator:
     eval_key = jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET)
     self.keys = [jax.random.fold_in(eval_key, i) for i in range(cfg.eval_batches)]
     self.probe_key = jax.random.fold_in(eval_key, -1 % 2**31)
+    batches = -(-UNIGRAM_SEQUENCES // cfg.global_batch)
+    self.unigram_logp = unigram_log_probs(train_source, batches, cfg.global_batch,
+                                          jax.random.fold_in(eval_key, 2**30))
     param_shardings = setup.state_shardings.params
 
     def loss_fn(params, src, key):
@@ -96,8 +114,8 @@ class Evaluator:
       (ce_L, count_L), token_counts = jax.device_get(self._loss(params, self.source, key))
       ce, count, unigram = ce + ce_L, count + count_L, unigram + token_counts
     scalars = {'eval/loss': float(np.sum(ce) / np.sum(count))}
-    p = unigram / unigram.sum()
-    scalars['eval/unigram_entropy'] = float(-np.sum(p[p > 0] * np.log(p[p > 0])))
+    logp = self.unigram_logp[:len(unigram)]
+    scalars['eval/unigram_loss'] = float(-np.sum(unigram * logp) / np.sum(unigram))
     if self.is_nca:
       frame_of_target = (np.arange(len(ce)) + 1) // self.tpf
       for f in range(1, frame_of_target.max() + 1):
@@ -107,7 +125,7 @@ class Evaluator:
       scalars.update(self._run_probe(params, step, workdir, writer))
     writer.write(step, scalars)
     if jax.process_index() == 0:
-      shown = ('eval/loss', 'eval/unigram_entropy', 'probe/cell_accuracy',
+      shown = ('eval/loss', 'eval/unigram_loss', 'probe/cell_accuracy',
                'probe/frame_accuracy', 'probe/copy_baseline')
       logging.info('eval at step %d | %s', step, ' | '.join(
           f'{k.split("/")[1]} {scalars[k]:.4f}' for k in shown if k in scalars))

@@ -87,3 +87,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def check_divisible(boxed_abstract_tree, mesh: Mesh, rules) -> None:
+  """Every sharded dimension must split evenly over its mesh axes, or a clear error."""
+  logical = nn.get_partition_spec(boxed_abstract_tree)
+  shapes = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed_abstract_tree))[0]
+  specs = jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))
+  for (path, leaf), names in zip(shapes, specs):
+    mesh_axes = nn.logical_to_mesh_axes(names, rules)
+    for dim, name, axes in zip(leaf.shape, names, mesh_axes):
+      if axes is None:
+        continue
+      axes = axes if isinstance(axes, tuple) else (axes,)
+      size = int(np.prod([mesh.shape[a] for a in axes]))
+      if dim % size:
+        padded = -(-dim // size) * size
+        hint = f'model.vocab_size={padded}' if name == 'vocab' else f'a {name} size of {padded}'
+        raise ValueError(
+            f'{jax.tree_util.keystr(path)}: its {name!r} dimension ({dim}) does not split over '
+            f'mesh axes {axes} of size {size}. Change config.mesh, map {name!r} to other axes '
+            f'in config.logical_axis_rules, or use {hint}.')

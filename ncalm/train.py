@@ -80,6 +80,7 @@ def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
     abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
                               jax.ShapeDtypeStruct((2,), jnp.uint32))  # abstract key
     shardings = sharding.logical_shardings(abstract, mesh, rules)
+  sharding.check_divisible(abstract, mesh, rules)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.meta.unbox(abstract), shardings)
@@ -218,7 +219,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   if start:
     logging.info('Resumed from step %d.', start)
 
-  evaluator = evaluate.Evaluator(setup, run.val_source, cfg)
+  evaluator = evaluate.Evaluator(setup, run.val_source, cfg, run.train_source)
   train_step = make_train_step(setup)
   flops = model_lib.flops_per_token(setup.model.cfg, cfg.seq_len)
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
