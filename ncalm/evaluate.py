@@ -22,7 +22,7 @@ from ncalm import sources
 from ncalm import tokens
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out keys never coincide with training keys
-UNIGRAM_SEQUENCES = 256       # training sequences that estimate the token distribution
+UNIGRAM_SEQUENCES = 2048      # training sequences that estimate the token distribution
 
 
 def unigram_log_probs(source, num_batches: int, batch_size: int, key) -> np.ndarray:
@@ -74,8 +74,7 @@ class Evaluator:
     eval_key = jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET)
     self.keys = [jax.random.fold_in(eval_key, i) for i in range(cfg.eval_batches)]
     self.probe_key = jax.random.fold_in(eval_key, -1 % 2**31)
-    batches = -(-UNIGRAM_SEQUENCES // cfg.global_batch)
-    self.unigram_logp = unigram_log_probs(train_source, batches, cfg.global_batch,
+    self.unigram_logp = unigram_log_probs(train_source, UNIGRAM_SEQUENCES // 256, 256,
                                           jax.random.fold_in(eval_key, 2**30))
     param_shardings = setup.state_shardings.params
 

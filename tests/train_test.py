@@ -113,6 +113,7 @@ class LoopTest(absltest.TestCase):
     self.assertLess(evals[-1]['eval/loss'], evals[0]['eval/loss'])
     self.assertIn('probe/cell_accuracy', last)
     self.assertIn('eval/loss_frame/01', evals[0])
+    self.assertGreater(evals[0]['eval/unigram_loss'], 0.0)
     self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))), ['15', '30'])
     for name in ('loss_curves.png', 'rule_bank.npz', 'probe/step_0000030.png'):
       self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
