@@ -278,5 +278,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     stop.restore()
   if is_host0:
-    metrics_lib.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png')
+    metrics_lib.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png',
+                            keys=('train/loss', 'eval/loss', 'eval/unigram_loss'))
   return last
