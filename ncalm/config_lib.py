@@ -84,7 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                # data-parallel axis (-1 = all remaining devices)
   c.mesh.fsdp = 1                 # parameter-sharded data-parallel axis
   c.mesh.tensor = 1               # tensor-parallel axis (heads, mlp, vocab)
-  c.logical_axis_rules = ()       # [(logical name, mesh axes), ...]; () = ncalm.sharding defaults
+  # Logical axis → mesh axes, for weights (vocab, embed, heads, mlp, ...) and activations
+  # (act_*); changing parallelism is an edit here, never in the model. () = these defaults.
+  c.logical_axis_rules = sharding.LOGICAL_AXIS_RULES
 
   c.log_every = 10                # steps between metric lines (JSONL, TensorBoard, progress)
   c.eval_every = 500              # steps between evaluations on held-out rules

@@ -223,6 +223,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(setup)
   flops = model_lib.flops_per_token(setup.model.cfg, cfg.seq_len)
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
+  if peak is None and jax.default_backend() == 'cpu':
+    peak = metrics_lib.measured_matmul_flops()  # no datasheet peak: this CPU's f32 GEMM rate
   tokens_per_step = cfg.global_batch * cfg.seq_len
   progress = metrics_lib.Progress(cfg.train_steps, start, tokens_per_step)
   stop = StopRequested()

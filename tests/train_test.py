@@ -78,6 +78,20 @@ class StepTest(absltest.TestCase):
     for leaf, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(self.setup.state_shardings)):
       self.assertEqual(leaf.sharding, sharding)
 
+  def test_host_fed_batch_step_equals_in_step_data(self):
+    key = jax.random.PRNGKey(0)
+    source = self.run_data.train_source
+    data_key, _ = train.step_keys(key, 0)
+    batch = source.batch(data_key, self.cfg.global_batch)
+    results = []
+    with jax.set_mesh(self.setup.mesh), nn.logical_axis_rules(self.setup.rules):
+      for step_fn, data in ((train.make_train_step(self.setup), source),
+                            (train.make_train_step_on_batch(self.setup), batch)):
+        state, scalars = step_fn(train.create_state(self.setup, key), data, key)
+        results.append((jax.device_get(state.params), jax.device_get(scalars)))
+    self.assertEqual(results[0][1], results[1][1])
+    jax.tree.map(np.testing.assert_array_equal, results[0][0], results[1][0])
+
   def test_gradient_accumulation_equals_one_big_batch(self):
     state = train.create_state(self.setup, jax.random.PRNGKey(0))
     batch = self.run_data.train_source.batch(jax.random.PRNGKey(1), 4)
