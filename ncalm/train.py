@@ -219,7 +219,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   if start:
     logging.info('Resumed from step %d.', start)
 
-  evaluator = evaluate.Evaluator(setup, run.val_source, cfg, run.train_source)
+  # The rule banks go to the devices once; each step then reads them there.
+  train_source, val_source = jax.device_put((run.train_source, run.val_source),
+                                            sharding.replicated(setup.mesh))
+  evaluator = evaluate.Evaluator(setup, val_source, cfg, train_source)
   train_step = make_train_step(setup)
   flops = model_lib.flops_per_token(setup.model.cfg, cfg.seq_len)
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
@@ -253,7 +256,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
       for step in range(start, cfg.train_steps):
-        state, device_scalars = train_step(state, run.train_source, train_key)
+        state, device_scalars = train_step(state, train_source, train_key)
         if pending is not None:
           last = settle(pending)
         pending = (step + 1, device_scalars)
