@@ -24,15 +24,9 @@ if it does not fit.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
-import itertools
-import json
-import math
 import os
 import resource
 import time
-from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -44,316 +38,10 @@ import ml_collections
 from ml_collections import config_flags
 
 from ncalm import config_lib
+from ncalm import footprint
 from ncalm import metrics
-from ncalm import model as model_lib
-from ncalm import optim
 from ncalm import sharding
-from ncalm import sources
 from ncalm import train
-
-GIB = 2 ** 30
-FIT_FRACTION = 0.9   # 'yes' up to 90% of HBM (runtime, fragmentation); 'tight' up to 100%
-ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)   # a raw PRNG key, never made
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-  name: str                # what --targets takes
-  label: str               # what the table prints
-  chip: str                # short name of the device
-  device_kind: str         # as jax.Device.device_kind reads (peak FLOPs lookup)
-  num_devices: int         # devices in the mesh; TPU v4/v5p: chips (megacore)
-  hbm_gib: float           # memory per device
-  devices_per_host: int
-  topology: str = ''       # jax.experimental.topologies name, for the AOT compile
-  megacore: bool = False   # one device per chip over two TensorCores
-  note: str = ''
-
-
-TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target('h100x1', '1xH100-80GB', 'H100', 'NVIDIA H100 80GB HBM3', 1, 79.6, 8),
-    Target('h100x8', '8xH100-80GB', 'H100', 'NVIDIA H100 80GB HBM3', 8, 79.6, 8),
-    Target('v4-32', 'TPU v4-32', 'v4', 'TPU v4', 16, 32, 4, 'v4:2x2x4', True,
-           '32 TensorCores = 16 chips; a device is a chip (megacore)'),
-    Target('v5e-16', 'TPU v5e-16', 'v5e', 'TPU v5 lite', 16, 16, 4, 'v5e:4x4', False,
-           'v5e counts chips: 16 chips, one TensorCore each'),
-    Target('v5e-256', 'TPU v5e-256', 'v5e', 'TPU v5 lite', 256, 16, 4, 'v5e:16x16', False,
-           '256 chips'),
-    Target('v5p-32', 'TPU v5p-32', 'v5p', 'TPU v5', 16, 95, 4, 'v5p:2x2x4', True,
-           '32 TensorCores = 16 chips; a device is a chip (megacore)'),
-    Target('v5p-128', 'TPU v5p-128', 'v5p', 'TPU v5', 64, 95, 4, 'v5p:4x4x4', True,
-           '128 TensorCores = 64 chips; a device is a chip (megacore)'),
-)}
-
-
-# ------------------------------------------------------------------ abstract model
-
-
-def abstract_source(cfg: ml_collections.ConfigDict):
-  """The run's training source with an abstract rule bank (nothing is sampled)."""
-  if cfg.data.source == 'nca':
-    keys = jax.ShapeDtypeStruct((cfg.data.num_train_rules, 2), jnp.uint32)
-    return sources.NCASource(config_lib.nca_config(cfg), cfg.seq_len, cfg.data.mode, keys)
-  if cfg.data.source == 'dyck':
-    return sources.DyckSource(config_lib.dyck_config(cfg), cfg.seq_len)
-  raise ValueError(f"data.source={cfg.data.source!r}: use 'nca' or 'dyck'.")
-
-
-def model_config(cfg: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  return config_lib.model_config(cfg, abstract_source(cfg).vocab_size)
-
-
-def abstract_state(cfg: ml_collections.ConfigDict):
-  """Boxed abstract TrainState (params and Adam state carry logical axis names)."""
-  return _cached_state(model_config(cfg), cfg.seq_len, cfg.train_steps, cfg.optim.to_json())
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_state(model_cfg: model_lib.ModelConfig, seq_len: int, train_steps: int,
-                  optim_json: str):
-  """eval_shape of `train.init_state`, once per (model, optimizer): the only trace."""
-  cfg = ml_collections.ConfigDict(dict(seq_len=seq_len, train_steps=train_steps,
-                                       optim=json.loads(optim_json)))
-  tx, _ = optim.make_optimizer(cfg.optim, train_steps)
-  init = functools.partial(train.init_state, model_lib.Transformer(model_cfg), tx, cfg)
-  return jax.eval_shape(init, ABSTRACT_KEY)
-
-
-def abstract_setup(cfg: ml_collections.ConfigDict, devices) -> train.Setup:
-  """`train.create_setup` for the config's data (it touches no device, so it also works
-  on compile-only TPU devices)."""
-  return train.create_setup(cfg, abstract_source(cfg).vocab_size, devices)
-
-
-# ------------------------------------------------------------------ memory per device
-
-
-def mesh_axes(target: Target, mesh: dict | None, cfg) -> dict[str, int]:
-  """{'data', 'fsdp', 'tensor'} sizes on the target; `mesh` None = the config's mesh."""
-  requested = cfg.mesh.to_dict() if mesh is None else dict(mesh)
-  return dict(zip(sharding.MESH_AXES, sharding.mesh_shape(requested, target.num_devices)))
-
-
-def _leaves(tree) -> list[tuple[str, object]]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  return [(jax.tree_util.keystr(path), leaf) for path, leaf in flat]
-
-
-class Shard(NamedTuple):
-  path: str          # keystr of the TrainState leaf, e.g. ".params['head']"
-  shape: tuple       # global shape
-  dtype: object
-  logical: tuple     # logical axis names per dim
-  splits: tuple      # devices each dim is split over (product of its mesh axes' sizes)
-  shard: tuple       # per-device shape (ceil: an uneven split pads)
-
-
-def state_shards(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> list[Shard]:
-  """Every TrainState leaf as laid out by the config's logical-axis rules on an
-  `AbstractMesh` of `sizes` (no devices needed)."""
-  boxed = abstract_state(cfg)
-  rules = sharding.rules_from_config(cfg.logical_axis_rules)
-  mesh = jax.sharding.AbstractMesh(tuple(sizes[a] for a in sharding.MESH_AXES),
-                                   sharding.MESH_AXES)
-  shards = []
-  for (path, value), (_, spec) in zip(_leaves(nn.meta.unbox(boxed)),
-                                      _leaves(nn.get_partition_spec(boxed)), strict=True):
-    mesh_spec = tuple(nn.logical_to_mesh_axes(tuple(spec), rules))
-    mesh_spec += (None,) * (value.ndim - len(mesh_spec))
-    splits = tuple(math.prod(mesh.shape[a] for a in
-                             (() if axes is None else (axes,) if isinstance(axes, str) else axes))
-                   for axes in mesh_spec)
-    shards.append(Shard(path, value.shape, value.dtype, tuple(spec) + (None,) * (
-        value.ndim - len(spec)), splits, tuple(-(-d // k) for d, k in zip(value.shape, splits))))
-  return shards
-
-
-def torus_layout_ok(target: Target, sizes: dict[str, int]) -> bool:
-  """Whether `jax.make_mesh` (hence `sharding.make_mesh`) can lay the mesh on the target's
-  TPU torus: from the last mesh axis back, each axis > 1 must be the product of a subset
-  of the torus axes still free (JAX's rule without allow_split_physical_axes)."""
-  if not target.topology:
-    return True   # GPUs: any reshape of the device list
-  free = [int(n) for n in target.topology.split(':')[1].split('x')]
-  for size in reversed([sizes[a] for a in sharding.MESH_AXES]):
-    if size == 1:
-      continue
-    subsets = (c for n in range(len(free), 0, -1)
-               for c in itertools.combinations(range(len(free)), n))
-    chosen = next((c for c in subsets if math.prod(free[i] for i in c) == size), None)
-    if chosen is None:
-      return False
-    free = [0 if i in chosen else n for i, n in enumerate(free)]
-  return True
-
-
-def _divisibility_problems(shards: list[Shard], vocab: int) -> list[str]:
-  """One line per (dim, logical axis, split) that does not divide (mu, nu repeat params)."""
-  problems = {}
-  for s in shards:
-    for dim, name, split in zip(s.shape, s.logical, s.splits):
-      if dim % split and (dim, name, split) not in problems:
-        fix = (f'; set model.vocab_size={-(-vocab // split) * split} (padded)'
-               if name == 'vocab' else '')
-        problems[dim, name, split] = (f'{s.path}: dim {dim} ({name}) is not divisible by its '
-                                      f'{split} devices{fix}')
-  return list(problems.values())
-
-
-def activation_bytes(m: model_lib.ModelConfig, batch: int, seq_len: int,
-                     tensor: int = 1) -> dict[str, int]:
-  """Activation memory of one micro-batch's forward + backward on one device.
-
-  B = per-device micro-batch, L = seq_len, E = d_model, N = layers, c = bytes of the
-  compute dtype; Hl, Ml, Vl, El = heads, mlp, vocab, E split over `tensor`.
-    layer_input = B·L·E·c                        a block's input (all that full remat saves)
-    attention   = B·Hl·L²·(4 + 4 + c + 1)        f32 scores, f32 probs, dropped probs, mask
-    mlp         = 3·B·L·Ml·c                     gate, up, silu(gate)·up
-    other       = B·L·(3E + 6El)·c               norm outputs, residual, q k v, rotated q k, out
-    working     = attention + mlp + other        one block's forward, kept for its backward
-    saved/layer = none: working; full: layer_input;
-                  dots: layer_input + B·L·(2E + 4El + 2Ml)·c + B·Hl·L²·c;
-                  dots_no_batch: layer_input + B·L·(2E + 3El + 2Ml)·c
-    logits      = 3·B·L·Vl·4                     f32 logits, log-softmax, their gradient
-    total       = N·saved/layer + (working, recomputed, if remat) + logits + layer_input
-  """
-  b, length, e, c = batch, seq_len, m.d_model, jnp.dtype(m.dtype).itemsize
-  split = lambda n: -(-n // tensor)
-  heads, mlp, vocab, e_local = (split(m.num_heads), split(m.mlp_dim), split(m.vocab_size),
-                                split(e))
-  dropout = c + 1 if m.attn_dropout > 0 else 0
-  layer_input = b * length * e * c
-  attention = b * heads * length * length * (4 + 4 + dropout)
-  mlp_hidden = 3 * b * length * mlp * c
-  other = b * length * (3 * e + 6 * e_local) * c
-  working = attention + mlp_hidden + other
-  saved = {
-      'none': working,
-      'full': layer_input,
-      'dots': (layer_input + b * length * (2 * e + 4 * e_local + 2 * mlp) * c
-               + b * heads * length * length * c),
-      'dots_no_batch': layer_input + b * length * (2 * e + 3 * e_local + 2 * mlp) * c,
-  }[m.remat]
-  terms = dict(saved_layers=m.num_layers * saved,
-               recomputed_block=0 if m.remat == 'none' else working,
-               logits=3 * b * length * vocab * 4,
-               embedded=layer_input)
-  terms['total'] = sum(terms.values())
-  return terms
-
-
-def plan(cfg: ml_collections.ConfigDict, target: Target | str, mesh: dict | None = None,
-         mfu: float = 0.4) -> dict:
-  """What `cfg` costs per device on `target` with `mesh` (None = the config's mesh).
-
-  Pure: abstract shapes and arithmetic only. `problems` lists why the mesh cannot run
-  the config (batch or parameter dims not divisible, or a mesh `jax.make_mesh` cannot lay
-  on the TPU torus); the numbers are given regardless.
-  """
-  target = TARGETS[target] if isinstance(target, str) else target
-  m = model_config(cfg)
-  sizes = mesh_axes(target, mesh, cfg)
-  shards = state_shards(cfg, sizes)
-  local = {s.path: math.prod(s.shard) * jnp.dtype(s.dtype).itemsize for s in shards}
-  leaf_param_bytes = {p: n for p, n in local.items() if p.startswith('.params')}
-  params = sum(leaf_param_bytes.values())
-  opt_state = sum(local.values()) - params   # Adam mu, nu, counts (and the step counter)
-  grads = params * (2 if cfg.grad_accum > 1 else 1)   # + the accumulator when accumulating
-
-  counts = model_lib.count_params(m)
-  counts['leaves'] = sum(math.prod(s.shape) for s in shards if s.path.startswith('.params'))
-
-  c = m.compute_dtype.itemsize
-  weights_compute = params * c // 4 if c < 4 else 0     # the cast copy of the local weights
-  if sizes['fsdp'] > 1:   # one block's gathered weights (fwd, bwd) and its unsharded f32 grads
-    block = counts['blocks'] // m.num_layers // sizes['tensor']
-    weights_compute += block * (2 * c + 4)
-
-  problems = []
-  dp = sizes['data'] * sizes['fsdp']
-  micro = cfg.global_batch // cfg.grad_accum
-  if cfg.global_batch % cfg.grad_accum or micro % dp:
-    problems.append(f'global_batch={cfg.global_batch} / grad_accum={cfg.grad_accum} = {micro} '
-                    f'sequences per micro-batch do not split over {dp} data-parallel devices')
-  problems += _divisibility_problems(shards, m.vocab_size)
-  if not torus_layout_ok(target, sizes):
-    problems.append(f'jax.make_mesh cannot lay data x fsdp x tensor = {sizes["data"]} x '
-                    f'{sizes["fsdp"]} x {sizes["tensor"]} on the {target.topology} torus '
-                    '(each axis must be a product of whole torus axes)')
-  batch_local = max(1, -(-micro // dp))
-  acts = activation_bytes(m, batch_local, cfg.seq_len, sizes['tensor'])
-
-  total = params + opt_state + grads + weights_compute + acts['total']
-  hbm = int(target.hbm_gib * GIB)
-  flops = model_lib.flops_per_token(m, cfg.seq_len)
-  tokens = cfg.global_batch * cfg.seq_len
-  peak = metrics.peak_flops(target.device_kind)
-  step_s = flops * tokens / (target.num_devices * peak * mfu)
-  fraction = total / hbm
-  return dict(
-      target=target.name, label=target.label, num_devices=target.num_devices,
-      hosts=max(1, target.num_devices // target.devices_per_host), mesh=sizes,
-      params=counts, flops_per_token=flops, tokens_per_step=tokens,
-      train_steps=cfg.train_steps, micro_batch_per_device=batch_local,
-      vocab_size=m.vocab_size, remat=m.remat, compute_dtype=m.dtype,
-      bytes=dict(params=params, opt_state=opt_state, grads=grads,
-                 weights_compute=weights_compute, activations=acts['total'], total=total),
-      activation_terms=acts, leaf_param_bytes=leaf_param_bytes,
-      hbm_bytes=hbm, hbm_fraction=fraction,
-      fits='yes' if fraction <= FIT_FRACTION else 'tight' if fraction <= 1 else 'no',
-      mfu=mfu, peak_flops=peak, step_seconds=step_s,
-      hours=step_s * cfg.train_steps / 3600, problems=problems)
-
-
-def _divisors(n: int) -> list[int]:
-  return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _search(cfg, target, mfu) -> tuple[dict | None, str]:
-  why = ''
-  for tensor in _divisors(target.num_devices):
-    for fsdp in _divisors(target.num_devices // tensor):
-      p = plan(cfg, target, dict(data=-1, fsdp=fsdp, tensor=tensor), mfu)
-      if not p['problems'] and p['fits'] == 'yes':
-        return p, ''
-      if not why and not any('micro-batch' in q for q in p['problems']):
-        why = (f'data={p["mesh"]["data"]} fsdp={fsdp} tensor={tensor}: '   # the first one
-               + ('; '.join(p['problems']) or f'needs {p["hbm_fraction"]:.0%} of HBM'))
-  return None, why or 'the batch does not split over any data x fsdp of these devices'
-
-
-def recommend(cfg: ml_collections.ConfigDict, target: Target | str,
-              mfu: float = 0.4) -> tuple[dict | None, str]:
-  """(plan, note) of the runnable mesh that fits (≤ FIT_FRACTION of HBM) with the least
-  model parallelism: smallest tensor, then smallest fsdp, the rest data. If none does,
-  the search is repeated with the vocabulary padded to a multiple of 128 (the note says
-  so); (None, why) if that fails too."""
-  target = TARGETS[target] if isinstance(target, str) else target
-  found, why = _search(cfg, target, mfu)
-  vocab = model_config(cfg).vocab_size
-  if found or vocab % 128 == 0:
-    return found, why
-  padded = copy.deepcopy(cfg)
-  padded.model.vocab_size = -(-vocab // 128) * 128
-  found, _ = _search(padded, target, mfu)
-  if found:
-    return found, (f'with model.vocab_size={padded.model.vocab_size} (padded to a multiple '
-                   f'of 128; none fits with {vocab}: {why})')
-  return None, why
-
-
-def target_rows(cfg: ml_collections.ConfigDict, target: Target | str,
-                mfu: float = 0.4) -> list[tuple[str, dict | None, str]]:
-  """(row, plan, note): 'config' (the config's mesh), 'fsdp' (all devices on fsdp) and,
-  when the config's mesh cannot run or does not fit, 'use' (the recommended mesh)."""
-  target = TARGETS[target] if isinstance(target, str) else target
-  own = plan(cfg, target, None, mfu)
-  rows = [('config', own, ''),
-          ('fsdp', plan(cfg, target, dict(fsdp=target.num_devices), mfu), '')]
-  if own['problems'] or own['fits'] != 'yes':
-    rows.append(('use', *recommend(cfg, target, mfu)))
-  return rows
 
 
 # ------------------------------------------------------------------ checks
@@ -368,11 +56,11 @@ def _with_mesh(cfg: ml_collections.ConfigDict, mesh: dict) -> ml_collections.Con
 def _lower(setup: train.Setup, cfg: ml_collections.ConfigDict):
   step = train.make_train_step(setup)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    return step.lower(setup.abstract_state, abstract_source(cfg), ABSTRACT_KEY)
+    return step.lower(setup.abstract_state, footprint.abstract_source(cfg), footprint.ABSTRACT_KEY)
 
 
 def _peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / footprint.GIB  # Linux: KiB
 
 
 def lower_train_step(cfg: ml_collections.ConfigDict, devices=None) -> dict:
@@ -385,7 +73,7 @@ def lower_train_step(cfg: ml_collections.ConfigDict, devices=None) -> dict:
   except ValueError:
     cfg = _with_mesh(cfg, dict(data=len(devices)))
   start = time.perf_counter()
-  setup = abstract_setup(cfg, devices)
+  setup = footprint.abstract_setup(cfg, devices)
   lowered = _lower(setup, cfg)
   return dict(seconds=time.perf_counter() - start, mesh=dict(setup.mesh.shape),
               platform=devices[0].platform, stablehlo_chars=len(lowered.as_text()),
@@ -420,7 +108,7 @@ def find_libtpu(path: str = '') -> str:
       '-e /tmp/libtpu/libtpu-*.whl /tmp/libtpu/x, then --libtpu=/tmp/libtpu/x')
 
 
-def tpu_devices(target: Target, libtpu: str = ''):
+def tpu_devices(target: footprint.Target, libtpu: str = ''):
   """Compile-only devices of the target's TPU topology (needs libtpu, not a TPU)."""
   if not target.topology:
     raise AotUnavailable(f'{target.label} is not a TPU: no topology to compile for.')
@@ -446,16 +134,16 @@ def tpu_devices(target: Target, libtpu: str = ''):
   return devices
 
 
-def compile_for_tpu(cfg: ml_collections.ConfigDict, target: Target | str,
+def compile_for_tpu(cfg: ml_collections.ConfigDict, target: footprint.Target | str,
                     mesh: dict | None = None, libtpu: str = '') -> dict:
   """Compiles the real train step ahead of time for the target's TPU topology on this
   CPU; XLA's per-device memory, or `oom` with XLA's message if it does not fit.
   Raises AotUnavailable (with the reason) when there is no libtpu."""
-  target = TARGETS[target] if isinstance(target, str) else target
+  target = footprint.TARGETS[target] if isinstance(target, str) else target
   devices = tpu_devices(target, libtpu)
-  cfg = _with_mesh(cfg, mesh_axes(target, mesh, cfg))
+  cfg = _with_mesh(cfg, footprint.mesh_axes(target, mesh, cfg))
   start = time.perf_counter()
-  setup = abstract_setup(cfg, devices)
+  setup = footprint.abstract_setup(cfg, devices)
   lowered = _lower(setup, cfg)
   try:
     compiled = lowered.compile()
@@ -484,11 +172,11 @@ _FORMAT = ('{:<12} {:>4} {:>5} {:<6} {:>4} {:>4} {:>4} {:>5} {:>7} {:>6} {:>6} {
 
 
 def _gib(n: float) -> str:
-  return f'{n / GIB:.2f}'
+  return f'{n / footprint.GIB:.2f}'
 
 
 def format_header(cfg: ml_collections.ConfigDict, p: dict) -> list[str]:
-  m, n = model_config(cfg), p['params']
+  m, n = footprint.model_config(cfg), p['params']
   tokens = p['tokens_per_step']
   return [
       f'model       {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads (dim '
@@ -513,18 +201,18 @@ def format_row(row: str, p: dict | None, note: str) -> list[str]:
       p['label'], p['num_devices'], p['hosts'], row, mesh['data'], mesh['fsdp'],
       mesh['tensor'], p['micro_batch_per_device'], _gib(b['params']), _gib(b['opt_state']),
       _gib(b['grads']), _gib(b['weights_compute']), _gib(b['activations']), _gib(b['total']),
-      f'{p["hbm_bytes"] / GIB:.0f}', f'{p["hbm_fraction"]:.0%}', p['fits'],
+      f'{p["hbm_bytes"] / footprint.GIB:.0f}', f'{p["hbm_fraction"]:.0%}', p['fits'],
       f'{p["step_seconds"]:.3f}', f'{p["hours"]:.2f}')
   return ([line] + [f'    ! cannot run: {q}' for q in p['problems']]
           + ([f'    note: {note}'] if note else []))
 
 
 def format_table(cfg: ml_collections.ConfigDict, targets: list[str], mfu: float) -> str:
-  first = plan(cfg, targets[0], None, mfu)
+  first = footprint.plan(cfg, targets[0], None, mfu)
   lines = format_header(cfg, first) + ['']
   lines.append(_FORMAT.format(*_COLUMNS))
   for name in targets:
-    for row, p, note in target_rows(cfg, name, mfu):
+    for row, p, note in footprint.target_rows(cfg, name, mfu):
       lines += format_row(row, p, note)
   c = jnp.dtype(first['compute_dtype']).itemsize
   saved = _SAVED_PER_LAYER[first['remat']].format(c=c)
@@ -538,18 +226,18 @@ def format_table(cfg: ml_collections.ConfigDict, targets: list[str], mfu: float)
       f'  logical-axis rules; w = {first["compute_dtype"]} copy of the local weights (casts '
       'hoisted out of the layer scan)',
       '  + one gathered block under fsdp; act = activations of B/dev sequences '
-      '(ncalm.dryrun.activation_bytes):',
+      '(ncalm.footprint.activation_bytes):',
       f'  N x saved/layer [remat {first["remat"]!r}: {saved}]',
       f'  + one block recomputed [B*H*L^2*(4+4+{c}+1) f32 scores, probs, dropout; '
       f'3*B*L*M*{c} MLP; B*L*(3E+6E/t)*{c} rest]',
       '  + 3*B*L*V*4 f32 logits, log-softmax and gradient; H, M, V (and E in q, k, v) split '
       'over tensor t.',
-      f'fits: yes <= {FIT_FRACTION:.0%} of HBM, tight <= 100%, no above. s/step: {mfu:.0%} MFU '
+      f'fits: yes <= {footprint.FIT_FRACTION:.0%} of HBM, tight <= 100%, no above. s/step: {mfu:.0%} MFU '
       f'of the dense bf16 peak ({peaks}',
       f'  TFLOP/s per device), every device computing; hours for train_steps='
       f'{cfg.train_steps:,}.',
   ]
-  notes = [f'  {TARGETS[t].label}: {TARGETS[t].note}' for t in targets if TARGETS[t].note]
+  notes = [f'  {footprint.TARGETS[t].label}: {footprint.TARGETS[t].note}' for t in targets if footprint.TARGETS[t].note]
   if notes:
     lines += ['Devices:'] + notes
   return '\n'.join(lines)
@@ -564,7 +252,7 @@ _SAVED_PER_LAYER = {
 
 
 def _peak_label(name: str) -> str:
-  t = TARGETS[name]
+  t = footprint.TARGETS[name]
   return f'{t.chip} {metrics.peak_flops(t.device_kind) / 1e12:.0f}'
 
 
@@ -574,8 +262,8 @@ def parse_aot(spec: str) -> list[tuple[str, str]]:
   out = []
   for item in filter(None, (s.strip() for s in spec.split(','))):
     name, _, row = item.partition(':')
-    if name not in TARGETS:
-      raise app.UsageError(f'--aot: unknown target {name!r}: use one of {list(TARGETS)}.')
+    if name not in footprint.TARGETS:
+      raise app.UsageError(f'--aot: unknown target {name!r}: use one of {list(footprint.TARGETS)}.')
     if row not in ('', 'config', 'fsdp', 'use', 'run'):
       raise app.UsageError(f'--aot={item}: the row is config, fsdp, use or run.')
     out.append((name, row or 'run'))
@@ -595,10 +283,10 @@ def aot_lines(cfg: ml_collections.ConfigDict, requests: list[tuple[str, str]], l
            '(a minute or two each on 2 CPU cores).')
     return
   for name, row in requests:
-    rows = {r: p for r, p, _ in target_rows(cfg, name, mfu)}
+    rows = {r: p for r, p, _ in footprint.target_rows(cfg, name, mfu)}
     p = rows.get('use') if row in ('use', 'run') and rows.get('use') else rows.get(row)
     p = p or rows['config']
-    label = f'AOT {TARGETS[name].label} ' + ' '.join(f'{a}={n}' for a, n in p['mesh'].items())
+    label = f'AOT {footprint.TARGETS[name].label} ' + ' '.join(f'{a}={n}' for a, n in p['mesh'].items())
     run_cfg = copy.deepcopy(cfg)
     run_cfg.model.vocab_size = p['vocab_size']   # the 'use' row may pad the vocabulary
     try:
@@ -621,7 +309,7 @@ def aot_lines(cfg: ml_collections.ConfigDict, requests: list[tuple[str, str]], l
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
-_TARGETS = flags.DEFINE_list('targets', list(TARGETS), f'Targets, of {list(TARGETS)}.')
+_TARGETS = flags.DEFINE_list('targets', list(footprint.TARGETS), f'Targets, of {list(footprint.TARGETS)}.')
 _MFU = flags.DEFINE_float('mfu', 0.4, 'Model FLOPs utilisation assumed for step times.')
 _LOWER = flags.DEFINE_bool('lower', True, 'Lower the real train step on this host with '
                            'abstract inputs (seconds; nothing allocated).')
@@ -636,9 +324,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cfg = _CONFIG.value
   config_lib.check_fields(cfg)
-  unknown = [t for t in _TARGETS.value if t not in TARGETS]
+  unknown = [t for t in _TARGETS.value if t not in footprint.TARGETS]
   if unknown:
-    raise app.UsageError(f'--targets: unknown {unknown}; use any of {list(TARGETS)}.')
+    raise app.UsageError(f'--targets: unknown {unknown}; use any of {list(footprint.TARGETS)}.')
   requests = parse_aot(_AOT.value)
   logging.set_verbosity(logging.WARNING)  # the table is the output; no backend chatter
   print(f'ncalm dry run of {flags.FLAGS["config"].config_filename}: abstract shapes only, '

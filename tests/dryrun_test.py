@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ncalm import dryrun
+from ncalm import footprint
 from ncalm import model as model_lib
 import tiny_config
 
@@ -28,8 +29,8 @@ class CountsTest(absltest.TestCase):
 
   def test_counts_match_the_model_and_eval_shape(self):
     cfg = tiny_config.get_config()
-    p = dryrun.plan(cfg, 'h100x1')
-    m = dryrun.model_config(cfg)
+    p = footprint.plan(cfg, 'h100x1')
+    m = footprint.model_config(cfg)
     for key, value in model_lib.count_params(m).items():
       self.assertEqual(p['params'][key], value, key)
     shapes = jax.eval_shape(model_lib.Transformer(m).init, jax.random.key(0),
@@ -44,10 +45,10 @@ class MemoryTest(absltest.TestCase):
   def test_fsdp_divides_the_sharded_leaves_exactly(self):
     cfg = tiny_config.get_config()
     cfg.global_batch = 8                      # splits over 8 data-parallel devices
-    data = dryrun.plan(cfg, 'h100x8', dict(data=8))
-    fsdp = dryrun.plan(cfg, 'h100x8', dict(fsdp=8))
+    data = footprint.plan(cfg, 'h100x8', dict(data=8))
+    fsdp = footprint.plan(cfg, 'h100x8', dict(fsdp=8))
     self.assertEqual((data['problems'], fsdp['problems']), ([], []))
-    sharded = {s.path for s in dryrun.state_shards(cfg, fsdp['mesh']) if 8 in s.splits}
+    sharded = {s.path for s in footprint.state_shards(cfg, fsdp['mesh']) if 8 in s.splits}
     self.assertLen(sharded & set(fsdp['leaf_param_bytes']), 9)   # all but the 3 norms
     for path, dp_bytes in data['leaf_param_bytes'].items():
       expected = dp_bytes // 8 if path in sharded else dp_bytes
@@ -58,7 +59,7 @@ class MemoryTest(absltest.TestCase):
     self.assertEqual(fsdp['bytes']['grads'], fsdp['bytes']['params'])
 
   def test_paper_model_on_one_h100(self):
-    p = dryrun.plan(paper_config(), 'h100x1')
+    p = footprint.plan(paper_config(), 'h100x1')
     n = p['params']
     self.assertEqual(round(n['blocks'] / 1e9, 2), 1.61)       # SPEC §4: 1.61B w/o embeddings
     self.assertAlmostEqual(n['non_embedding'] / 1e9, 1.61, delta=0.025)  # + final norm, head
@@ -67,32 +68,32 @@ class MemoryTest(absltest.TestCase):
     self.assertEqual(p['mesh'], dict(data=1, fsdp=1, tensor=1))
     self.assertEqual(p['fits'], 'yes')
     self.assertEqual(p['tokens_per_step'], 32 * 1024)
-    self.assertEqual(p['flops_per_token'], model_lib.flops_per_token(dryrun.model_config(
+    self.assertEqual(p['flops_per_token'], model_lib.flops_per_token(footprint.model_config(
         paper_config()), 1024))
 
   def test_recommendations(self):
     cfg = paper_config()
-    use, _ = dryrun.recommend(cfg, 'v5e-16')     # 16 GiB chips: the config's data=16 fails
+    use, _ = footprint.recommend(cfg, 'v5e-16')     # 16 GiB chips: the config's data=16 fails
     self.assertGreater(use['mesh']['fsdp'], 1)
     self.assertEqual(use['fits'], 'yes')
     # Batch 32 over 256 chips leaves tensor >= 8, which vocab 10002 does not divide, and
     # the 16x16 torus only lays axes of 16 or 256: the vocabulary is padded, tensor=16.
-    use, note = dryrun.recommend(cfg, 'v5e-256')
+    use, note = footprint.recommend(cfg, 'v5e-256')
     self.assertEqual(use['mesh'], dict(data=16, fsdp=1, tensor=16))
     self.assertEqual(use['vocab_size'], 10112)
     self.assertIn('model.vocab_size=10112', note)
-    self.assertFalse(dryrun.torus_layout_ok(dryrun.TARGETS['v5p-128'],
+    self.assertFalse(footprint.torus_layout_ok(footprint.TARGETS['v5p-128'],
                                             dict(data=32, fsdp=1, tensor=2)))
-    self.assertTrue(dryrun.torus_layout_ok(dryrun.TARGETS['v5p-128'],
+    self.assertTrue(footprint.torus_layout_ok(footprint.TARGETS['v5p-128'],
                                            dict(data=16, fsdp=1, tensor=4)))
 
   def test_activation_terms_follow_the_remat_policy(self):
     m = model_lib.ModelConfig(vocab_size=100, d_model=8, num_layers=3, num_heads=2,
                               mlp_dim=16, dtype='bfloat16', remat='full')
-    full = dryrun.activation_bytes(m, batch=2, seq_len=4)
+    full = footprint.activation_bytes(m, batch=2, seq_len=4)
     self.assertEqual(full['saved_layers'], 3 * 2 * 4 * 8 * 2)
     self.assertEqual(full['logits'], 3 * 2 * 4 * 100 * 4)
-    totals = {r: dryrun.activation_bytes(m.__class__(**{**m.__dict__, 'remat': r}), 2, 4)
+    totals = {r: footprint.activation_bytes(m.__class__(**{**m.__dict__, 'remat': r}), 2, 4)
               ['total'] for r in model_lib.REMAT_POLICIES}
     self.assertLess(totals['full'], totals['dots_no_batch'])
     self.assertLess(totals['dots_no_batch'], totals['dots'])
@@ -117,7 +118,7 @@ class ChecksTest(absltest.TestCase):
       if saved is not None:
         os.environ['TPU_LIBRARY_PATH'] = saved
     with self.assertRaisesRegex(dryrun.AotUnavailable, 'not a TPU'):
-      dryrun.tpu_devices(dryrun.TARGETS['h100x8'])
+      dryrun.tpu_devices(footprint.TARGETS['h100x8'])
 
   def test_cli_prints_the_table(self):
     env = {k: v for k, v in os.environ.items() if k != 'TPU_LIBRARY_PATH'}

@@ -1,6 +1,5 @@
 """The training step and loop end to end on one device: data in the step, accumulation,
 checkpoints, exact resume after SIGTERM and SIGKILL, NaN stops, start-up errors."""
-import json
 import os
 import signal
 import subprocess
