@@ -4,17 +4,10 @@
     python -m ncalm.dryrun --config=configs/nca_164m.py --targets=h100x1,v5p-32
     python -m ncalm.dryrun --config=configs/nca_164m.py --aot=v4-32 --libtpu=/path/libtpu.so
 
-Nothing is allocated: parameters and optimizer state come from `jax.eval_shape` of
-`train.init_state`, and their per-device bytes from the config's logical-axis rules on
-the target's mesh (data × fsdp × tensor), leaf by leaf. For each target the table shows
-the config's own mesh, the all-fsdp mesh and, when the config's mesh does not fit, the
-mesh to use instead. `plan(cfg, target, mesh)` is the pure function behind a row.
-
-Per device: params f32 + Adam mu, nu f32 + gradients f32 (sharded like the params),
-the compute-dtype copy of the local weights (XLA hoists the casts out of the layer
-scan), and activations of one micro-batch under the remat policy (`activation_bytes`).
-Step time assumes the given MFU of the dense bf16 peak (`metrics.PEAK_FLOPS_BF16`) on
-the model FLOPs of `model.flops_per_token` (remat recomputation not counted).
+Nothing is allocated. For each target the table shows the config's own mesh, the
+all-fsdp mesh and, when the config's mesh does not fit, the mesh to use instead;
+`footprint.plan(cfg, target, mesh)` is the pure function behind a row, and
+ncalm/footprint.py says what is counted per device.
 
 Checks: the real train step is lowered on this host's devices with abstract inputs
 (`lower_train_step`), and, given libtpu, compiled ahead of time for a TPU topology from
