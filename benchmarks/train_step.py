@@ -18,7 +18,6 @@ from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
-import numpy as np
 
 from ncalm import config_lib
 from ncalm import metrics

@@ -59,8 +59,8 @@ def score_rules(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
   pending = None
   for start in range(0, n + chunk, chunk):
     if start < n:
-      rk = _pad_to(rule_keys[start:start + chunk], chunk)
-      sk = _pad_to(sim_keys[start:start + chunk], chunk)
+      rk = pad_rows(rule_keys[start:start + chunk], chunk)
+      sk = pad_rows(sim_keys[start:start + chunk], chunk)
       current = (start, score_ids(rk, sk, cfg, mode))
     else:
       current = None
@@ -77,7 +77,8 @@ def _chunk_for(n: int, chunk: int) -> int:
   return min(chunk, 1 << max(0, (n - 1).bit_length()))
 
 
-def _pad_to(rows: np.ndarray, size: int) -> np.ndarray:
+def pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+  """rows padded to `size` by repeating the last one (keeps compiled shapes fixed)."""
   if len(rows) == size:
     return rows
   return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), axis=0)])

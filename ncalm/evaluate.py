@@ -30,13 +30,17 @@ def unigram_log_probs(source, num_batches: int, batch_size: int, key) -> np.ndar
   baseline that predicts every target from the token distribution alone."""
   @jax.jit
   def count(src, k):
-    batch = src.batch(k, batch_size)
-    return jnp.zeros(src.vocab_size).at[batch.targets].add(batch.loss_mask)
+    return token_counts(src.batch(k, batch_size), src.vocab_size)
 
   counts = sum(np.asarray(count(source, jax.random.fold_in(key, i)), np.float64)
                for i in range(num_batches))
   counts += 0.5
   return np.log(counts / counts.sum())
+
+
+def token_counts(batch: sources.Batch, vocab_size: int) -> jax.Array:
+  """How often each id is a scored target in the batch: float32 [vocab_size]."""
+  return jnp.zeros(vocab_size).at[batch.targets].add(batch.loss_mask)
 
 
 def position_loss_sums(model, params, batch: sources.Batch):
@@ -73,7 +77,9 @@ class Evaluator:
     rep = sharding.replicated(mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET)
     self.keys = [jax.random.fold_in(eval_key, i) for i in range(cfg.eval_batches)]
-    self.probe_key = jax.random.fold_in(eval_key, -1 % 2**31)
+    # Loss batches use fold_in(eval_key, i < eval_batches); the probe and the unigram
+    # estimate take keys far from those.
+    self.probe_key = jax.random.fold_in(eval_key, 2**31 - 1)
     self.unigram_logp = unigram_log_probs(train_source, UNIGRAM_SEQUENCES // 256, 256,
                                           jax.random.fold_in(eval_key, 2**30))
     param_shardings = setup.state_shardings.params
@@ -81,8 +87,7 @@ class Evaluator:
     def loss_fn(params, src, key):
       batch = sources.make_sharded_batch(src, key, cfg.global_batch, mesh)
       sums = position_loss_sums(setup.model, params, batch)
-      token_counts = jnp.zeros(setup.model.cfg.vocab_size).at[batch.targets].add(batch.loss_mask)
-      return sums, token_counts
+      return sums, token_counts(batch, setup.model.cfg.vocab_size)
 
     self._loss = jax.jit(loss_fn, in_shardings=(param_shardings, rep, rep), out_shardings=rep)
     if self.is_nca:
@@ -110,8 +115,8 @@ class Evaluator:
     """Evaluates, writes the scalars (and the probe picture), returns the scalars."""
     ce = count = unigram = 0.0
     for key in self.keys:
-      (ce_L, count_L), token_counts = jax.device_get(self._loss(params, self.source, key))
-      ce, count, unigram = ce + ce_L, count + count_L, unigram + token_counts
+      (ce_L, count_L), counts = jax.device_get(self._loss(params, self.source, key))
+      ce, count, unigram = ce + ce_L, count + count_L, unigram + counts
     scalars = {'eval/loss': float(np.sum(ce) / np.sum(count))}
     logp = self.unigram_logp[:len(unigram)]
     scalars['eval/unigram_loss'] = float(-np.sum(unigram * logp) / np.sum(unigram))

@@ -58,9 +58,8 @@ def generate(count: int, *, rule_seed: int = 0, sim_seed: int = 1, band=None,
   seqs = []
   for start in range(0, count, chunk):
     rk, sk = bank.keys[start:start + chunk], sim_keys[start:start + chunk]
-    n = len(rk)
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)]) if n < chunk else a
-    seqs.append(np.asarray(make(pad(rk), pad(sk)))[:n])
+    padded = (complexity.pad_rows(rk, chunk), complexity.pad_rows(sk, chunk))
+    seqs.append(np.asarray(make(*padded))[:len(rk)])
   toks = np.concatenate(seqs)
   grid_dtype = np.int8 if cfg.num_states <= 127 else np.int32
   grids = np.asarray(tokens.tokens_to_frames(toks, cfg)).astype(grid_dtype)

@@ -3,8 +3,8 @@
 A *source* makes a batch from a PRNG key inside a jitted step, on the device:
 `source.batch(key, batch_size)`. It does so in two parts so that each device can make
 its own rows: `row_keys(key, batch_size)` (a few bytes per row, cheap to replicate) and
-`rows(row_keys)` (the work, a pure function of each row's keys — `ncalm.train` runs it
-under `shard_map`, each device on its shard). NCA and Dyck sources make their data from
+`rows(row_keys)` (the work, a pure function of each row's keys — `make_sharded_batch`
+runs it under `shard_map`, each device on its shard). NCA and Dyck sources make their data from
 the key alone, so a step's batch is a pure function of (seed, step). Sources are
 pytrees: the NCA rule bank travels as a device array argument, not as a constant.
 """
@@ -69,9 +69,6 @@ class NCASource:
     return self.sequences(*row_keys)[:, :self.seq_len + 1]
 
   def row_keys(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    return self.draw_keys(key, batch_size)
-
-  def draw_keys(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """(rule keys, simulation keys) of a batch: bank rules drawn uniformly."""
     rule_key, sim_key = jax.random.split(key)
     if self.rule_keys is None:

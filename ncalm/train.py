@@ -115,11 +115,8 @@ def update(setup: Setup, state: TrainState, batch: sources.Batch, dropout_key):
   accum = setup.cfg.grad_accum
   micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
-  def loss_fn(params, mb, key):
-    total, count = masked_loss_sums(setup.model, params, mb, key)
-    return total, count
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  # (Σ mask·CE, Σ mask) per micro-batch: the sums add exactly across micro-batches.
+  grad_fn = jax.value_and_grad(functools.partial(masked_loss_sums, setup.model), has_aux=True)
 
   def body(carry, xs):
     grads, total, count = carry

@@ -38,7 +38,7 @@ class NCASourceTest(absltest.TestCase):
     bank = jax.random.split(jax.random.PRNGKey(2), 3)
     source = sources.NCASource(CFG, seq_len=200, mode='reference', rule_keys=bank)
     key = jax.random.PRNGKey(3)
-    rule_keys, sim_keys = source.draw_keys(key, 2)
+    rule_keys, sim_keys = source.row_keys(key, 2)
     for rk in np.asarray(rule_keys):
       self.assertTrue(np.any(np.all(np.asarray(bank) == rk, axis=1)))
     batch = source.batch(key, 2)
@@ -50,7 +50,7 @@ class NCASourceTest(absltest.TestCase):
 
   def test_fresh_rules_without_a_bank(self):
     source = sources.NCASource(CFG, seq_len=100)
-    rule_keys, _ = source.draw_keys(jax.random.PRNGKey(4), 3)
+    rule_keys, _ = source.row_keys(jax.random.PRNGKey(4), 3)
     self.assertLen(np.unique(np.asarray(rule_keys), axis=0), 3)
 
   def test_bad_settings(self):
