@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm import nca, tokens
+from ncalm import errors, nca, tokens
 
 SCORE_FRAMES = 10            # frames recorded for the score (after the burn-in)
 GZIP_OVERHEAD = 18           # gzip header (10 bytes, no file name) + CRC32 and size (8)
@@ -93,10 +93,10 @@ def in_band(scores: np.ndarray, band: tuple[float, float]) -> np.ndarray:
 def check_band(band) -> tuple[float, float]:
   """A (low, high) band inside [0, 1] with low < high, or a clear error."""
   if band is None or len(band) != 2:
-    raise ValueError(f'band={band!r}: give two numbers low,high such as 0.5,1.0.')
+    raise errors.UserError(f'band={band!r}: give two numbers low,high such as 0.5,1.0.')
   low, high = float(band[0]), float(band[1])
   if not (0.0 <= low < high <= 1.0):
-    raise ValueError(
+    raise errors.UserError(
         f'band=({low}, {high}) must satisfy 0 <= low < high <= 1 (scores are gzip '
         'ratios; the published bands are 0.2-0.3, 0.3-0.4, 0.4-0.5 and 0.5-1.0).')
   return low, high
@@ -128,7 +128,7 @@ class RuleBank:
   def split(self, num_validation: int) -> tuple['RuleBank', 'RuleBank']:
     """(train, validation): the last num_validation rules are held out."""
     if not 0 <= num_validation < len(self):
-      raise ValueError(f'num_validation={num_validation} must be in [0, {len(self)}).')
+      raise errors.UserError(f'num_validation={num_validation} must be in [0, {len(self)}).')
     cut = len(self) - num_validation
     return (RuleBank(self.keys[:cut], self.scores[:cut], self.band),
             RuleBank(self.keys[cut:], self.scores[cut:], self.band))
@@ -151,8 +151,8 @@ def sample_rule_bank(key: jax.Array, num_rules: int, band, cfg: nca.NCAConfig,
   """Rejection-samples num_rules rules with low < score < high (or any, if band is None).
 
   Follows the published sampler round by round, so in reference mode the same key
-  gives the same accepted rules. Raises after max_rounds rounds if the band is still
-  short of rules, instead of searching forever.
+  gives the same accepted rules. Raises `errors.UserError` after max_rounds rounds if
+  the band is still short of rules, instead of searching forever.
   """
   if band is not None:
     band = check_band(band)
@@ -168,7 +168,9 @@ def sample_rule_bank(key: jax.Array, num_rules: int, band, cfg: nca.NCAConfig,
     have += int(keep.sum())
     if have >= num_rules:
       return RuleBank(np.concatenate(keys)[:num_rules], np.concatenate(scores)[:num_rules], band)
-  raise RuntimeError(
-      f'band={band}: only {have} of {num_rules} rules found in max_rounds={max_rounds} '
-      f'rounds of {num_rules} candidates ({have / (max_rounds * num_rules):.2%} accepted). '
-      'Widen the band, or raise max_rounds if the band is just rare.')
+  tried = max_rounds * num_rules
+  raise errors.UserError(
+      f'band={band}: only {have} of {num_rules} rules scored inside the band out of {tried:,} '
+      f'candidates ({have / tried:.2%} accepted). Widen the band (data.band in a config, '
+      '--band or --bands on the command line) or ask for fewer rules (data.num_train_rules '
+      'and data.num_val_rules, --count or --rules_per_band).')

@@ -7,7 +7,9 @@
 Nothing is allocated. For each target the table shows the config's own mesh, the
 all-fsdp mesh and, when the config's mesh does not fit, the mesh to use instead;
 `footprint.plan(cfg, target, mesh)` is the pure function behind a row, and
-ncalm/footprint.py says what is counted per device.
+ncalm/footprint.py says what is counted per device. A config mesh of fixed sizes
+(e.g. --config.mesh.data=4 --config.mesh.fsdp=4) lays out only on targets with that many
+devices: on the others its row says so and is skipped (the fsdp and use rows remain).
 
 Checks: the real train step is lowered on this host's devices with abstract inputs
 (`lower_train_step`), and, given libtpu, compiled ahead of time for a TPU topology from
@@ -17,11 +19,11 @@ if it does not fit.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import resource
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import flax.linen as nn
@@ -30,7 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
+from ncalm import cli
 from ncalm import config_lib
+from ncalm import errors
 from ncalm import footprint
 from ncalm import metrics
 from ncalm import sharding
@@ -186,9 +190,56 @@ def format_header(cfg: ml_collections.ConfigDict, p: dict) -> list[str]:
   ]
 
 
-def format_row(row: str, p: dict | None, note: str) -> list[str]:
+def check_mesh(cfg: ml_collections.ConfigDict) -> None:
+  """config.mesh sizes are positive, or -1 (all remaining devices) on at most one axis."""
+  sizes = {a: cfg.mesh.get(a, 1) for a in sharding.MESH_AXES}
+  bad = [a for a, n in sizes.items() if not isinstance(n, int) or (n < 1 and n != -1)]
+  if bad or list(sizes.values()).count(-1) > 1:
+    shown = ' '.join(f'config.mesh.{a}={n}' for a, n in sizes.items())
+    raise errors.UserError(f'{shown}: each mesh axis is a positive number of devices, and at '
+                           'most one may be -1 (all remaining devices), e.g. '
+                           '--config.mesh.data=-1 --config.mesh.fsdp=4.')
+
+
+def mesh_mismatch(cfg: ml_collections.ConfigDict, target: footprint.Target | str) -> str:
+  """'' when the config's mesh lays out on the target's devices, else one line saying why."""
+  target = footprint.TARGETS[target] if isinstance(target, str) else target
+  try:
+    footprint.mesh_axes(target, None, cfg)
+    return ''
+  except ValueError:
+    pass
+  sizes = {a: int(cfg.mesh.get(a, 1)) for a in sharding.MESH_AXES}
+  fixed = math.prod(n for n in sizes.values() if n != -1)
+  needs = f'a multiple of {fixed}' if -1 in sizes.values() else f'{fixed}'
+  mesh = ' '.join(f'{a}={n}' for a, n in sizes.items())
+  return (f'skipped: config.mesh {mesh} needs {needs} devices; {target.label} has '
+          f'{target.num_devices}')
+
+
+def target_rows(cfg: ml_collections.ConfigDict, target: footprint.Target | str,
+                mfu: float = 0.4) -> list[tuple[str, dict | None, str]]:
+  """`footprint.target_rows`, except that a config mesh the target's devices cannot hold
+  gives a 'config' row without a plan (its note says why) and always a 'use' row. A row
+  without a plan has a note that starts with why."""
+  target = footprint.TARGETS[target] if isinstance(target, str) else target
+  why = mesh_mismatch(cfg, target)
+  if why:
+    rows = [('config', None, why),
+            ('fsdp', footprint.plan(cfg, target, dict(fsdp=target.num_devices), mfu), ''),
+            ('use', *footprint.recommend(cfg, target, mfu))]
+  else:
+    rows = footprint.target_rows(cfg, target, mfu)
+  return [(row, p, note if p is not None or row == 'config' else f'no mesh fits: {note}')
+          for row, p, note in rows]
+
+
+def format_row(row: str, p: dict | None, note: str,
+               target: footprint.Target | None = None) -> list[str]:
   if p is None:
-    return [_FORMAT.format('', '', '', row, *['-'] * 15), f'    ! no mesh fits: {note}']
+    where = (target.label, target.num_devices,
+             max(1, target.num_devices // target.devices_per_host)) if target else ('', '', '')
+    return [_FORMAT.format(*where, row, *['-'] * 15), f'    ! {note}']
   b, mesh = p['bytes'], p['mesh']
   line = _FORMAT.format(
       p['label'], p['num_devices'], p['hosts'], row, mesh['data'], mesh['fsdp'],
@@ -201,12 +252,13 @@ def format_row(row: str, p: dict | None, note: str) -> list[str]:
 
 
 def format_table(cfg: ml_collections.ConfigDict, targets: list[str], mfu: float) -> str:
-  first = footprint.plan(cfg, targets[0], None, mfu)
+  # The header's numbers (parameters, FLOPs, tokens) do not depend on the mesh.
+  first = footprint.plan(cfg, targets[0], dict(data=-1), mfu)
   lines = format_header(cfg, first) + ['']
   lines.append(_FORMAT.format(*_COLUMNS))
   for name in targets:
-    for row, p, note in footprint.target_rows(cfg, name, mfu):
-      lines += format_row(row, p, note)
+    for row, p, note in target_rows(cfg, name, mfu):
+      lines += format_row(row, p, note, footprint.TARGETS[name])
   c = jnp.dtype(first['compute_dtype']).itemsize
   saved = _SAVED_PER_LAYER[first['remat']].format(c=c)
   peaks = ', '.join(sorted({_peak_label(t) for t in targets}))
@@ -256,9 +308,9 @@ def parse_aot(spec: str) -> list[tuple[str, str]]:
   for item in filter(None, (s.strip() for s in spec.split(','))):
     name, _, row = item.partition(':')
     if name not in footprint.TARGETS:
-      raise app.UsageError(f'--aot: unknown target {name!r}: use one of {list(footprint.TARGETS)}.')
+      raise errors.UserError(f'--aot: unknown target {name!r}: use one of {list(footprint.TARGETS)}.')
     if row not in ('', 'config', 'fsdp', 'use', 'run'):
-      raise app.UsageError(f'--aot={item}: the row is config, fsdp, use or run.')
+      raise errors.UserError(f'--aot={item}: the row is config, fsdp, use or run.')
     out.append((name, row or 'run'))
   return out
 
@@ -276,9 +328,12 @@ def aot_lines(cfg: ml_collections.ConfigDict, requests: list[tuple[str, str]], l
            '(a minute or two each on 2 CPU cores).')
     return
   for name, row in requests:
-    rows = {r: p for r, p, _ in footprint.target_rows(cfg, name, mfu)}
-    p = rows.get('use') if row in ('use', 'run') and rows.get('use') else rows.get(row)
-    p = p or rows['config']
+    rows = {r: (p, note) for r, p, note in target_rows(cfg, name, mfu)}
+    p = rows['use'][0] if row in ('use', 'run') and 'use' in rows else None
+    p = p or rows.get(row, (None, ''))[0] or rows['config'][0]
+    if p is None:
+      yield f'AOT {footprint.TARGETS[name].label} {row}: {rows["config"][1]}'
+      continue
     label = f'AOT {footprint.TARGETS[name].label} ' + ' '.join(f'{a}={n}' for a, n in p['mesh'].items())
     run_cfg = copy.deepcopy(cfg)
     run_cfg.model.vocab_size = p['vocab_size']   # the 'use' row may pad the vocabulary
@@ -312,15 +367,27 @@ _LIBTPU = flags.DEFINE_string('libtpu', '', 'libtpu.so, or a folder holding it (
                               '$TPU_LIBRARY_PATH, then the libtpu package).')
 
 
+def check_config(cfg: ml_collections.ConfigDict, path: str) -> None:
+  """The config's own checks as one user error naming the file (before any tracing)."""
+  try:
+    config_lib.check_fields(cfg)
+    footprint.model_config(cfg)   # the data source, NCA and model fields
+    check_mesh(cfg)
+  except ValueError as error:
+    raise errors.UserError(f'--config={path}: {error}') from None
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cfg = _CONFIG.value
-  config_lib.check_fields(cfg)
+    raise errors.UserError(f'unexpected arguments {argv[1:]}: every input is a --flag.')
   unknown = [t for t in _TARGETS.value if t not in footprint.TARGETS]
-  if unknown:
-    raise app.UsageError(f'--targets: unknown {unknown}; use any of {list(footprint.TARGETS)}.')
+  if unknown or not _TARGETS.value:
+    what = f'unknown target(s) {", ".join(unknown)}' if unknown else 'no target'
+    raise errors.UserError(f'--targets={",".join(_TARGETS.value)}: {what}; give any of '
+                           f'{",".join(footprint.TARGETS)} (comma-separated).')
   requests = parse_aot(_AOT.value)
+  cfg = _CONFIG.value  # cli.run has checked that the file loads
+  check_config(cfg, flags.FLAGS['config'].config_filename)
   logging.set_verbosity(logging.WARNING)  # the table is the output; no backend chatter
   print(f'ncalm dry run of {flags.FLAGS["config"].config_filename}: abstract shapes only, '
         'nothing allocated\n')
@@ -339,4 +406,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ncalm import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class DyckConfig:
@@ -32,14 +34,14 @@ class DyckConfig:
 
   def __post_init__(self):
     if self.num_types < 1:
-      raise ValueError(f'dyck.num_types={self.num_types}: need at least 1 bracket type '
-                       '(64 is the published value).')
+      raise errors.UserError(f'dyck.num_types={self.num_types}: need at least 1 bracket type '
+                             '(64 is the published value).')
     if self.max_depth < 1:
-      raise ValueError(f'dyck.max_depth={self.max_depth}: need a depth of at least 1 '
-                       '(16 is the published value).')
+      raise errors.UserError(f'dyck.max_depth={self.max_depth}: need a depth of at least 1 '
+                             '(16 is the published value).')
     if not 0 < self.p_open < 1:
-      raise ValueError(f'dyck.p_open={self.p_open} must lie strictly between 0 and 1 '
-                       '(0.5 is the published value).')
+      raise errors.UserError(f'dyck.p_open={self.p_open} must lie strictly between 0 and 1 '
+                             '(0.5 is the published value).')
 
   def replace(self, **changes) -> 'DyckConfig':
     return dataclasses.replace(self, **changes)

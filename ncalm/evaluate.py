@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from PIL import Image
 
+from ncalm import files
 from ncalm import render
 from ncalm import sharding
 from ncalm import sources
@@ -147,8 +148,8 @@ class Evaluator:
       picture = probe_picture(prev_cells, true_cells, pred_cells, ncfg.num_states)
       os.makedirs(os.path.join(workdir, 'probe'), exist_ok=True)
       path = os.path.join(workdir, 'probe', f'step_{step:07d}.png')
-      Image.fromarray(picture).save(path + '.tmp.png')
-      os.replace(path + '.tmp.png', path)
+      with files.atomic_path(path) as tmp:
+        Image.fromarray(picture).save(tmp)
       writer.write_image(step, 'probe/previous_truth_predicted', picture)
     return out
 

@@ -12,6 +12,10 @@ gzip_scores (float64 [N]) and `config` (JSON of everything needed to regenerate)
 ArrayRecord output holds one record per sequence: the bytes of an .npz with that
 sequence's fields (read with `read_record`, or `grain.sources.ArrayRecordDataSource`
 plus `read_record`), and a `<out>.json` sidecar with the config.
+
+Both files are written to a temporary name beside `<out>` and renamed when complete
+(`ncalm.files`), so a killed export leaves the previous `<out>` and `<out>.json` as they
+were; its stale temporary files are removed by the next run.
 """
 from __future__ import annotations
 
@@ -20,12 +24,14 @@ import io
 import json
 import os
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from ncalm import cli
 from ncalm import complexity
+from ncalm import errors
+from ncalm import files
 from ncalm import nca
 from ncalm import sources
 from ncalm import tokens
@@ -40,8 +46,12 @@ def parse_band(text: str | None) -> tuple[float, float] | None:
   try:
     low, high = (float(x) for x in text.split(','))
   except ValueError:
-    raise ValueError(f'band={text!r}: write it as low,high (e.g. 0.5,1.0) or none.') from None
-  return complexity.check_band((low, high))
+    raise errors.UserError(
+        f'--band={text!r}: write it as low,high (e.g. --band=0.5,1.0) or --band=none.') from None
+  try:
+    return complexity.check_band((low, high))
+  except errors.UserError as error:
+    raise errors.UserError(f'--band={text!r}: {error}') from None
 
 
 def generate(count: int, *, rule_seed: int = 0, sim_seed: int = 1, band=None,
@@ -49,10 +59,10 @@ def generate(count: int, *, rule_seed: int = 0, sim_seed: int = 1, band=None,
              chunk: int = 256) -> dict[str, np.ndarray]:
   """Sequences with everything needed to inspect or regenerate them."""
   if count < 1:
-    raise ValueError(f'count={count} must be >= 1.')
+    raise errors.UserError(f'count={count} must be >= 1 (--count).')
+  source = sources.NCASource(cfg, seq_len, mode)   # checks mode and seq_len before sampling
   bank = complexity.sample_rule_bank(jax.random.PRNGKey(rule_seed), count, band, cfg, mode)
   sim_keys = np.asarray(jax.random.split(jax.random.PRNGKey(sim_seed), count))
-  source = sources.NCASource(cfg, seq_len, mode)
   make = jax.jit(source.sequences)
   sim_cfg = source.sim_cfg
   seqs = []
@@ -70,11 +80,19 @@ def generate(count: int, *, rule_seed: int = 0, sim_seed: int = 1, band=None,
               gzip_scores=bank.scores, config=np.array(json.dumps(meta)))
 
 
+def remove_stale_tmp(path: str) -> None:
+  """Removes temporary files a killed export of `path` left behind (this naming and the
+  older `<path>.tmp`); `files.atomic_path` also overwrites its own."""
+  for stale in (path + '.tmp', files.tmp_path_for(path), files.tmp_path_for(path + '.json')):
+    if os.path.lexists(stale) and not os.path.isdir(stale):
+      os.remove(stale)
+
+
 def write_npz(path: str, data: dict[str, np.ndarray]) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
+  """Writes through a temporary file: a killed export never leaves a half-written one."""
+  remove_stale_tmp(path)
+  with files.atomic_open(path, 'wb') as f:
     np.savez_compressed(f, **data)
-  os.replace(tmp, path)  # a killed export never leaves a half-written file
 
 
 def record_bytes(data: dict[str, np.ndarray], i: int) -> bytes:
@@ -90,15 +108,21 @@ def read_record(record: bytes) -> dict[str, np.ndarray]:
 
 
 def write_array_record(path: str, data: dict[str, np.ndarray]) -> None:
+  """The records, then the `<path>.json` sidecar, each through a temporary file.
+
+  Both temporary files are complete before either is renamed, so a kill mid-export
+  leaves the previous `<path>` and `<path>.json` untouched.
+  """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  tmp = path + '.tmp'
-  writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
-  for i in range(len(data['tokens'])):
-    writer.write(record_bytes(data, i))
-  writer.close()
-  with open(path + '.json', 'w') as f:
-    f.write(str(data['config']))
-  os.replace(tmp, path)
+  remove_stale_tmp(path)
+  with files.atomic_path(path) as tmp, files.atomic_open(path + '.json', 'w') as sidecar:
+    writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
+    try:
+      for i in range(len(data['tokens'])):
+        writer.write(record_bytes(data, i))
+    finally:
+      writer.close()
+    sidecar.write(str(data['config']))
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -120,17 +144,28 @@ _PADDING = flags.DEFINE_enum('padding', 'quirk', ['quirk', 'clean'], 'Published 
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments {argv[1:]}: every input is a --flag.')
   out = _OUT.value
   if not out or not out.endswith(('.npz', '.array_record')):
-    raise app.UsageError(f'--out={out!r}: give a path ending in .npz or .array_record.')
-  cfg = nca.NCAConfig(grid=_GRID.value, num_states=_STATES.value, patch=_PATCH.value,
-                      tau=_TAU.value, identity_bias=_IDENTITY_BIAS.value,
-                      burn_in=_BURN_IN.value, padding=_PADDING.value)
+    raise errors.UserError(f'--out={out!r}: give a path ending in .npz or .array_record.')
+  if _COUNT.value < 1:
+    raise errors.UserError(f'--count={_COUNT.value}: give at least 1 sequence.')
+  band = parse_band(_BAND.value)   # every check before any sampling
+  try:
+    cfg = nca.NCAConfig(grid=_GRID.value, num_states=_STATES.value, patch=_PATCH.value,
+                        tau=_TAU.value, identity_bias=_IDENTITY_BIAS.value,
+                        burn_in=_BURN_IN.value, padding=_PADDING.value)
+    sources.NCASource(cfg, _SEQ_LEN.value, _MODE.value)
+  except errors.UserError as error:
+    raise errors.UserError(f'{error} (flags --grid, --num_states, --patch, --tau, --burn_in, '
+                           '--seq_len, --mode)') from None
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  except OSError as error:
+    raise errors.UserError(f'--out={out!r}: cannot create its folder ({error}).') from None
   data = generate(_COUNT.value, rule_seed=_RULE_SEED.value, sim_seed=_SIM_SEED.value,
-                  band=parse_band(_BAND.value), mode=_MODE.value, seq_len=_SEQ_LEN.value,
-                  cfg=cfg)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+                  band=band, mode=_MODE.value, seq_len=_SEQ_LEN.value, cfg=cfg)
   (write_npz if out.endswith('.npz') else write_array_record)(out, data)
   scores = data['gzip_scores']
   print(f'wrote {len(scores)} sequences × {data["tokens"].shape[1]} tokens to {out} '
@@ -138,4 +173,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -23,6 +23,8 @@ import numpy as np
 import tensorboardX
 from tensorboardX.proto import event_pb2
 
+from ncalm import files
+
 # Dense bf16 peak FLOP/s per device, keyed by lowercase substrings of
 # `jax.Device.device_kind`. Looked up in this order, first match wins: the specific
 # 'v5 lite' / 'v5e' / 'v5p' come before the bare 'tpu v5' (how JAX names a v5p chip),
@@ -154,7 +156,7 @@ class MetricsWriter:
   def truncate_after(self, step: int) -> None:
     """Keeps only the records with step <= `step`: call it when resuming from `step`.
 
-    metrics.jsonl is rewritten atomically (tmp file, then os.replace). TensorBoard's
+    metrics.jsonl is rewritten atomically (`files.atomic_open`). TensorBoard's
     event files are append-only, so a restart marker is written instead: TensorBoard
     then drops the earlier run's events after `step`.
     """
@@ -163,12 +165,10 @@ class MetricsWriter:
     self._jsonl.close()
     kept = [line for line, record in _parse_jsonl(self.jsonl_path)
             if record.get('step', -1) <= step]
-    tmp = f'{self.jsonl_path}.tmp'
-    with open(tmp, 'w') as f:
+    with files.atomic_open(self.jsonl_path) as f:
       f.write(''.join(line + '\n' for line in kept))
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, self.jsonl_path)
     self._jsonl = open(self.jsonl_path, 'a')
     restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
     self._tb.file_writer.add_event(event_pb2.Event(step=int(step) + 1, session_log=restart))
@@ -351,6 +351,5 @@ def plot_curves(jsonl_path: str, png_path: str,
   fig.tight_layout()
 
   os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-  tmp = f'{png_path}.tmp'
-  fig.savefig(tmp, format='png', dpi=dpi)
-  os.replace(tmp, png_path)
+  with files.atomic_path(png_path) as tmp:
+    fig.savefig(tmp, format='png', dpi=dpi)

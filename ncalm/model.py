@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncalm import errors
+
 REMAT_POLICIES = {
     'none': None,  # no rematerialisation: keep every activation
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -46,12 +48,12 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
-      raise ValueError(f'model.d_model={self.d_model} is not divisible by '
-                       f'model.num_heads={self.num_heads}.')
+      raise errors.UserError(f'model.d_model={self.d_model} is not divisible by '
+                             f'model.num_heads={self.num_heads}.')
     if (self.d_model // self.num_heads) % 2:
-      raise ValueError('model.d_model / model.num_heads must be even for RoPE.')
+      raise errors.UserError('model.d_model / model.num_heads must be even for RoPE.')
     if self.remat not in REMAT_POLICIES:
-      raise ValueError(f'model.remat={self.remat!r}: use one of {list(REMAT_POLICIES)}.')
+      raise errors.UserError(f'model.remat={self.remat!r}: use one of {list(REMAT_POLICIES)}.')
 
   @property
   def head_dim(self) -> int:

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncalm import errors
+
 Params = Any  # {'Conv_0': {'kernel', 'bias'}, 'Conv_1': ..., 'Conv_2': ...}
 MODES = ('reference', 'fast')
 INT32_MAX = 2**31 - 1
@@ -48,23 +50,23 @@ class NCAConfig:
 
   def __post_init__(self):
     if self.grid <= 0 or self.patch <= 0 or self.grid % self.patch:
-      raise ValueError(
+      raise errors.UserError(
           f'nca.grid={self.grid} is not divisible by nca.patch={self.patch}: pick a '
           'grid that is a multiple of the patch (e.g. grid=12, patch=2).')
     if self.num_states < 2:
-      raise ValueError(f'nca.num_states={self.num_states}: need at least 2 states.')
+      raise errors.UserError(f'nca.num_states={self.num_states}: need at least 2 states.')
     if self.num_states ** (self.patch * self.patch) + 1 > INT32_MAX:
-      raise ValueError(
+      raise errors.UserError(
           f'nca.num_states={self.num_states} with nca.patch={self.patch} gives '
           f'{self.num_states}^{self.patch ** 2} patch ids (+2 delimiters), which '
           'overflows int32: use fewer states or a smaller patch.')
     if not self.tau > 0:
-      raise ValueError(f'nca.tau={self.tau} must be > 0 (1e-4 is the published value).')
+      raise errors.UserError(f'nca.tau={self.tau} must be > 0 (1e-4 is the published value).')
     if self.burn_in < 0 or self.frames < 1:
-      raise ValueError(f'nca.burn_in={self.burn_in} must be >= 0 and '
-                       f'nca.frames={self.frames} >= 1.')
+      raise errors.UserError(f'nca.burn_in={self.burn_in} must be >= 0 and '
+                             f'nca.frames={self.frames} >= 1.')
     if self.padding not in ('quirk', 'clean'):
-      raise ValueError(f"nca.padding={self.padding!r}: use 'quirk' (published) or 'clean'.")
+      raise errors.UserError(f"nca.padding={self.padding!r}: use 'quirk' (published) or 'clean'.")
 
   @property
   def steps(self) -> int:
@@ -230,6 +232,6 @@ def rollout(rule_keys: jax.Array, sim_keys: jax.Array, cfg: NCAConfig,
             mode: str = 'fast') -> jax.Array:
   """Batched trajectories B×frames×H×W: sequence i uses rule_keys[i], sim_keys[i]."""
   if mode not in MODES:
-    raise ValueError(f'mode={mode!r}: use one of {MODES}.')
+    raise errors.UserError(f'mode={mode!r}: use one of {MODES}.')
   one = reference_rollout if mode == 'reference' else fast_rollout
   return jax.vmap(one, in_axes=(0, 0, None))(rule_keys, sim_keys, cfg)

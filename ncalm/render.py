@@ -24,12 +24,12 @@ import functools
 import os
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ncalm import complexity, nca
+from ncalm import cli, complexity, errors, nca
 
 Band = tuple[float, float] | None  # None: unfiltered
 
@@ -81,7 +81,7 @@ def frames_to_rgb(frames_THW: np.ndarray, num_states: int, scale: int = 1) -> np
   """uint8 [..., H·scale, W·scale, 3]: each state its palette colour, nearest-neighbour."""
   frames = np.asarray(frames_THW)
   if scale < 1:
-    raise ValueError(f'scale={scale} must be a positive integer.')
+    raise errors.UserError(f'scale={scale} must be a positive integer.')
   if frames.size and (frames.min() < 0 or frames.max() >= num_states):
     raise ValueError(f'states range over [{frames.min()}, {frames.max()}], '
                      f'outside 0..{num_states - 1} (num_states={num_states}).')
@@ -215,8 +215,8 @@ def _captions(scores_BR: np.ndarray | None, prefix: str) -> list[list[str]] | No
 def filmstrip_times(num_frames: int, frame_stride: int = 2, strip_frames: int = 6) -> list[int]:
   """Frame indices a filmstrip shows: 0, stride, 2·stride, ... (at most strip_frames)."""
   if frame_stride < 1 or strip_frames < 1:
-    raise ValueError(f'frame_stride={frame_stride} and strip_frames={strip_frames} '
-                     'must be >= 1.')
+    raise errors.UserError(f'frame_stride={frame_stride} and strip_frames={strip_frames} '
+                           'must be >= 1.')
   return list(range(0, num_frames, frame_stride))[:strip_frames]
 
 
@@ -293,9 +293,9 @@ def sample_band_trajectories(seed: int, bands: Sequence[Band], rules_per_band: i
   band.
   """
   if rules_per_band < 1:
-    raise ValueError(f'rules_per_band={rules_per_band} must be >= 1.')
+    raise errors.UserError(f'rules_per_band={rules_per_band} must be >= 1.')
   if not bands:
-    raise ValueError('bands is empty: give at least one band (or None for unfiltered).')
+    raise errors.UserError('bands is empty: give at least one band (or None for unfiltered).')
   if max_rounds is None:
     max_rounds = max(complexity.DEFAULT_MAX_ROUNDS, -(-MIN_CANDIDATES // rules_per_band))
   sim_keys = jax.random.split(jax.random.PRNGKey(seed + 1), rules_per_band)
@@ -339,8 +339,8 @@ def parse_bands(text: str) -> list[Band]:
       low, high = (float(x) for x in part.split(','))
       bands.append(complexity.check_band((low, high)))
     except ValueError as error:
-      raise ValueError(f'--bands={text!r}: band {part!r} is invalid; {expected}. '
-                       f'({error})') from None
+      raise errors.UserError(f'--bands={text!r}: band {part!r} is invalid; {expected}. '
+                             f'({error})') from None
   return bands
 
 
@@ -376,7 +376,10 @@ def run(flag_values: flags.FlagValues = flags.FLAGS) -> Rendered:
   fv = flag_values
   bands = parse_bands(fv.bands)
   cfg = nca.NCAConfig(frames=fv.frames)
-  os.makedirs(fv.out_dir, exist_ok=True)
+  try:
+    os.makedirs(fv.out_dir, exist_ok=True)
+  except OSError as error:
+    raise errors.UserError(f'--out_dir={fv.out_dir!r}: cannot create it ({error}).') from None
   return render_bands(fv.seed, bands, fv.rules_per_band, cfg, fv.mode,
                       os.path.join(fv.out_dir, PNG_NAME), os.path.join(fv.out_dir, GIF_NAME),
                       fv.scale, fv.frame_stride, fv.strip_frames, fv.duration_ms)
@@ -384,7 +387,8 @@ def run(flag_values: flags.FlagValues = flags.FLAGS) -> Rendered:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])} (every input is a '
+                           '--flag; see --helpshort).')
   rendered = run(flags.FLAGS)
   print(rendered.png_path)
   print(rendered.gif_path)
@@ -392,4 +396,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ncalm import errors
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')   # the batch is split over both data-parallel axes
 
@@ -38,20 +40,20 @@ def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
   """Mesh axis sizes in MESH_AXES order; one axis may be -1 (all remaining devices)."""
   unknown = set(requested) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f'mesh has unknown axes {sorted(unknown)}: use {MESH_AXES}.')
+    raise errors.UserError(f'mesh has unknown axes {sorted(unknown)}: use {MESH_AXES}.')
   sizes = [int(requested.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f'mesh={requested}: at most one axis may be -1.')
+    raise errors.UserError(f'mesh={requested}: at most one axis may be -1.')
   if -1 in sizes:
     known = int(np.prod([s for s in sizes if s != -1]))
     if known <= 0 or num_devices % known:
-      raise ValueError(f'mesh={requested}: {num_devices} devices do not divide into the '
-                       f'fixed axes (product {known}).')
+      raise errors.UserError(f'mesh={requested}: {num_devices} devices do not divide into the '
+                             f'fixed axes (product {known}).')
     sizes[sizes.index(-1)] = num_devices // known
   if any(s < 1 for s in sizes) or int(np.prod(sizes)) != num_devices:
-    raise ValueError(f'mesh={requested} has {int(np.prod(sizes))} slots but there are '
-                     f'{num_devices} devices: make data×fsdp×tensor equal the device count '
-                     '(or set one axis to -1).')
+    raise errors.UserError(f'mesh={requested} has {int(np.prod(sizes))} slots but there are '
+                           f'{num_devices} devices: make data×fsdp×tensor equal the device count '
+                           '(or set one axis to -1).')
   return tuple(sizes)
 
 
@@ -104,7 +106,7 @@ def check_divisible(boxed_abstract_tree, mesh: Mesh, rules) -> None:
       if dim % size:
         padded = -(-dim // size) * size
         hint = f'model.vocab_size={padded}' if name == 'vocab' else f'a {name} size of {padded}'
-        raise ValueError(
+        raise errors.UserError(
             f'{jax.tree_util.keystr(path)}: its {name!r} dimension ({dim}) does not split over '
             f'mesh axes {axes} of size {size}. Change config.mesh, map {name!r} to other axes '
             f'in config.logical_axis_rules, or use {hint}.')

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from ncalm import dyck
+from ncalm import errors
 from ncalm import nca
 from ncalm import sharding
 from ncalm import tokens
@@ -43,10 +44,10 @@ class NCASource:
 
   def __post_init__(self):
     if self.mode not in nca.MODES:
-      raise ValueError(f'mode={self.mode!r}: use one of {nca.MODES}.')
+      raise errors.UserError(f'mode={self.mode!r}: use one of {nca.MODES}.')
     if self.seq_len < tokens.tokens_per_frame(self.cfg):
-      raise ValueError(f'seq_len={self.seq_len} is shorter than one frame '
-                       f'({tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
+      raise errors.UserError(f'seq_len={self.seq_len} is shorter than one frame '
+                             f'({tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
 
   @property
   def vocab_size(self) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import stats
 
 from ncalm import complexity
+from ncalm import errors
 from ncalm import nca
 import published_reference as published
 from testdata import published_vectors
@@ -100,9 +101,19 @@ class SamplerTest(absltest.TestCase):
         complexity.sample_rule_bank(jax.random.PRNGKey(0), 4, band, CFG)
 
   def test_unreachable_band_fails_fast(self):
-    with self.assertRaisesRegex(RuntimeError, 'max_rounds=3'):
+    with self.assertRaises(errors.UserError) as raised:
       complexity.sample_rule_bank(jax.random.PRNGKey(0), 8, (0.98, 1.0), CFG, 'fast',
                                   max_rounds=3)
+    message = str(raised.exception)
+    self.assertIn('out of 24 candidates', message)   # 3 rounds of 8
+    # Only knobs a user has: the band and the number of rules, never max_rounds.
+    self.assertNotIn('max_rounds', message)
+    for knob in ('data.band', '--band', 'data.num_train_rules', '--count', '--rules_per_band'):
+      self.assertIn(knob, message)
+
+  def test_bad_band_is_a_user_error(self):
+    with self.assertRaises(errors.UserError):
+      complexity.check_band((0.7, 0.2))
 
 
 if __name__ == '__main__':

@@ -2,14 +2,17 @@
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
+from unittest import mock
 
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 
 from ncalm import dryrun
+from ncalm import errors
 from ncalm import footprint
 from ncalm import model as model_lib
 import tiny_config
@@ -97,6 +100,69 @@ class MemoryTest(absltest.TestCase):
               ['total'] for r in model_lib.REMAT_POLICIES}
     self.assertLess(totals['full'], totals['dots_no_batch'])
     self.assertLess(totals['dots_no_batch'], totals['dots'])
+
+
+class MeshOverrideTest(absltest.TestCase):
+  """--config.mesh.data=4 --config.mesh.fsdp=4: 16 devices, which only some targets have."""
+
+  def setUp(self):
+    super().setUp()
+    self.cfg = paper_config()
+    self.cfg.mesh.update(data=4, fsdp=4)
+
+  def test_table_covers_every_target_and_says_which_are_skipped(self):
+    table = dryrun.format_table(self.cfg, list(footprint.TARGETS), 0.4)
+    skipped = [line for line in table.splitlines() if 'skipped' in line]
+    self.assertEqual(skipped, [
+        f'    ! skipped: config.mesh data=4 fsdp=4 tensor=1 needs 16 devices; {label} has {n}'
+        for label, n in (('1xH100-80GB', 1), ('8xH100-80GB', 8), ('TPU v5e-256', 256),
+                         ('TPU v5p-128', 64))])
+    for target in footprint.TARGETS.values():
+      for row in ('config', 'fsdp'):
+        self.assertRegex(table, re.compile(
+            rf'^{re.escape(target.label)} +{target.num_devices} +\d+ {row} ', re.M))
+    for name in ('v4-32', 'v5e-16', 'v5p-32'):   # 16 devices: the config row is the user's mesh
+      label = re.escape(footprint.TARGETS[name].label)
+      self.assertRegex(table, re.compile(rf'^{label} +16 +4 config +4 +4 +1 ', re.M))
+      config_row = dryrun.target_rows(self.cfg, name)[0]
+      self.assertEqual((config_row[0], config_row[1]['mesh']),
+                       ('config', dict(data=4, fsdp=4, tensor=1)))
+    row, p, _ = dryrun.target_rows(self.cfg, 'h100x8')[2]
+    self.assertEqual((row, p['mesh']), ('use', dict(data=8, fsdp=1, tensor=1)))
+
+  def test_a_mesh_with_minus_one_needs_a_multiple(self):
+    self.cfg.mesh.update(data=-1, fsdp=3)
+    self.assertEqual(dryrun.mesh_mismatch(self.cfg, 'h100x8'),
+                     'skipped: config.mesh data=-1 fsdp=3 tensor=1 needs a multiple of 3 '
+                     'devices; 8xH100-80GB has 8')
+    self.cfg.mesh.update(data=-1, fsdp=4)
+    self.assertEqual(dryrun.mesh_mismatch(self.cfg, 'h100x8'), '')
+
+  def test_aot_of_a_skipped_config_row_says_so(self):
+    compiled = []
+    def compile_for_tpu(cfg, name, mesh, libtpu):
+      compiled.append((name, mesh))
+      raise dryrun.AotUnavailable('not here')
+    with mock.patch.object(dryrun, 'find_libtpu', return_value='/libtpu.so'), \
+         mock.patch.object(dryrun, 'compile_for_tpu', compile_for_tpu):
+      lines = list(dryrun.aot_lines(self.cfg, [('v5p-128', 'config'), ('v4-32', 'run')], '',
+                                    0.4))
+    self.assertEqual(lines[0], 'AOT TPU v5p-128 config: skipped: config.mesh data=4 fsdp=4 '
+                               'tensor=1 needs 16 devices; TPU v5p-128 has 64')
+    self.assertEqual(compiled, [('v4-32', dict(data=4, fsdp=4, tensor=1))])
+
+  def test_bad_configs_are_user_errors(self):
+    self.cfg.mesh.update(data=0)
+    with self.assertRaisesRegex(errors.UserError, r'config\.mesh\.data=0'):
+      dryrun.check_config(self.cfg, 'configs/nca_164m.py')
+    cfg = paper_config()
+    cfg.modle = dict(d_model=3)
+    with self.assertRaisesRegex(errors.UserError, r"--config=configs/nca_164m.py: .*'modle"):
+      dryrun.check_config(cfg, 'configs/nca_164m.py')
+    cfg = paper_config()
+    cfg.model.num_heads = 3
+    with self.assertRaisesRegex(errors.UserError, 'model.d_model=2048 is not divisible'):
+      dryrun.check_config(cfg, 'configs/nca_164m.py')
 
 
 class ChecksTest(absltest.TestCase):

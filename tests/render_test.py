@@ -8,7 +8,7 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from ncalm import nca, render
+from ncalm import errors, nca, render
 
 TINY = nca.NCAConfig(frames=6)           # published grid and states, 6 recorded frames
 TINY_BANDS = [None, (0.5, 1.0)]          # unfiltered and the default band (~45% accepted)
@@ -157,8 +157,19 @@ class CommandLineTest(absltest.TestCase):
   def test_bad_bands_name_the_flag_and_the_format(self):
     for bad in ('0.2-0.3', '0.3,0.2', '0.5,1.5', '0.1,0.2,0.3', '', '0.1,0.2:'):
       with self.subTest(bad=bad):
-        with self.assertRaisesRegex(ValueError, r"--bands=.*expected bands separated by ':'"):
+        with self.assertRaisesRegex(errors.UserError,
+                                    r"--bands=.*expected bands separated by ':'"):
           render.parse_bands(bad)
+
+  def test_out_dir_that_cannot_be_made_is_a_user_error(self):
+    blocker = self.create_tempfile('a_file').full_path
+    fv = self.flag_values(f'--out_dir={blocker}/pictures', '--bands=all')
+    with self.assertRaisesRegex(errors.UserError, '--out_dir=.*a_file/pictures'):
+      render.run(fv)
+
+  def test_unexpected_arguments_are_a_user_error(self):
+    with self.assertRaisesRegex(errors.UserError, 'unexpected arguments: extra'):
+      render.main(['render', 'extra'])
 
   def test_bad_bands_flag_is_refused_at_parse_time(self):
     out = self.create_tempdir().full_path

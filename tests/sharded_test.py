@@ -280,7 +280,7 @@ class ShardedStepTest(absltest.TestCase):
     for case, pattern in want.items():
       with self.subTest(case):
         self.assertIsNotNone(errors[case], f'{case}: no error raised')
-        self.assertEqual(errors[case]['type'], 'ValueError', errors[case]['message'])
+        self.assertEqual(errors[case]['type'], 'UserError', errors[case]['message'])
         self.assertRegex(errors[case]['message'], pattern)
 
 
