@@ -16,6 +16,8 @@ import numpy as np
 
 from ncalm import complexity
 from ncalm import dyck
+from ncalm import errors
+from ncalm import files
 from ncalm import model as model_lib
 from ncalm import nca
 from ncalm import sharding
@@ -113,8 +115,35 @@ def check_fields(cfg: ml_collections.ConfigDict) -> None:
   known = set(_paths(base_config()))
   unknown = sorted(set(_paths(cfg)) - known)
   if unknown:
-    raise ValueError(f'Unknown config field(s) {unknown}: check the spelling against '
-                     'ncalm/config_lib.py:base_config().')
+    raise errors.UserError(f'Unknown config field(s) {unknown}: check the spelling against '
+                           'ncalm/config_lib.py:base_config().')
+
+
+POSITIVE_FIELDS = ('train_steps', 'global_batch', 'grad_accum', 'log_every', 'eval_every',
+                   'eval_batches', 'checkpoint_every', 'keep_checkpoints',
+                   'data.num_train_rules', 'data.num_val_rules')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _get(cfg, path):
+  for part in path.split('.'):
+    cfg = cfg[part]
+  return cfg
+
+
+def check_values(cfg: ml_collections.ConfigDict) -> None:
+  """Counts that must be >= 1 and names that must be from a list."""
+  for path in POSITIVE_FIELDS:
+    value = _get(cfg, path)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise errors.UserError(f'{path}={value!r} must be an integer >= 1.')
+  if cfg.seq_len < 2:
+    raise errors.UserError(f'seq_len={cfg.seq_len} must be >= 2.')
+  if cfg.probe_sequences < 0:
+    raise errors.UserError(f'probe_sequences={cfg.probe_sequences} must be >= 0.')
+  if cfg.model.dtype not in DTYPES:
+    raise errors.UserError(f'model.dtype={cfg.model.dtype!r}: use one of {list(DTYPES)} '
+                           '(parameters stay float32; this is the compute dtype).')
 
 
 def nca_config(cfg: ml_collections.ConfigDict) -> nca.NCAConfig:
@@ -123,7 +152,7 @@ def nca_config(cfg: ml_collections.ConfigDict) -> nca.NCAConfig:
                        identity_bias=n.identity_bias, burn_in=n.burn_in, padding=n.padding)
   needed = tokens.frames_needed(cfg.seq_len, base)
   if n.frames and n.frames < needed:
-    raise ValueError(
+    raise errors.UserError(
         f'data.nca.frames={n.frames} gives {n.frames * tokens.tokens_per_frame(base)} tokens, '
         f'but seq_len={cfg.seq_len} needs {cfg.seq_len + 1}: set frames >= {needed} or 0 (auto).')
   return base.replace(frames=n.frames or needed)
@@ -139,7 +168,7 @@ def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib
   m = cfg.model
   vocab = m.vocab_size or source_vocab
   if vocab < source_vocab:
-    raise ValueError(
+    raise errors.UserError(
         f'model.vocab_size={vocab} is too small for the data, whose largest token id is '
         f'{source_vocab - 1}: set model.vocab_size >= {source_vocab} (or 0 for automatic).')
   return model_lib.ModelConfig(
@@ -150,12 +179,14 @@ def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib
 
 def check_batch(cfg: ml_collections.ConfigDict, mesh) -> None:
   dp = sharding.data_parallel_size(mesh)
-  if cfg.grad_accum < 1 or cfg.global_batch % cfg.grad_accum:
-    raise ValueError(f'global_batch={cfg.global_batch} is not divisible by '
-                     f'grad_accum={cfg.grad_accum}.')
+  if cfg.grad_accum < 1:
+    raise errors.UserError(f'grad_accum={cfg.grad_accum} must be >= 1 (1 = no accumulation).')
+  if cfg.global_batch % cfg.grad_accum:
+    raise errors.UserError(f'global_batch={cfg.global_batch} is not divisible by '
+                           f'grad_accum={cfg.grad_accum}.')
   micro = cfg.global_batch // cfg.grad_accum
   if micro % dp:
-    raise ValueError(
+    raise errors.UserError(
         f'global_batch={cfg.global_batch} / grad_accum={cfg.grad_accum} = {micro} sequences '
         f'per micro-batch is not divisible by the {dp} data-parallel devices '
         f'(mesh data×fsdp): use a multiple of {dp}.')
@@ -166,6 +197,42 @@ class Run:
   """The data of a run: training and held-out sources."""
   train_source: object
   val_source: object
+
+
+def _make_sources(cfg, nca_cfg, bank) -> Run:
+  if cfg.data.source == 'dyck':
+    source = sources.DyckSource(dyck_config(cfg), cfg.seq_len)
+    return Run(source, source)
+  keys = (None, None) if bank is None else tuple(
+      np.asarray(b.keys) for b in bank.split(cfg.data.num_val_rules))
+  make = lambda k: sources.NCASource(nca_cfg, cfg.seq_len, cfg.data.mode, k)
+  return Run(make(keys[0]), make(keys[1]))
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> Run:
+  """Every check that needs no devices and writes nothing; returns bank-less sources.
+
+  The sources it returns know their vocabulary and shapes but hold no rules yet
+  (`load_run` adds the bank): enough to build the model and check the mesh.
+  """
+  check_fields(cfg)
+  check_values(cfg)
+  d = cfg.data
+  if d.source not in ('nca', 'dyck'):
+    raise errors.UserError(f"data.source={d.source!r}: use 'nca' or 'dyck'.")
+  try:
+    nca_cfg = None
+    if d.source == 'nca':
+      nca_cfg = nca_config(cfg)
+      if d.band is not None:
+        complexity.check_band(d.band)
+    run = _make_sources(cfg, nca_cfg, None)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # the data modules' own checks of config values
+    raise errors.UserError(str(e)) from None
+  model_config(cfg, run.train_source.vocab_size)
+  return run
 
 
 def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str,
@@ -181,30 +248,21 @@ def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str,
   bank = complexity.sample_rule_bank(jax.random.PRNGKey(d.bank_seed), total, band, nca_cfg,
                                      d.bank_mode)
   if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    bank.save(tmp)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+      bank.save(tmp)
   return bank
 
 
+def load_run(cfg: ml_collections.ConfigDict, workdir: str) -> Run:
+  """The run's sources with their data: the rule bank is sampled (once) or read here."""
+  if cfg.data.source != 'nca':
+    return _make_sources(cfg, None, None)
+  nca_cfg = nca_config(cfg)
+  return _make_sources(cfg, nca_cfg, load_or_sample_bank(cfg, workdir, nca_cfg))
+
+
 def prepare_run(cfg: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Validates the config and builds the sources (sampling the rule bank if needed)."""
-  check_fields(cfg)
-  if cfg.seq_len < 2:
-    raise ValueError(f'seq_len={cfg.seq_len} must be >= 2.')
+  """Checks the config, then builds the sources (sampling the rule bank if needed)."""
+  check_config(cfg)
   os.makedirs(workdir, exist_ok=True)
-  d = cfg.data
-  if d.source == 'nca':
-    nca_cfg = nca_config(cfg)
-    if d.band is not None:
-      complexity.check_band(d.band)
-    if d.num_train_rules < 1 or d.num_val_rules < 1:
-      raise ValueError('data.num_train_rules and data.num_val_rules must be >= 1.')
-    bank = load_or_sample_bank(cfg, workdir, nca_cfg)
-    train, val = bank.split(d.num_val_rules)
-    make = lambda b: sources.NCASource(nca_cfg, cfg.seq_len, d.mode, np.asarray(b.keys))
-    return Run(make(train), make(val))
-  if d.source == 'dyck':
-    source = sources.DyckSource(dyck_config(cfg), cfg.seq_len)
-    return Run(source, source)
-  raise ValueError(f"data.source={d.source!r}: use 'nca' or 'dyck'.")
+  return load_run(cfg, workdir)

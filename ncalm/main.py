@@ -1,6 +1,10 @@
 """ncalm's entry point: flags, config, distributed init, then one call into training.
 
     python -m ncalm.main --config=configs/nca_164m.py:cpu --workdir=/tmp/nca_cpu
+
+Exit codes (`ncalm.errors`): 0 finished; 2 refused (config, flags, workdir), one
+paragraph naming the field and the fix; 3 non-finite loss; 4 a checkpoint could not be
+saved or none is intact; 75 stopped by SIGTERM after saving (rerun to resume); 1 a bug.
 """
 import logging as std_logging
 
@@ -10,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from ncalm import cli
 from ncalm import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -25,10 +30,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of orbax (a dozen lines per checkpoint); warnings still show."""
+  """Drops orbax's INFO chatter (a dozen lines per checkpoint) and the tracebacks of its
+  errors: ncalm reports a failed save itself, in one paragraph; the error lines stay."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+    if 'orbax' not in record.pathname:
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def main(argv):
@@ -44,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,7 @@ from absl import logging
 import flax
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -23,12 +24,14 @@ import optax
 
 from ncalm import checkpoint
 from ncalm import config_lib
+from ncalm import errors
 from ncalm import evaluate
 from ncalm import metrics as metrics_lib
 from ncalm import model as model_lib
 from ncalm import optim
 from ncalm import sharding
 from ncalm import sources
+from ncalm import workdir as workdir_lib
 
 
 @flax.struct.dataclass
@@ -183,38 +186,130 @@ class StopRequested:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-class NonFiniteLoss(RuntimeError):
-  pass
+NonFiniteLoss = errors.NonFiniteLoss
+# A NaN this many steps after a resume may come from the checkpoint rather than the config.
+SUSPECT_STEPS_AFTER_RESTORE = 10
 
 
-def _check_finite(step: int, scalars: dict) -> None:
+def _check_finite(step: int, scalars: dict, resumed_from: int | None = None,
+                  checkpoint_path: str = '') -> None:
   """Loss and gradient norm of a finished step must be finite (then so is its update)."""
   loss, grad_norm = scalars['train/loss'], scalars['train/grad_norm']
-  if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    return
+  head = f'loss {loss}, gradient norm {grad_norm} at step {step}: stopping.'
+  if resumed_from is not None and step - resumed_from <= SUSPECT_STEPS_AFTER_RESTORE:
     raise NonFiniteLoss(
-        f'loss {loss}, gradient norm {grad_norm} at step {step}: stopping. The last good '
-        'checkpoint is kept in the workdir; lower optim.lr, set optim.clip_norm or check '
-        'the data.')
+        f'{head} This run resumed {step - resumed_from} step(s) earlier from the checkpoint '
+        f'of step {resumed_from} ({checkpoint_path}), which may be at fault: it matches its '
+        'checksum, so it holds what was saved, but that state may already have been '
+        'diverging. Move that checkpoint directory away to resume from the one before it, '
+        'and check optim.lr and optim.clip_norm.')
+  raise NonFiniteLoss(
+      f'{head} The last good checkpoint is kept in the workdir; lower optim.lr, set '
+      'optim.clip_norm or check the data, then rerun the same command to resume.')
+
+
+def _checked_setup(cfg: ml_collections.ConfigDict, vocab_size: int) -> Setup:
+  """The Setup, with the mesh, sharding and batch checks as user errors."""
+  try:
+    setup = create_setup(cfg, vocab_size)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # mesh shape, sharded dimensions, model and optimizer values
+    raise errors.UserError(str(e)) from None
+  config_lib.check_batch(cfg, setup.mesh)
+  return setup
+
+
+def _on_process_0(fn):
+  """Runs fn on process 0; every process learns whether it succeeded (no one hangs)."""
+  if jax.process_count() == 1:
+    return fn()
+  failure = None
+  if jax.process_index() == 0:
+    try:
+      fn()
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e
+  ok = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+  if failure is not None:
+    raise failure
+  if not ok:
+    raise errors.UserError('process 0 refused to start the run: its log says why.')
+
+
+def _start(cfg: ml_collections.ConfigDict, workdir: str, store: checkpoint.Checkpoints):
+  """Refusals that need the workdir: too few train_steps for its checkpoint, disk space."""
+  latest = store.latest_step()
+  if latest is not None and latest > cfg.train_steps:
+    raise errors.UserError(
+        f'train_steps={cfg.train_steps} is below the step of the workdir\'s latest '
+        f'checkpoint ({latest}, in {store.directory}): set train_steps >= {latest} to '
+        'continue this run, or use a new --workdir.')
+  if jax.process_index() == 0:
+    workdir_lib.warn_if_short_of_space(workdir, store.bytes, cfg.keep_checkpoints)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) a training run in workdir; returns the last metrics."""
-  run = config_lib.prepare_run(cfg, workdir)
-  setup = create_setup(cfg, run.train_source.vocab_size)
-  config_lib.check_batch(cfg, setup.mesh)
+  """Runs (or resumes) a training run in workdir; returns the last metrics.
+
+  Every config check runs first, then the workdir is checked (writable, not in use,
+  made for this config), and only then is anything sampled, written or restored.
+  Raises errors.Interrupted after a SIGTERM stop (checkpoint saved), NonFiniteLoss on a
+  NaN/Inf step and CheckpointError when a save fails or no checkpoint is intact.
+  """
+  plan = config_lib.check_config(cfg)
+  setup = _checked_setup(cfg, plan.train_source.vocab_size)
+  is_host0 = jax.process_index() == 0
+  workdir_lib.check_writable(workdir)
+  lock = workdir_lib.Lock(workdir, enabled=is_host0)
+  _on_process_0(lock.acquire)
+  try:
+    _on_process_0(lambda: workdir_lib.check_identity(workdir, cfg))
+    store = checkpoint.Checkpoints(workdir, cfg, setup.abstract_state, setup.mesh)
+    try:
+      _start(cfg, workdir, store)
+      last = _train(cfg, workdir, setup, store)
+    except BaseException:
+      try:
+        store.close()
+      except errors.CheckpointError as e:  # already failing: report, don't mask
+        logging.error('%s', e)
+      raise
+    store.close()
+  finally:
+    lock.release()
+  if is_host0:
+    metrics_lib.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png',
+                            keys=('train/loss', 'eval/loss', 'eval/unigram_loss'))
+  if last.get('stopped_at') is not None:
+    raise errors.Interrupted(
+        f'SIGTERM at step {last["stopped_at"]} of {cfg.train_steps}: its checkpoint is saved '
+        f'in {store.directory}. Rerun the same command to resume.')
+  return last['metrics']
+
+
+def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> dict:
+  """The loop: {'metrics': last metrics, 'stopped_at': step or None}."""
+  run = config_lib.load_run(cfg, workdir)
   seed_key = jax.random.PRNGKey(cfg.seed)
   init_key, train_key = jax.random.split(seed_key)
   is_host0 = jax.process_index() == 0
 
-  manager = checkpoint.make_manager(workdir, cfg)
-  state = checkpoint.restore_latest(manager, setup)
-  if state is None:
-    state = create_state(setup, init_key)
+  restored = store.restore_latest()
+  if restored is None:
+    state, resumed_from = create_state(setup, init_key), None
+  else:
+    state, resumed_from = restored
   start = int(state.step)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_host0)
   writer.truncate_after(start)
   if start:
     logging.info('Resumed from step %d.', start)
+  if start >= cfg.train_steps:
+    writer.close()
+    return dict(metrics={}, stopped_at=None)
 
   # The rule banks go to the devices once; each step then reads them there.
   train_source, val_source = jax.device_put((run.train_source, run.val_source),
@@ -230,12 +325,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   stop = StopRequested()
   last: dict = {}
   pending = None  # (step number after the update, device scalars)
+  stopped_at = None
 
   def settle(pending):
     """Fetches a finished step's scalars, checks them and logs them."""
     done, device_scalars = pending
     scalars = {k: float(v) for k, v in jax.device_get(device_scalars).items()}
-    _check_finite(done, scalars)
+    _check_finite(done, scalars, resumed_from,
+                  store.path(resumed_from) if resumed_from is not None else '')
     progress.update(done)
     if done % cfg.log_every == 0 or done == cfg.train_steps:
       rate = progress.tokens_per_second()
@@ -254,6 +351,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
       for step in range(start, cfg.train_steps):
         state, device_scalars = train_step(state, train_source, train_key)
+        store.check()  # a failed background save stops the run here, not 500 steps later
         if pending is not None:
           last = settle(pending)
         pending = (step + 1, device_scalars)
@@ -268,18 +366,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
           eval_scalars = evaluator.run(state.params, done, workdir, writer)
           last.update(eval_scalars)
         if save_now:
-          checkpoint.save(manager, done, state)
+          store.save(done, state)
         if save_now or eval_now:
           progress.restart(done)
         if stop.requested:
+          if done < cfg.train_steps:
+            stopped_at = done
           break
       if pending is not None:
         last = settle(pending)
   finally:
-    checkpoint.wait_and_close(manager)
     writer.close()
     stop.restore()
-  if is_host0:
-    metrics_lib.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png',
-                            keys=('train/loss', 'eval/loss', 'eval/unigram_loss'))
-  return last
+  return dict(metrics=last, stopped_at=stopped_at)

@@ -93,10 +93,8 @@ def assert_rows_close(got: list[dict], want: list[dict], rtol: float) -> None:
 def final_params(workdir: str):
   """(step, params) of the run's latest checkpoint, restored in this process."""
   setup = train.create_setup(tiny_config.get_config(), 10002)
-  manager = checkpoint.make_manager(workdir, setup.cfg)
-  state = checkpoint.restore_latest(manager, setup)
-  checkpoint.wait_and_close(manager)
-  return int(state.step), jax.device_get(state.params)
+  state, step = checkpoint.load_latest(workdir, setup.cfg, setup)
+  return step, jax.device_get(state.params)
 
 
 class TwoProcessTest(absltest.TestCase):

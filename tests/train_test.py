@@ -16,6 +16,7 @@ import numpy as np
 
 from ncalm import checkpoint
 from ncalm import config_lib
+from ncalm import errors
 from ncalm import metrics
 from ncalm import sources
 from ncalm import train
@@ -48,10 +49,8 @@ def comparable(rows):
 
 def final_params(workdir, cfg):
   setup = train.create_setup(cfg, 10002)
-  manager = checkpoint.make_manager(workdir, cfg)
-  state = checkpoint.restore_latest(manager, setup)
-  checkpoint.wait_and_close(manager)
-  return int(state.step), jax.device_get(state.params)
+  state, step = checkpoint.load_latest(workdir, cfg, setup)
+  return step, jax.device_get(state.params)
 
 
 class StepTest(absltest.TestCase):
@@ -216,7 +215,7 @@ class ResumeTest(absltest.TestCase):
                    if s.isdigit())
     code, out = run_main(workdir, 'long', cache_dir=self.cache)
     self.assertEqual(code, 0, out)
-    return workdir, proc.returncode, killed_at, saved
+    return workdir, proc.returncode, killed_at, saved, out
 
   def _assert_same_as_reference(self, workdir):
     want = metrics.read_jsonl(os.path.join(self.reference, 'metrics.jsonl'))
@@ -228,14 +227,15 @@ class ResumeTest(absltest.TestCase):
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
   def test_sigterm_saves_then_resumes_exactly(self):
-    workdir, code, killed_at, saved = self._kill_and_resume(signal.SIGTERM)
-    self.assertEqual(code, 0)  # a clean stop
+    workdir, code, killed_at, saved, _ = self._kill_and_resume(signal.SIGTERM)
+    self.assertEqual(code, errors.EXIT_INTERRUPTED)  # stopped early: not a finished run
     self.assertEqual(saved[-1], killed_at)  # the step it stopped at was saved
     self._assert_same_as_reference(workdir)
 
   def test_sigkill_resumes_exactly(self):
-    workdir, code, _, _ = self._kill_and_resume(signal.SIGKILL)
+    workdir, code, _, _, resumed = self._kill_and_resume(signal.SIGKILL)
     self.assertEqual(code, -signal.SIGKILL)
+    self.assertIn('Took over the lock', resumed)  # the killed run's lock is recognised as stale
     self._assert_same_as_reference(workdir)
 
 

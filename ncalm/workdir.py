@@ -1,0 +1,296 @@
+"""A run's workdir: writable, used by one run at a time, and bound to one experiment.
+
+  * `check_writable` fails at start-up, before any work, if the workdir cannot be made
+    or written.
+  * `Lock` lets one run use a workdir at a time: `.ncalm.lock` is created exclusively
+    at start (by process 0, on storage every host sees) and removed at exit. A lock
+    left by a process that died on this host is recognised and taken over with a
+    warning; a live one (or one from another host) is an error naming its owner.
+  * `check_identity` remembers what the workdir was made for: `run_config.json` holds
+    the config and the fields that decide the run's data and state (`IDENTITY_FIELDS`).
+    A later run that differs in any of them is refused, naming each field and both
+    values; other changes (more steps, logging and eval cadence, the optimizer's
+    hyperparameters, the mesh) are allowed and logged.
+  * `warn_if_short_of_space` warns when the disk cannot hold the configured checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+
+from absl import logging
+import ml_collections
+
+from ncalm import errors
+from ncalm import files
+
+LOCK_NAME = '.ncalm.lock'
+RUN_CONFIG_NAME = 'run_config.json'
+# Files whose presence means the workdir already holds a run.
+RUN_ARTIFACTS = ('checkpoints', 'rule_bank.npz', 'metrics.jsonl')
+
+# Config fields (a path, or a prefix ending in '.') that decide the data a run sees or
+# the shape and meaning of its state. `model.remat` only trades memory for compute.
+IDENTITY_FIELDS = ('seed', 'seq_len', 'global_batch', 'data.', 'model.', 'optim.name')
+HARMLESS_FIELDS = ('model.remat',)
+
+
+def check_writable(workdir: str) -> None:
+  """Creates the workdir if needed and proves a file can be written there."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise errors.UserError(
+        f'workdir {workdir!r} cannot be written ({e.strerror or e}): choose a --workdir '
+        'this user can create and write, or fix its permissions.') from None
+
+
+# ---------------------------------------------------------------------- the lock
+
+
+def _process_start_time(pid: int) -> str | None:
+  """The kernel's start time of a process (tells a reused pid apart), where /proc has it."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+        return False  # exited, not yet reaped
+  except (OSError, IndexError):
+    pass
+  now = _process_start_time(pid)
+  return start_time is None or now is None or now == start_time
+
+
+class Lock:
+  """An exclusive lock file in the workdir; use as a context manager."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self.enabled = enabled
+    self.owner = dict(pid=os.getpid(), host=socket.gethostname(),
+                      start_time=_process_start_time(os.getpid()),
+                      started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+                      command=' '.join(sys.argv))
+    self.held = False
+
+  def _create(self) -> bool:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, 'w') as f:
+      json.dump(self.owner, f)
+    return True
+
+  def _read(self) -> dict | None:
+    for _ in range(20):  # the owner may be between creating and writing the file
+      try:
+        with open(self.path) as f:
+          return json.load(f)
+      except FileNotFoundError:
+        return None
+      except (json.JSONDecodeError, OSError):
+        time.sleep(0.05)
+    return {}
+
+  def acquire(self) -> None:
+    if not self.enabled:
+      return
+    for _ in range(5):
+      if self._create():
+        self.held = True
+        return
+      holder = self._read()
+      if holder is None:
+        continue  # released meanwhile: try again
+      same_host = holder.get('host') == self.owner['host']
+      if same_host and isinstance(holder.get('pid'), int) and not _alive(
+          holder['pid'], holder.get('start_time')):
+        if self._take_over(holder):
+          return
+        continue
+      who = (f'process {holder.get("pid", "?")} on {holder.get("host", "?")}, started '
+             f'{holder.get("started", "?")} ({holder.get("command", "?")})')
+      advice = ('stop it or wait for it to finish, or give this run another --workdir' if
+                same_host else 'if that process is gone (its host died), delete the lock file; '
+                'otherwise stop it or give this run another --workdir')
+      raise errors.UserError(
+          f'workdir {os.path.dirname(self.path)!r} is in use by {who}: one run per workdir '
+          f'(lock {self.path}). To continue: {advice}.')
+    raise errors.UserError(f'could not take the lock {self.path}: other runs keep taking it.')
+
+  def _take_over(self, stale: dict) -> bool:
+    """Replaces a dead process's lock; a guard file makes two takers on one host take turns."""
+    with open(self.path + '.guard', 'w') as guard:
+      fcntl.flock(guard, fcntl.LOCK_EX)
+      try:
+        if self._read() != stale:
+          return False  # someone else took it over first
+        os.remove(self.path)
+        if not self._create():
+          return False
+      finally:
+        fcntl.flock(guard, fcntl.LOCK_UN)
+    logging.warning('Took over the lock %s left by process %s on %s (started %s), which is no '
+                    'longer running.', self.path, stale.get('pid'), stale.get('host'),
+                    stale.get('started'))
+    self.held = True
+    return True
+
+  def release(self) -> None:
+    if not self.held:
+      return
+    self.held = False
+    with contextlib.suppress(OSError):
+      if self._read() == self.owner:
+        os.remove(self.path)
+    with contextlib.suppress(OSError):
+      os.remove(self.path + '.guard')
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+# ------------------------------------------------------------------ the identity
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _plain(cfg: ml_collections.ConfigDict) -> dict:
+  """The config as JSON values (tuples become lists), flattened to dotted paths."""
+  return _flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
+
+
+def _is_identity(path: str) -> bool:
+  if path in HARMLESS_FIELDS:
+    return False
+  return any(path == f or (f.endswith('.') and path.startswith(f)) for f in IDENTITY_FIELDS)
+
+
+def identity(cfg: ml_collections.ConfigDict) -> dict:
+  """The fields that decide the data and the state of a run, as dotted paths."""
+  return {k: v for k, v in _plain(cfg).items() if _is_identity(k)}
+
+
+def _show(value) -> str:
+  return json.dumps(value)
+
+
+def made_by_a_run(workdir: str) -> list[str]:
+  """The files in `workdir` that a run made (an empty checkpoints/ does not count)."""
+  found = []
+  for name in RUN_ARTIFACTS:
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+      found.append(name)
+  return found
+
+
+def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = True) -> None:
+  """Refuses a config that would change the data or state of the run in `workdir`.
+
+  The first run writes `run_config.json`; later runs compare against it. `write=False`
+  on processes other than 0 (they only compare).
+  """
+  path = os.path.join(workdir, RUN_CONFIG_NAME)
+  now = _plain(cfg)
+  found = made_by_a_run(workdir)
+  if not os.path.exists(path) or not found:  # new, or nothing made yet (e.g. a failed start)
+    if found:
+      raise errors.UserError(
+          f'workdir {workdir!r} holds {", ".join(found)} but no {RUN_CONFIG_NAME}, so what it '
+          'was made for cannot be checked (an older ncalm, or files put there by hand): give '
+          'this run a new --workdir, or move those files away.')
+    if write:
+      with files.atomic_open(path) as f:
+        json.dump(dict(identity=identity(cfg), config=now), f, indent=1, sort_keys=True)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  before, after = saved['identity'], identity(cfg)
+  differ = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+  if differ:
+    shown = '; '.join(f'{k}: {_show(before.get(k, "(absent)"))} in the workdir, '
+                      f'{_show(after.get(k, "(absent)"))} now' for k in differ)
+    raise errors.UserError(
+        f'workdir {workdir!r} was made for another experiment, and these fields change its '
+        f'data or state: {shown}. Use a new --workdir for the new config, or set the fields '
+        f'back (the workdir\'s config is in {path}).')
+  changed = sorted(k for k in set(saved['config']) | set(now)
+                   if saved['config'].get(k) != now.get(k))
+  if changed:
+    logging.warning('Config changes since this workdir was last run (allowed: they change '
+                    'neither its data nor its state): %s', '; '.join(
+                        f'{k}: {_show(saved["config"].get(k))} → {_show(now.get(k))}'
+                        for k in changed))
+    if write:
+      with files.atomic_open(path) as f:
+        json.dump(dict(identity=before, config=now), f, indent=1, sort_keys=True)
+
+
+# ------------------------------------------------------------------ disk space
+
+
+def _directory_bytes(path: str) -> int:
+  total = 0
+  for root, _, names in os.walk(path):
+    for name in names:
+      with contextlib.suppress(OSError):
+        total += os.path.getsize(os.path.join(root, name))
+  return total
+
+
+def warn_if_short_of_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
+  """Warns when free space cannot hold `keep` checkpoints (plus the one being written)."""
+  existing = _directory_bytes(os.path.join(workdir, 'checkpoints'))
+  needed = max(0, (keep + 1) * checkpoint_bytes - existing)
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    logging.warning(
+        'The disk of %s has %s free, but keeping %d checkpoints of ~%s each needs about %s '
+        'more: saves will fail when it fills (the run then stops, keeping the last good '
+        'checkpoint). Free space, lower keep_checkpoints, or use a bigger disk.', workdir,
+        human_bytes(free), keep, human_bytes(checkpoint_bytes), human_bytes(needed))
+
+
+def human_bytes(n: float) -> str:
+  for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+    if abs(n) < 1024 or unit == 'TB':
+      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+    n /= 1024
+  return f'{n:.1f} TB'
