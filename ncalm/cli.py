@@ -31,7 +31,8 @@ def fail(message: str, code: int = errors.EXIT_USER_ERROR, label: str = 'error')
   prefix = f'ncalm.{command}' if command != '__main__' else 'ncalm'
   text = ' '.join(str(message).split())
   sys.stdout.flush()
-  print(textwrap.fill(f'{prefix}: {label}: {text}', WIDTH), file=sys.stderr, flush=True)
+  print(textwrap.fill(f'{prefix}: {label}: {text}', WIDTH, break_long_words=False,
+                      break_on_hyphens=False), file=sys.stderr, flush=True)
   sys.exit(code)
 
 

@@ -371,6 +371,20 @@ class CommandLineTest(absltest.TestCase):
       self._assert_paragraph(*self._main(*args), *needles)
     self.assertFalse(os.path.exists(workdir))
 
+  def test_full_disk_is_one_paragraph_and_exit_code_4(self):
+    workdir = self.create_tempdir().full_path
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tests', 'disk_full_main.py'), f'--config={TINY}',
+         f'--workdir={workdir}', '--config.train_steps=12'],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    self.assertEqual(proc.returncode, errors.EXIT_CHECKPOINT, out)
+    self.assertNotIn('Traceback', out)
+    paragraph = ' '.join(out[out.index('ncalm.main: error: '):].split())
+    self.assertRegex(paragraph, r'^ncalm.main: error: saving the checkpoint of step 6 to '
+                     r'\S+/checkpoints/6 failed \(OSError: \[Errno 28\] No space left on '
+                     r'device\); stopping now\. .* The last good checkpoint \(step 3\) is kept')
+
 
 if __name__ == '__main__':
   absltest.main()
