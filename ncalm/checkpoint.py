@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ncalm import errors
+from ncalm import hashing
 from ncalm import sharding
 from ncalm import workdir as workdir_lib
 
@@ -42,15 +43,6 @@ ITEMS = ('state', 'checksum')
 
 
 # ---------------------------------------------------------------------- digests
-
-
-def _mix(x):
-  """murmur3's 32-bit finaliser: a bijection that spreads every input bit."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
 
 
 def _words(x: jax.Array) -> jax.Array:
@@ -76,9 +68,9 @@ def tensor_digest(x: jax.Array) -> jax.Array:
   for axis in reversed(range(u.ndim)):  # flat index from iotas: no reshape of sharded dims
     index = index + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis) * jnp.uint32(stride)
     stride = (stride * u.shape[axis]) % 2**32
-  h = _mix(u ^ _mix(index + jnp.uint32(0x9E3779B9)))
+  h = hashing.mix32(u ^ hashing.mix32(index + jnp.uint32(0x9E3779B9)))
   return jnp.stack([jnp.sum(h, dtype=jnp.uint32),
-                    jnp.sum(_mix(h + jnp.uint32(0x7F4A7C15)), dtype=jnp.uint32)])
+                    jnp.sum(hashing.mix32(h + jnp.uint32(0x7F4A7C15)), dtype=jnp.uint32)])
 
 
 def _leaf_names(tree) -> list[str]:

@@ -68,7 +68,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attn_dropout = 0.1      # dropout on attention probabilities (training only)
   c.model.dtype = 'bfloat16'      # compute dtype; params are float32, logits float32
   c.model.remat = 'full'          # 'none' | 'full' | 'dots' | 'dots_no_batch'
-  c.model.scan_layers = True      # one compiled block scanned over layers
+  c.model.scan_layers = True      # one compiled block scanned over layers (stacked params)
+  c.model.scan_unroll = 0         # layers per scan iteration; 0 = auto: all of them on CPU
+                                  # (faster there), 1 on GPU/TPU (compiles fast at 24 layers)
+  c.model.attention = 'auto'      # 'plain' | 'fused': jax.nn.dot_product_attention (cuDNN
+                                  # on GPU) where no dropout applies (attn_dropout=0, eval);
+                                  # auto = fused on GPU, plain elsewhere (faster on CPU)
+  c.model.attention_blocks = 0    # causal query blocks of plain attention, skipping masked
+                                  # work; 0 = auto: 4 on CPU (~1.8x faster there), 1 elsewhere
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'           # 'adam' | 'adamw'
@@ -174,7 +181,33 @@ def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib
   return model_lib.ModelConfig(
       vocab_size=vocab, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
       mlp_dim=m.mlp_dim, max_len=cfg.seq_len, attn_dropout=m.attn_dropout, dtype=m.dtype,
-      remat=m.remat, scan_layers=m.scan_layers)
+      remat=m.remat, scan_layers=m.scan_layers,
+      scan_unroll=m.scan_unroll or default_scan_unroll(m.num_layers),
+      fused_attention=fused_attention(m.attention),
+      attention_blocks=m.attention_blocks or default_attention_blocks(cfg.seq_len))
+
+
+# What 'auto' (0) means per backend; measured in docs/benchmarks.md ("Training step against
+# the published step"). On accelerators the unmeasured choice is the conservative one.
+
+
+def default_scan_unroll(num_layers: int, backend: str | None = None) -> int:
+  """Layers per scan iteration: all on CPU (faster), one on accelerators (fast compiles)."""
+  return num_layers if (backend or jax.default_backend()) == 'cpu' else 1
+
+
+def default_attention_blocks(seq_len: int, backend: str | None = None) -> int:
+  """Causal query blocks: 4 on CPU where seq_len allows, 1 on accelerators."""
+  cpu = (backend or jax.default_backend()) == 'cpu'
+  return 4 if cpu and seq_len % 4 == 0 and seq_len >= 256 else 1
+
+
+def fused_attention(choice: str, backend: str | None = None) -> bool:
+  if choice not in ('auto', 'plain', 'fused'):
+    raise errors.UserError(f"model.attention={choice!r}: use 'auto', 'plain' or 'fused'.")
+  if choice == 'auto':
+    return (backend or jax.default_backend()) == 'gpu'
+  return choice == 'fused'
 
 
 def check_batch(cfg: ml_collections.ConfigDict, mesh) -> None:

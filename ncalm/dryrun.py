@@ -60,10 +60,13 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / footprint.GIB  # Linux: KiB
 
 
-def lower_train_step(cfg: ml_collections.ConfigDict, devices=None) -> dict:
+def lower_train_step(cfg: ml_collections.ConfigDict, devices=None,
+                     compile_step: bool = False) -> dict:
   """Lowers the real `train.make_train_step` on this host's devices with abstract state,
   source and key: the full-size model traces and shards, and nothing is allocated.
-  Uses the config's mesh if it fits the local devices, else data-parallel over them."""
+  Uses the config's mesh if it fits the local devices, else data-parallel over them.
+  With `compile_step`, also compiles it for this host (`compile_seconds`): how long the
+  first step waits, and how the layer loop (`model.scan_unroll`) changes that."""
   devices = list(devices if devices is not None else jax.devices())
   try:
     sharding.mesh_shape(cfg.mesh.to_dict(), len(devices))
@@ -72,7 +75,14 @@ def lower_train_step(cfg: ml_collections.ConfigDict, devices=None) -> dict:
   start = time.perf_counter()
   setup = footprint.abstract_setup(cfg, devices)
   lowered = _lower(setup, cfg)
-  return dict(seconds=time.perf_counter() - start, mesh=dict(setup.mesh.shape),
+  seconds = time.perf_counter() - start
+  compile_seconds = None
+  if compile_step:
+    start = time.perf_counter()
+    lowered.compile()
+    compile_seconds = time.perf_counter() - start
+  return dict(seconds=seconds, compile_seconds=compile_seconds, mesh=dict(setup.mesh.shape),
+              scan_unroll=setup.model.cfg.scan_unroll,
               platform=devices[0].platform, stablehlo_chars=len(lowered.as_text()),
               peak_rss_gib=_peak_rss_gib())
 
@@ -139,6 +149,11 @@ def compile_for_tpu(cfg: ml_collections.ConfigDict, target: footprint.Target | s
   target = footprint.TARGETS[target] if isinstance(target, str) else target
   devices = tpu_devices(target, libtpu)
   cfg = _with_mesh(cfg, footprint.mesh_axes(target, mesh, cfg))
+  m = cfg.model  # 'auto' choices as they resolve on a TPU, not on this CPU
+  m.scan_unroll = m.scan_unroll or config_lib.default_scan_unroll(m.num_layers, 'tpu')
+  m.attention_blocks = m.attention_blocks or config_lib.default_attention_blocks(
+      cfg.seq_len, 'tpu')
+  m.attention = 'fused' if config_lib.fused_attention(m.attention, 'tpu') else 'plain'
   start = time.perf_counter()
   setup = footprint.abstract_setup(cfg, devices)
   lowered = _lower(setup, cfg)
@@ -361,6 +376,8 @@ _TARGETS = flags.DEFINE_list('targets', list(footprint.TARGETS), f'Targets, of {
 _MFU = flags.DEFINE_float('mfu', 0.4, 'Model FLOPs utilisation assumed for step times.')
 _LOWER = flags.DEFINE_bool('lower', True, 'Lower the real train step on this host with '
                            'abstract inputs (seconds; nothing allocated).')
+_COMPILE = flags.DEFINE_bool('compile', False, 'Also compile the lowered step for this host '
+                              'and report the compile time (minutes for the paper\'s size).')
 _AOT = flags.DEFINE_string('aot', '', 'TPU targets to compile the train step for ahead of '
                            'time, target[:config|fsdp|use]; needs libtpu (see --libtpu).')
 _LIBTPU = flags.DEFINE_string('libtpu', '', 'libtpu.so, or a folder holding it (default: '
@@ -394,12 +411,14 @@ def main(argv):
   print(format_table(cfg, _TARGETS.value, _MFU.value))
   print(flush=True)
   if _LOWER.value:
-    r = lower_train_step(cfg)
+    r = lower_train_step(cfg, compile_step=_COMPILE.value)
     mesh = ' '.join(f'{a}={n}' for a, n in r['mesh'].items())
     print(f'Lowering: the train step lowers on {len(jax.devices())} {r["platform"]} device(s) '
-          f'({mesh}) with abstract inputs in {r["seconds"]:.1f} s, '
-          f'{r["stablehlo_chars"] / 1e6:.1f} MB of StableHLO; peak RSS of this process '
-          f'{r["peak_rss_gib"]:.2f} GiB.')
+          f'({mesh}, {r["scan_unroll"]} layer(s) per scan iteration) with abstract inputs in '
+          f'{r["seconds"]:.1f} s, {r["stablehlo_chars"] / 1e6:.1f} MB of StableHLO; peak RSS '
+          f'of this process {r["peak_rss_gib"]:.2f} GiB.')
+    if r['compile_seconds'] is not None:
+      print(f'Compiling it for this host took {r["compile_seconds"]:.1f} s.')
   for line in aot_lines(cfg, requests, _LIBTPU.value, _MFU.value):
     print(line, flush=True)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ncalm import errors
+from ncalm import hashing
 
 REMAT_POLICIES = {
     'none': None,  # no rematerialisation: keep every activation
@@ -45,6 +46,9 @@ class ModelConfig:
   dtype: str = 'bfloat16'      # compute dtype; params stay float32
   remat: str = 'none'          # one of REMAT_POLICIES
   scan_layers: bool = True
+  scan_unroll: int = 1         # layers per scan iteration (num_layers = fully unrolled)
+  fused_attention: bool = False  # jax.nn.dot_product_attention where no dropout applies
+  attention_blocks: int = 1    # causal query blocks of the plain attention (skip masked work)
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -52,6 +56,12 @@ class ModelConfig:
                              f'model.num_heads={self.num_heads}.')
     if (self.d_model // self.num_heads) % 2:
       raise errors.UserError('model.d_model / model.num_heads must be even for RoPE.')
+    if not 1 <= self.scan_unroll <= self.num_layers:
+      raise errors.UserError(f'model.scan_unroll={self.scan_unroll} must be in [1, '
+                             f'model.num_layers={self.num_layers}] (0 in a config = auto).')
+    if self.attention_blocks < 1 or self.max_len % self.attention_blocks:
+      raise errors.UserError(f'model.attention_blocks={self.attention_blocks} must be >= 1 and '
+                             f'divide seq_len={self.max_len} (0 in a config = auto).')
     if self.remat not in REMAT_POLICIES:
       raise errors.UserError(f'model.remat={self.remat!r}: use one of {list(REMAT_POLICIES)}.')
 
@@ -93,6 +103,53 @@ def rotary(x_BLHD: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_BLHD.dtype)
 
 
+def dropout_keep(seed: jax.Array, shape_BHQK: tuple[int, ...], rate: float,
+                 query_offset: int = 0, key_stride: int | None = None) -> jax.Array:
+  """bool [B, H, Q, K]: which attention probabilities survive dropout at `rate`.
+
+  A counter-based hash of (seed, batch row, head, query, key position): each element
+  is a pure function of its global position, so the mask is the same however the batch
+  is sharded or the queries are blocked (`query_offset`, and `key_stride` = the full
+  key length, place a block), and XLA fuses it into the softmax instead of drawing 32
+  bits per element from threefry. `seed` is a uint32 scalar, new per layer, micro-batch
+  and step.
+  """
+  _, heads, _, keys = shape_BHQK
+  stride = key_stride or keys
+  iota = lambda axis: jax.lax.broadcasted_iota(jnp.uint32, shape_BHQK, axis)
+  row_head = hashing.mix32(seed ^ hashing.mix32(
+      iota(0) * jnp.uint32(heads) + iota(1) + jnp.uint32(0x9E3779B9)))
+  position = (iota(2) + jnp.uint32(query_offset)) * jnp.uint32(stride) + iota(3)
+  bits = hashing.mix32(row_head ^ position)
+  return bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+
+
+def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: int, dtype):
+  """softmax(q·k/√d, causal) · v, with attention-probability dropout if `dropout_seed`.
+
+  With `blocks` > 1 the queries are cut into that many blocks and block i attends only to
+  the keys it can see (0 .. its last query), which skips most of the masked upper
+  triangle: ~(blocks+1)/(2·blocks) of the score work. The result, dropout bits included,
+  is the same for any number of blocks.
+  """
+  length, head_dim = q_BLHD.shape[1], q_BLHD.shape[-1]
+  size = length // blocks
+  outs = []
+  for i in range(blocks):
+    end = (i + 1) * size
+    q = q_BLHD[:, i * size:end]
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k_BLHD[:, :end]).astype(jnp.float32)
+    scores = scores / jnp.sqrt(head_dim)
+    causal = jnp.arange(i * size, end)[:, None] >= jnp.arange(end)[None, :]
+    probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    if dropout_seed is not None:
+      keep = dropout_keep(dropout_seed, probs.shape, rate, query_offset=i * size,
+                          key_stride=length)
+      probs = jnp.where(keep, probs / (1.0 - rate), 0.0)
+    outs.append(jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v_BLHD[:, :end]))
+  return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   deterministic: bool
@@ -107,13 +164,13 @@ class Attention(nn.Module):
     k = rotary(project('key'), cfg.rope_theta)
     v = project('value')
     q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
-    length = x_BLE.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
-    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=self.deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dt), v)
+    dropout = not self.deterministic and cfg.attn_dropout > 0
+    if cfg.fused_attention and not dropout:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # cuDNN on GPU
+    else:
+      seed = jax.random.bits(self.make_rng('dropout'), (), jnp.uint32) if dropout else None
+      blocks = cfg.attention_blocks if x_BLE.shape[1] % cfg.attention_blocks == 0 else 1
+      out = causal_attention(q, k, v, seed, cfg.attn_dropout, blocks, dt)
     w_out = _param(self, 'out', (cfg.num_heads, cfg.head_dim, cfg.d_model),
                    ('heads', 'head_dim', 'embed'), cfg.init_std)
     return jnp.einsum('blhd,hde->ble', out, w_out.astype(dt))
@@ -166,7 +223,8 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                       'dropout': True},
-                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+                      length=cfg.num_layers, unroll=cfg.scan_unroll,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
       x, _ = stack(cfg, deterministic, name='layers')(x, None)
     else:
       for i in range(cfg.num_layers):

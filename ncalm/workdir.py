@@ -36,9 +36,11 @@ RUN_CONFIG_NAME = 'run_config.json'
 RUN_ARTIFACTS = ('checkpoints', 'rule_bank.npz', 'metrics.jsonl')
 
 # Config fields (a path, or a prefix ending in '.') that decide the data a run sees or
-# the shape and meaning of its state. `model.remat` only trades memory for compute.
+# the shape and meaning of its state. `model.remat`, `scan_unroll`, `attention` and
+# `attention_blocks` change how the same function is computed, not what it is.
 IDENTITY_FIELDS = ('seed', 'seq_len', 'global_batch', 'data.', 'model.', 'optim.name')
-HARMLESS_FIELDS = ('model.remat',)
+HARMLESS_FIELDS = ('model.remat', 'model.scan_unroll', 'model.attention',
+                   'model.attention_blocks')
 
 
 def check_writable(workdir: str) -> None:

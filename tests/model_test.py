@@ -86,6 +86,38 @@ class ModelTest(parameterized.TestCase):
     train = model.apply(self.params, self.tokens, deterministic=False, rngs=rngs)
     self.assertGreater(float(jnp.abs(train - det).max()), 1e-4)
 
+  def test_dropout_is_reproducible_and_unrolled_scan_is_the_same_function(self):
+    rngs = {'dropout': jax.random.PRNGKey(5)}
+    unrolled = CFG.__class__(**{**CFG.__dict__, 'scan_unroll': CFG.num_layers})
+    grads = lambda cfg: jax.grad(lambda p: jnp.sum(model_lib.Transformer(cfg).apply(
+        p, self.tokens, deterministic=False, rngs=rngs) ** 2))(self.params)
+    jax.tree.map(np.testing.assert_array_equal, grads(CFG), grads(CFG))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 grads(CFG), grads(unrolled))
+
+  def test_causal_query_blocks_change_nothing(self):
+    rngs = {'dropout': jax.random.PRNGKey(5)}
+    blocked = CFG.__class__(**{**CFG.__dict__, 'attention_blocks': 4})
+    grads = lambda cfg: jax.value_and_grad(lambda p: jnp.sum(model_lib.Transformer(cfg).apply(
+        p, self.tokens, deterministic=False, rngs=rngs) ** 2))(self.params)
+    (a, grads_a), (b, grads_b) = grads(CFG), grads(blocked)
+    np.testing.assert_allclose(a, b, rtol=1e-6)  # same dropout bits, same function
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+                 grads_a, grads_b)
+    with self.assertRaisesRegex(ValueError, 'attention_blocks=3'):
+      model_lib.ModelConfig(max_len=16, attention_blocks=3)
+
+  def test_fused_attention_equals_plain_attention(self):
+    fused = CFG.__class__(**{**CFG.__dict__, 'fused_attention': True})
+    plain = model_lib.Transformer(CFG).apply(self.params, self.tokens)
+    np.testing.assert_allclose(model_lib.Transformer(fused).apply(self.params, self.tokens),
+                               plain, rtol=1e-5, atol=1e-5)
+    # With dropout on, training uses the plain path (with the same bits) either way.
+    rngs = {'dropout': jax.random.PRNGKey(5)}
+    train = lambda cfg: model_lib.Transformer(cfg).apply(self.params, self.tokens,
+                                                        deterministic=False, rngs=rngs)
+    np.testing.assert_array_equal(train(fused), train(CFG))
+
   def test_logits_at(self):
     model = model_lib.Transformer(CFG)
     full = model.apply(self.params, self.tokens)
@@ -98,6 +130,41 @@ class ModelTest(parameterized.TestCase):
       model_lib.ModelConfig(d_model=30, num_heads=4)
     with self.assertRaisesRegex(ValueError, 'model.remat'):
       model_lib.ModelConfig(remat='some')
+
+
+class DropoutMaskTest(absltest.TestCase):
+  """The counter-based attention-dropout mask: rate, independence, seeds."""
+
+  def setUp(self):
+    super().setUp()
+    self.shape = (4, 4, 128, 128)
+    self.keep = np.asarray(model_lib.dropout_keep(jnp.uint32(7), self.shape, 0.1))
+
+  def test_keep_rate_within_sampling_error(self):
+    n, p = self.keep.size, 0.9
+    sigma = np.sqrt(p * (1 - p) / n)
+    self.assertLess(abs(self.keep.mean() - p), 6 * sigma)
+    for axis in range(4):  # no row, head, query or key position is favoured
+      per = self.keep.mean(axis=tuple(a for a in range(4) if a != axis))
+      m = n / self.shape[axis]
+      self.assertLess(np.abs(per - p).max(), 6 * np.sqrt(p * (1 - p) / m), axis)
+
+  def test_neighbours_are_independent(self):
+    p = 0.9
+    same = p * p + (1 - p) * (1 - p)  # P(two independent draws agree)
+    for axis in range(4):
+      a = np.moveaxis(self.keep, axis, 0)
+      agree = (a[1:] == a[:-1]).mean()
+      self.assertLess(abs(agree - same), 6 * np.sqrt(same * (1 - same) / a[1:].size), axis)
+
+  def test_seeds_and_rates(self):
+    other = np.asarray(model_lib.dropout_keep(jnp.uint32(8), self.shape, 0.1))
+    self.assertLess((other == self.keep).mean(), 0.85)  # ~0.82 for independent masks
+    np.testing.assert_array_equal(
+        model_lib.dropout_keep(jnp.uint32(7), self.shape, 0.1), self.keep)
+    self.assertTrue(np.all(model_lib.dropout_keep(jnp.uint32(7), (1, 1, 4, 4), 0.0)))
+    half = np.asarray(model_lib.dropout_keep(jnp.uint32(7), self.shape, 0.5)).mean()
+    self.assertAlmostEqual(half, 0.5, delta=6 * np.sqrt(0.25 / self.keep.size))
 
 
 if __name__ == '__main__':
