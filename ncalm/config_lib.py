@@ -253,17 +253,18 @@ def check_config(cfg: ml_collections.ConfigDict) -> Run:
   d = cfg.data
   if d.source not in ('nca', 'dyck'):
     raise errors.UserError(f"data.source={d.source!r}: use 'nca' or 'dyck'.")
-  try:
-    nca_cfg = None
-    if d.source == 'nca':
-      nca_cfg = nca_config(cfg)
-      if d.band is not None:
-        complexity.check_band(d.band)
-    run = _make_sources(cfg, nca_cfg, None)
-  except errors.UserError:
-    raise
-  except ValueError as e:  # the data modules' own checks of config values
-    raise errors.UserError(str(e)) from None
+  nca_cfg = None
+  if d.source == 'nca':
+    nca_cfg = nca_config(cfg)
+    if d.band is not None:
+      complexity.check_band(d.band)
+    frames = cfg.seq_len // tokens.tokens_per_frame(nca_cfg)
+    if cfg.probe_sequences and frames < 2:
+      raise errors.UserError(
+          f'seq_len={cfg.seq_len} holds {frames} whole frame(s) of '
+          f'{tokens.tokens_per_frame(nca_cfg)} tokens: the next-frame probe needs two (one of '
+          'context); raise seq_len or set probe_sequences=0.')
+  run = _make_sources(cfg, nca_cfg, None)
   model_config(cfg, run.train_source.vocab_size)
   return run
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import optax
 
+from ncalm import errors
+
 SCHEDULES = ('constant', 'warmup', 'warmup_cosine')
 
 
@@ -15,18 +17,18 @@ def schedule(name: str, peak_lr: float, warmup_steps: int, total_steps: int,
              final_lr: float = 0.0) -> optax.Schedule:
   """lr(step): `constant`; `warmup` (linear from 0, then constant); `warmup_cosine`."""
   if name not in SCHEDULES:
-    raise ValueError(f'optim.schedule={name!r}: use one of {SCHEDULES}.')
+    raise errors.UserError(f'optim.schedule={name!r}: use one of {SCHEDULES}.')
   if name == 'constant':
     return optax.constant_schedule(peak_lr)
   if warmup_steps < 1:
-    raise ValueError(f'optim.warmup_steps={warmup_steps} must be >= 1 for {name!r}.')
+    raise errors.UserError(f'optim.warmup_steps={warmup_steps} must be >= 1 for {name!r}.')
   if name == 'warmup':
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak_lr, warmup_steps), optax.constant_schedule(peak_lr)],
         [warmup_steps])
   if total_steps <= warmup_steps:
-    raise ValueError(f'optim.warmup_steps={warmup_steps} must be < train_steps={total_steps} '
-                     'for warmup_cosine.')
+    raise errors.UserError(f'optim.warmup_steps={warmup_steps} must be < '
+                           f'train_steps={total_steps} for warmup_cosine.')
   return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, final_lr)
 
 
@@ -35,12 +37,12 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
   lr = schedule(cfg.schedule, cfg.lr, cfg.warmup_steps, total_steps, cfg.get('final_lr', 0.0))
   if cfg.name == 'adam':
     if cfg.weight_decay:
-      raise ValueError('optim.weight_decay needs optim.name="adamw" (adam has none).')
+      raise errors.UserError('optim.weight_decay needs optim.name="adamw" (adam has none).')
     core = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif cfg.name == 'adamw':
     core = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
   else:
-    raise ValueError(f'optim.name={cfg.name!r}: use "adam" or "adamw".')
+    raise errors.UserError(f'optim.name={cfg.name!r}: use "adam" or "adamw".')
   if cfg.clip_norm:
     core = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core)
   return core, lr

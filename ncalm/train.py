@@ -186,7 +186,6 @@ class StopRequested:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-NonFiniteLoss = errors.NonFiniteLoss
 # A NaN this many steps after a resume may come from the checkpoint rather than the config.
 SUSPECT_STEPS_AFTER_RESTORE = 10
 
@@ -199,27 +198,15 @@ def _check_finite(step: int, scalars: dict, resumed_from: int | None = None,
     return
   head = f'loss {loss}, gradient norm {grad_norm} at step {step}: stopping.'
   if resumed_from is not None and step - resumed_from <= SUSPECT_STEPS_AFTER_RESTORE:
-    raise NonFiniteLoss(
+    raise errors.NonFiniteLoss(
         f'{head} This run resumed {step - resumed_from} step(s) earlier from the checkpoint '
         f'of step {resumed_from} ({checkpoint_path}), which may be at fault: it matches its '
         'checksum, so it holds what was saved, but that state may already have been '
         'diverging. Move that checkpoint directory away to resume from the one before it, '
         'and check optim.lr and optim.clip_norm.')
-  raise NonFiniteLoss(
+  raise errors.NonFiniteLoss(
       f'{head} The last good checkpoint is kept in the workdir; lower optim.lr, set '
       'optim.clip_norm or check the data, then rerun the same command to resume.')
-
-
-def _checked_setup(cfg: ml_collections.ConfigDict, vocab_size: int) -> Setup:
-  """The Setup, with the mesh, sharding and batch checks as user errors."""
-  try:
-    setup = create_setup(cfg, vocab_size)
-  except errors.UserError:
-    raise
-  except ValueError as e:  # mesh shape, sharded dimensions, model and optimizer values
-    raise errors.UserError(str(e)) from None
-  config_lib.check_batch(cfg, setup.mesh)
-  return setup
 
 
 def _on_process_0(fn):
@@ -260,7 +247,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   NaN/Inf step and CheckpointError when a save fails or no checkpoint is intact.
   """
   plan = config_lib.check_config(cfg)
-  setup = _checked_setup(cfg, plan.train_source.vocab_size)
+  setup = create_setup(cfg, plan.train_source.vocab_size)  # mesh and sharding checks
+  config_lib.check_batch(cfg, setup.mesh)
   is_host0 = jax.process_index() == 0
   workdir_lib.check_writable(workdir)
   lock = workdir_lib.Lock(workdir, enabled=is_host0)

@@ -53,6 +53,8 @@ class StartupChecksTest(absltest.TestCase):
         (lambda c: c.mesh.update(data=2), 'mesh'),
         (lambda c: c.model.update(num_heads=3), 'model.d_model=32 is not divisible'),
         (lambda c: c.data.update(band=(0.7, 0.2)), 'band'),
+        (lambda c: c.update(seq_len=40), 'seq_len=40 holds 1 whole frame'),
+        (lambda c: c.optim.update(name='sgd'), 'optim.name'),
     ]
     for change, message in cases:
       workdir = os.path.join(self.create_tempdir().full_path, 'run')
@@ -212,8 +214,12 @@ class DigestTest(absltest.TestCase):
     mesh = jax.make_mesh((1,), ('data',))
     sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P('data')))
     np.testing.assert_array_equal(checkpoint.tensor_digest(sharded), base)
-    for dtype in (np.int32, np.float16, np.int8, np.bool_):
-      self.assertEqual(checkpoint.tensor_digest(x.astype(dtype)).shape, (2,))
+    for dtype in (np.int32, np.float16, np.int8, np.bool_):  # every bit of narrow types too
+      y = (x % 2).astype(dtype)
+      z = y.copy()
+      z.view(np.uint8)[1, 2] ^= 1
+      self.assertFalse(np.array_equal(checkpoint.tensor_digest(y), checkpoint.tensor_digest(z)),
+                       dtype)
 
 
 class CheckpointFaultTest(absltest.TestCase):

@@ -147,7 +147,7 @@ class LoopTest(absltest.TestCase):
     cfg.optim.update(lr=1e6, schedule='warmup', warmup_steps=3)
     cfg.checkpoint_every = 1
     cfg.train_steps = 20
-    with self.assertRaisesRegex(train.NonFiniteLoss, r'at step \d+') as caught:
+    with self.assertRaisesRegex(errors.NonFiniteLoss, r'at step \d+') as caught:
       train.train_and_evaluate(cfg, workdir)
     bad_step = int(re.search(r'at step (\d+)', str(caught.exception)).group(1))
     self.assertGreater(bad_step, 1)  # some good steps were saved before it
@@ -175,12 +175,12 @@ class LoopTest(absltest.TestCase):
     for change, field in cases:
       cfg = tiny_config.get_config()
       change(cfg)
-      with self.assertRaisesRegex(ValueError, field):
+      with self.assertRaisesRegex(errors.UserError, field):
         train.train_and_evaluate(cfg, workdir)
     cfg = tiny_config.get_config()
     cfg.unlock()
     cfg.model.n_layers = 3
-    with self.assertRaisesRegex(ValueError, 'model.n_layers'):
+    with self.assertRaisesRegex(errors.UserError, 'model.n_layers'):
       train.train_and_evaluate(cfg, workdir)
 
 
