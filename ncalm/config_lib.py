@@ -71,9 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = True      # one compiled block scanned over layers (stacked params)
   c.model.scan_unroll = 0         # layers per scan iteration; 0 = auto: all of them on CPU
                                   # (faster there), 1 on GPU/TPU (compiles fast at 24 layers)
-  c.model.attention = 'auto'      # 'plain' | 'fused': jax.nn.dot_product_attention (cuDNN
-                                  # on GPU) where no dropout applies (attn_dropout=0, eval);
-                                  # auto = fused on GPU, plain elsewhere (faster on CPU)
+  c.model.attention = 'auto'      # where no dropout applies (attn_dropout=0, eval): 'plain',
+                                  # 'fused' (splash kernel on TPU, cuDNN on GPU), or directly
+                                  # 'dot_product' | 'splash'; auto = fused on GPU/TPU, plain
+                                  # on CPU (faster there). Training with dropout is plain.
   c.model.attention_blocks = 0    # causal query blocks of plain attention, skipping masked
                                   # work; 0 = auto: 4 on CPU (~1.8x faster there), 1 elsewhere
 
@@ -183,7 +184,7 @@ def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib
       mlp_dim=m.mlp_dim, max_len=cfg.seq_len, attn_dropout=m.attn_dropout, dtype=m.dtype,
       remat=m.remat, scan_layers=m.scan_layers,
       scan_unroll=m.scan_unroll or default_scan_unroll(m.num_layers),
-      fused_attention=fused_attention(m.attention),
+      attention=attention_kind(m.attention),
       attention_blocks=m.attention_blocks or default_attention_blocks(cfg.seq_len))
 
 
@@ -202,12 +203,22 @@ def default_attention_blocks(seq_len: int, backend: str | None = None) -> int:
   return 4 if cpu and seq_len % 4 == 0 and seq_len >= 256 else 1
 
 
-def fused_attention(choice: str, backend: str | None = None) -> bool:
-  if choice not in ('auto', 'plain', 'fused'):
-    raise errors.UserError(f"model.attention={choice!r}: use 'auto', 'plain' or 'fused'.")
+def attention_kind(choice: str, backend: str | None = None) -> str:
+  """model.attention → ModelConfig.attention (used where no dropout applies).
+
+  'fused' is the platform's fused attention: splash on TPU, jax.nn.dot_product_attention
+  elsewhere (cuDNN on GPU); 'auto' is fused on accelerators and plain on CPU, where the
+  plain path is faster; 'plain', 'dot_product' and 'splash' choose one directly.
+  """
+  choices = ('auto', 'fused', *model_lib.ATTENTION_KINDS)
+  if choice not in choices:
+    raise errors.UserError(f'model.attention={choice!r}: use one of {choices}.')
+  backend = backend or jax.default_backend()
   if choice == 'auto':
-    return (backend or jax.default_backend()) == 'gpu'
-  return choice == 'fused'
+    choice = 'plain' if backend == 'cpu' else 'fused'
+  if choice == 'fused':
+    return 'splash' if backend == 'tpu' else 'dot_product'
+  return choice
 
 
 def check_batch(cfg: ml_collections.ConfigDict, mesh) -> None:

@@ -153,7 +153,7 @@ def compile_for_tpu(cfg: ml_collections.ConfigDict, target: footprint.Target | s
   m.scan_unroll = m.scan_unroll or config_lib.default_scan_unroll(m.num_layers, 'tpu')
   m.attention_blocks = m.attention_blocks or config_lib.default_attention_blocks(
       cfg.seq_len, 'tpu')
-  m.attention = 'fused' if config_lib.fused_attention(m.attention, 'tpu') else 'plain'
+  m.attention = config_lib.attention_kind(m.attention, 'tpu')
   start = time.perf_counter()
   setup = footprint.abstract_setup(cfg, devices)
   lowered = _lower(setup, cfg)

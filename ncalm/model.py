@@ -15,6 +15,7 @@ parameters are a plain pytree that orbax and optax take as they are.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,12 @@ import jax.numpy as jnp
 
 from ncalm import errors
 from ncalm import hashing
+
+# Attention without dropout (evaluation, or model.attn_dropout=0): 'plain' is
+# `causal_attention` below; 'dot_product' is jax.nn.dot_product_attention (cuDNN's fused
+# kernel on GPU, XLA elsewhere); 'splash' is the Pallas splash-attention kernel (TPU; run
+# in interpret mode on other backends, for tests). Training with dropout is always plain.
+ATTENTION_KINDS = ('plain', 'dot_product', 'splash')
 
 REMAT_POLICIES = {
     'none': None,  # no rematerialisation: keep every activation
@@ -47,7 +54,7 @@ class ModelConfig:
   remat: str = 'none'          # one of REMAT_POLICIES
   scan_layers: bool = True
   scan_unroll: int = 1         # layers per scan iteration (num_layers = fully unrolled)
-  fused_attention: bool = False  # jax.nn.dot_product_attention where no dropout applies
+  attention: str = 'plain'     # where no dropout applies: one of ATTENTION_KINDS
   attention_blocks: int = 1    # causal query blocks of the plain attention (skip masked work)
 
   def __post_init__(self):
@@ -62,6 +69,11 @@ class ModelConfig:
     if self.attention_blocks < 1 or self.max_len % self.attention_blocks:
       raise errors.UserError(f'model.attention_blocks={self.attention_blocks} must be >= 1 and '
                              f'divide seq_len={self.max_len} (0 in a config = auto).')
+    if self.attention not in ATTENTION_KINDS:
+      raise errors.UserError(f'attention={self.attention!r}: use one of {ATTENTION_KINDS}.')
+    if self.attention == 'splash' and self.max_len % 128:
+      raise errors.UserError(f'Splash attention needs seq_len divisible by 128, not '
+                             f'{self.max_len}: set model.attention=plain or change seq_len.')
     if self.remat not in REMAT_POLICIES:
       raise errors.UserError(f'model.remat={self.remat!r}: use one of {list(REMAT_POLICIES)}.')
 
@@ -89,6 +101,20 @@ class RMSNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (normed * scale).astype(x.dtype)
+
+
+def matmul(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax.Array:
+  """x [..., *w.shape[:contract]] · w → [..., *w.shape[contract:]] as one 2-D matrix product.
+
+  The leading axes of x (batch, length) and the contracted axes of w are merged first:
+  XLA:CPU runs a 3-D einsum such as 'ble,ev->blv', and above all its gradients, 1.4–2×
+  slower than the same product on 2-D operands (docs/benchmarks.md); on GPU/TPU the
+  merge is free.
+  """
+  inner = math.prod(w.shape[:contract])
+  lead, outer = x.shape[:x.ndim - contract], w.shape[contract:]
+  out = jnp.matmul(x.reshape(-1, inner), w.reshape(inner, -1), preferred_element_type=out_dtype)
+  return out.reshape(*lead, *outer)
 
 
 def rotary(x_BLHD: jax.Array, theta: float) -> jax.Array:
@@ -150,6 +176,43 @@ def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: 
   return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
 
 
+def _splash_kernel(heads: int, length: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+  block = min(512, length)
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                            block_q_dq=block, block_kv_dq=block)
+  mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * heads)
+  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                interpret=interpret)
+
+
+def splash_attention(q_BLHD, k_BLHD, v_BLHD):
+  """Causal softmax(q·k/√d)·v by the Pallas splash kernel, one call per device's shard.
+
+  The kernel sees one sequence [heads, length, head_dim]: it is vmapped over the batch
+  and, under a mesh, run inside shard_map over the batch and head shardings of the
+  activations (it cannot be partitioned by the compiler). Off TPU it runs interpreted.
+  """
+  head_dim = q_BLHD.shape[-1]
+  mesh = jax.sharding.get_abstract_mesh()
+  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+  interpret = platform != 'tpu'
+
+  def local(q, k, v):
+    kernel = _splash_kernel(q.shape[2], q.shape[1], interpret)
+    to_bhld = lambda x: jnp.swapaxes(x, 1, 2)
+    out = jax.vmap(kernel)(to_bhld(q / jnp.sqrt(head_dim).astype(q.dtype)), to_bhld(k),
+                           to_bhld(v))
+    return to_bhld(out)
+
+  if mesh.empty:
+    return local(q_BLHD, k_BLHD, v_BLHD)
+  spec = nn.logical_to_mesh_axes(('act_batch', 'act_len', 'act_heads', None))
+  return jax.shard_map(local, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
+      q_BLHD, k_BLHD, v_BLHD)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   deterministic: bool
@@ -158,22 +221,23 @@ class Attention(nn.Module):
   def __call__(self, x_BLE):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     shape, axes = (cfg.d_model, cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'head_dim')
-    project = lambda name: jnp.einsum(
-        'ble,ehd->blhd', x_BLE, _param(self, name, shape, axes, cfg.init_std).astype(dt))
+    project = lambda name: matmul(x_BLE, _param(self, name, shape, axes, cfg.init_std).astype(dt))
     q = rotary(project('query'), cfg.rope_theta)
     k = rotary(project('key'), cfg.rope_theta)
     v = project('value')
     q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
     dropout = not self.deterministic and cfg.attn_dropout > 0
-    if cfg.fused_attention and not dropout:
+    if cfg.attention == 'dot_product' and not dropout:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # cuDNN on GPU
+    elif cfg.attention == 'splash' and not dropout:
+      out = splash_attention(q, k, v)
     else:
       seed = jax.random.bits(self.make_rng('dropout'), (), jnp.uint32) if dropout else None
       blocks = cfg.attention_blocks if x_BLE.shape[1] % cfg.attention_blocks == 0 else 1
       out = causal_attention(q, k, v, seed, cfg.attn_dropout, blocks, dt)
     w_out = _param(self, 'out', (cfg.num_heads, cfg.head_dim, cfg.d_model),
                    ('heads', 'head_dim', 'embed'), cfg.init_std)
-    return jnp.einsum('blhd,hde->ble', out, w_out.astype(dt))
+    return matmul(out, w_out.astype(dt), contract=2)
 
 
 class Mlp(nn.Module):
@@ -183,10 +247,10 @@ class Mlp(nn.Module):
   def __call__(self, x_BLE):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     w = lambda name, shape, axes: _param(self, name, shape, axes, cfg.init_std).astype(dt)
-    gate = x_BLE @ w('gate', (cfg.d_model, cfg.mlp_dim), ('embed', 'mlp'))
-    up = x_BLE @ w('up', (cfg.d_model, cfg.mlp_dim), ('embed', 'mlp'))
+    gate = matmul(x_BLE, w('gate', (cfg.d_model, cfg.mlp_dim), ('embed', 'mlp')))
+    up = matmul(x_BLE, w('up', (cfg.d_model, cfg.mlp_dim), ('embed', 'mlp')))
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ('act_batch', 'act_len', 'act_mlp'))
-    return hidden @ w('down', (cfg.mlp_dim, cfg.d_model), ('mlp', 'embed'))
+    return matmul(hidden, w('down', (cfg.mlp_dim, cfg.d_model), ('mlp', 'embed')))
 
 
 class Block(nn.Module):
@@ -233,10 +297,8 @@ class Transformer(nn.Module):
     head = _param(self, 'head', (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), cfg.init_std)
     if logits_at is not None:
       x_BE = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)[:, 0]
-      return jnp.einsum('be,ev->bv', x_BE, head.astype(cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
-    logits = jnp.einsum('ble,ev->blv', x, head.astype(cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
+      return matmul(x_BE, head.astype(cfg.compute_dtype), out_dtype=jnp.float32)
+    logits = matmul(x, head.astype(cfg.compute_dtype), out_dtype=jnp.float32)
     return nn.with_logical_constraint(logits, ('act_batch', 'act_len', 'act_vocab'))
 
 
