@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm import complexity
-from ncalm import nca
-from ncalm import sources
-from ncalm import tokens
+from ncalm.data import complexity
+from ncalm.data import device_sources
+from ncalm.data import nca
+from ncalm.data import nca_tokens
 
 _BATCH = flags.DEFINE_integer('batch', 256, 'Sequences per batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats per variant (median kept).')
@@ -52,7 +52,7 @@ def argmax_rollout(rule_keys, sim_keys, cfg):
       return jnp.argmax(nca.fast_logits(rule, state, cfg), -1).astype(jnp.int32), state
     _, states = jax.lax.scan(step, nca.fast_initial_state(sim_key, cfg), None, cfg.steps)
     return states[cfg.burn_in:]
-  return tokens.frames_to_tokens(jax.vmap(one)(rule_keys, sim_keys), cfg)
+  return nca_tokens.frames_to_tokens(jax.vmap(one)(rule_keys, sim_keys), cfg)
 
 
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
@@ -76,12 +76,12 @@ def main(argv):
   b = _BATCH.value
   rule_keys = jax.random.split(jax.random.PRNGKey(1), b)
   sim_keys = jax.random.split(jax.random.PRNGKey(2), b)
-  seq_tokens = cfg.frames * tokens.tokens_per_frame(cfg)
+  seq_tokens = cfg.frames * nca_tokens.tokens_per_frame(cfg)
   batch_tokens = b * seq_tokens
   print(f'devices: {jax.devices()}  batch: {b} sequences × {cfg.frames} frames '
         f'= {batch_tokens:,} tokens')
 
-  make = {mode: jax.jit(sources.NCASource(cfg, seq_len=seq_tokens - 1, mode=mode).sequences)
+  make = {mode: jax.jit(device_sources.NCASource(cfg, seq_len=seq_tokens - 1, mode=mode).sequences)
           for mode in nca.MODES}
   runs = {mode: timed(make[mode], rule_keys, sim_keys) for mode in nca.MODES}
   runs['argmax'] = timed(jax.jit(lambda r, s: argmax_rollout(r, s, cfg)), rule_keys, sim_keys)

@@ -19,10 +19,9 @@ from absl import flags
 import flax.linen as nn
 import jax
 
-from ncalm import config_lib
-from ncalm import metrics
-from ncalm import model as model_lib
+from ncalm import perf
 from ncalm import train
+from ncalm.data import feeds
 
 sys.path.insert(0, 'configs')
 import nca_164m  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -57,7 +56,7 @@ def interleave(runs, setup, repeats):
 
 def data_cost(repeats: int) -> None:
   cfg = nca_164m.get_config('cpu')
-  run = config_lib.prepare_run(cfg, _WORKDIR.value)
+  run = feeds.prepare(cfg, _WORKDIR.value)
   setup = train.create_setup(cfg, run.train_source.vocab_size)
   key = jax.random.PRNGKey(0)
   inside = train.make_train_step(setup)
@@ -94,7 +93,7 @@ def throughput(repeats: int, peak: float) -> None:
   cfg.model.update(d_model=256, num_layers=4, num_heads=4, mlp_dim=1024, dtype='float32',
                    remat='none')
   cfg.global_batch = 8
-  run = config_lib.prepare_run(cfg, _WORKDIR.value)
+  run = feeds.prepare(cfg, _WORKDIR.value)
   key = jax.random.PRNGKey(0)
   runs, setups = {}, {}
   for dropout in (0.1, 0.0):
@@ -105,7 +104,7 @@ def throughput(repeats: int, peak: float) -> None:
                              train.create_state(setup, key), run.train_source, key)
     setups[name] = setup
   t = interleave(runs, setup, repeats)
-  flops = model_lib.flops_per_token(setup.model.cfg, cfg.seq_len)
+  flops = perf.flops_per_token(setup.model.cfg, cfg.seq_len)
   tokens = cfg.global_batch * cfg.seq_len
   print(f'  shape: 4 layers, d_model 256, 4 heads, MLP 1024, seq 1024, batch 8, vocab 10,002, '
         f'Adam, float32; {flops / 1e6:.1f} MFLOP per token')
@@ -120,7 +119,7 @@ def throughput(repeats: int, peak: float) -> None:
 
 def main(argv):
   del argv
-  peak = metrics.measured_matmul_flops(2048)
+  peak = perf.measured_matmul_flops(2048)
   print(f'devices: {jax.devices()}; measured f32 matmul rate {peak / 1e9:.0f} GFLOP/s')
   print('1. in-step NCA data cost (nca_164m:cpu shapes)')
   data_cost(_REPEATS.value)

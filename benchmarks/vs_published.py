@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import nca_164m  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from ncalm import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ncalm import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ncalm.data import feeds
 
 _PEER_PYTHON = flags.DEFINE_string('peer_python', sys.executable,
                                    'Python with torch and transformers installed.')
@@ -83,7 +83,7 @@ def main(argv):
   del argv
   workdir = tempfile.mkdtemp()
   base = shared_shape_config()
-  run = config_lib.prepare_run(base, workdir)
+  run = feeds.prepare(base, workdir)
   key = jax.random.PRNGKey(0)
   runs, setup = {}, None
   for name in _VARIANTS.value:

@@ -1,4 +1,4 @@
-"""Stage 1 of the paper: pre-pre-train a 1.6B Llama on 164M NCA tokens (SPEC §4-5).
+"""Stage 1 of the paper: pre-pre-train a 1.6B Llama on 164M NCA tokens (docs/method.md §4-5).
 
     python -m ncalm.main --config=configs/nca_164m.py --workdir=/tmp/nca_164m
 
@@ -14,7 +14,7 @@ Not run in this project yet (no accelerator here), so there is no measured curve
 ln(10,002) ≈ 9.2, drop below `eval/unigram_loss` within the first few hundred steps, and keep
 falling with the frame index inside each sequence as the model infers the rule in context,
 with the probe's per-cell accuracy climbing past `probe/copy_baseline`. The paper reports
-no stage-1 loss; its stage-2 numbers are in SPEC §7.
+no stage-1 loss; its stage-2 numbers are in docs/method.md §7.
 
     python -m ncalm.main --config=configs/nca_164m.py:cpu --workdir=/tmp/nca_cpu
 

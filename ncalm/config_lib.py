@@ -1,4 +1,4 @@
-"""The config schema, start-up validation, and the run's data (rule banks, sources).
+"""The config schema, start-up validation, and typed views of its sections.
 
 `base_config()` lists every field a run understands, commented, with the published
 stage-1 values; experiment files in configs/ start from it and change what they
@@ -6,29 +6,24 @@ change. Anything that cannot work fails here, at start-up, naming the field and 
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 
-from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
-from ncalm import complexity
-from ncalm import dyck
 from ncalm import errors
-from ncalm import files
 from ncalm import model as model_lib
-from ncalm import nca
 from ncalm import sharding
-from ncalm import sources
-from ncalm import tokens
+from ncalm.data import complexity
+from ncalm.data import dyck
+from ncalm.data import nca
+from ncalm.data import nca_tokens
 
-BANK_FILE = 'rule_bank.npz'
+SOURCES = ('nca', 'dyck', 'text')  # data.source: nca, dyck made on the device in the step;
+                                   # text read from a prepared dataset by the host
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field, with the paper's stage-1 values (SPEC §4-5)."""
+  """Every field, with the paper's stage-1 values (docs/method.md §4-5)."""
   c = ml_collections.ConfigDict()
   c.seed = 0                      # model init, dropout and data keys all derive from it
   c.train_steps = 5000            # optimizer steps
@@ -37,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq_len = 1024                # model context; sequences hold seq_len + 1 tokens
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'nca'           # 'nca' (made in the step) | 'dyck' (made in the step)
+  c.data.source = 'nca'           # one of SOURCES: 'nca' | 'dyck' (made in the step) | 'text'
   c.data.mode = 'fast'            # NCA rollout: 'fast' (same distribution) | 'reference' (bit-exact)
   c.data.band = (0.5, 1.0)        # gzip band of the rules; None = unfiltered
   c.data.num_train_rules = 16000  # rules in the training bank
@@ -58,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dyck.max_depth = 16      # most brackets open at once
   c.data.dyck.p_open = 0.5        # probability of opening when free to choose
   c.data.dyck.shuffle = False     # shuffle-Dyck instead of k-Dyck
+  c.data.text = ml_collections.ConfigDict()
+  c.data.text.path = ''           # DATA_DIR made by `python -m ncalm.prepare` (data.source=text)
+  c.data.text.tokenizer = ''      # tokeniser spec the run expects; '' = the dataset's own
+  c.data.text.shuffle = True      # shuffle training windows (per epoch, from the seed)
+  c.data.text.prefetch = 2        # steps of host rows prepared ahead in a background thread
 
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 0          # 0 = the source's vocabulary (10,002 for NCA)
@@ -155,37 +155,36 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
 
 
 def nca_config(cfg: ml_collections.ConfigDict) -> nca.NCAConfig:
-  n = cfg.data.nca
-  base = nca.NCAConfig(grid=n.grid, num_states=n.num_states, patch=n.patch, tau=n.tau,
-                       identity_bias=n.identity_bias, burn_in=n.burn_in, padding=n.padding)
-  needed = tokens.frames_needed(cfg.seq_len, base)
-  if n.frames and n.frames < needed:
+  """data.nca as an NCAConfig, with frames = 0 resolved to just enough for seq_len + 1."""
+  fields = cfg.data.nca.to_dict()
+  base = nca.NCAConfig(**{**fields, 'frames': 1})
+  needed = nca_tokens.frames_needed(cfg.seq_len, base)
+  frames = fields['frames']
+  if frames and frames < needed:
     raise errors.UserError(
-        f'data.nca.frames={n.frames} gives {n.frames * tokens.tokens_per_frame(base)} tokens, '
+        f'data.nca.frames={frames} gives {frames * nca_tokens.tokens_per_frame(base)} tokens, '
         f'but seq_len={cfg.seq_len} needs {cfg.seq_len + 1}: set frames >= {needed} or 0 (auto).')
-  return base.replace(frames=n.frames or needed)
+  return base.replace(frames=frames or needed)
 
 
 def dyck_config(cfg: ml_collections.ConfigDict) -> dyck.DyckConfig:
-  d = cfg.data.dyck
-  return dyck.DyckConfig(num_types=d.num_types, max_depth=d.max_depth, p_open=d.p_open,
-                         shuffle=d.shuffle)
+  return dyck.DyckConfig(**cfg.data.dyck.to_dict())
 
 
 def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib.ModelConfig:
+  """The model section as a ModelConfig: vocabulary checked against the data's, 'auto'
+  choices (0 or 'auto') resolved for this backend, max_len = seq_len."""
   m = cfg.model
   vocab = m.vocab_size or source_vocab
   if vocab < source_vocab:
     raise errors.UserError(
         f'model.vocab_size={vocab} is too small for the data, whose largest token id is '
         f'{source_vocab - 1}: set model.vocab_size >= {source_vocab} (or 0 for automatic).')
-  return model_lib.ModelConfig(
-      vocab_size=vocab, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
-      mlp_dim=m.mlp_dim, max_len=cfg.seq_len, attn_dropout=m.attn_dropout, dtype=m.dtype,
-      remat=m.remat, scan_layers=m.scan_layers,
-      scan_unroll=m.scan_unroll or default_scan_unroll(m.num_layers),
-      attention=attention_kind(m.attention),
-      attention_blocks=m.attention_blocks or default_attention_blocks(cfg.seq_len))
+  return model_lib.ModelConfig(**{
+      **m.to_dict(), 'vocab_size': vocab, 'max_len': cfg.seq_len,
+      'scan_unroll': m.scan_unroll or default_scan_unroll(m.num_layers),
+      'attention': attention_kind(m.attention),
+      'attention_blocks': m.attention_blocks or default_attention_blocks(cfg.seq_len)})
 
 
 # What 'auto' (0) means per backend; measured in docs/benchmarks.md ("Training step against
@@ -222,92 +221,33 @@ def attention_kind(choice: str, backend: str | None = None) -> str:
 
 
 def check_batch(cfg: ml_collections.ConfigDict, mesh) -> None:
-  dp = sharding.data_parallel_size(mesh)
-  if cfg.grad_accum < 1:
-    raise errors.UserError(f'grad_accum={cfg.grad_accum} must be >= 1 (1 = no accumulation).')
-  if cfg.global_batch % cfg.grad_accum:
-    raise errors.UserError(f'global_batch={cfg.global_batch} is not divisible by '
-                           f'grad_accum={cfg.grad_accum}.')
-  micro = cfg.global_batch // cfg.grad_accum
-  if micro % dp:
-    raise errors.UserError(
-        f'global_batch={cfg.global_batch} / grad_accum={cfg.grad_accum} = {micro} sequences '
-        f'per micro-batch is not divisible by the {dp} data-parallel devices '
-        f'(mesh data×fsdp): use a multiple of {dp}.')
+  problem = sharding.batch_problem(cfg.global_batch, cfg.grad_accum,
+                                   sharding.data_parallel_size(mesh))
+  if problem:
+    raise errors.UserError(problem)
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """The data of a run: training and held-out sources."""
-  train_source: object
-  val_source: object
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Every check of the config alone: fields, values, and the data's own settings.
 
-
-def _make_sources(cfg, nca_cfg, bank) -> Run:
-  if cfg.data.source == 'dyck':
-    source = sources.DyckSource(dyck_config(cfg), cfg.seq_len)
-    return Run(source, source)
-  keys = (None, None) if bank is None else tuple(
-      np.asarray(b.keys) for b in bank.split(cfg.data.num_val_rules))
-  make = lambda k: sources.NCASource(nca_cfg, cfg.seq_len, cfg.data.mode, k)
-  return Run(make(keys[0]), make(keys[1]))
-
-
-def check_config(cfg: ml_collections.ConfigDict) -> Run:
-  """Every check that needs no devices and writes nothing; returns bank-less sources.
-
-  The sources it returns know their vocabulary and shapes but hold no rules yet
-  (`load_run` adds the bank): enough to build the model and check the mesh.
-  """
+  `ncalm.data.feeds.check` adds what needs the data's vocabulary (the model's)."""
   check_fields(cfg)
   check_values(cfg)
   d = cfg.data
-  if d.source not in ('nca', 'dyck'):
-    raise errors.UserError(f"data.source={d.source!r}: use 'nca' or 'dyck'.")
-  nca_cfg = None
+  if d.source not in SOURCES:
+    raise errors.UserError(f'data.source={d.source!r}: use one of {list(SOURCES)}.')
+  if d.source == 'text' and not d.text.path:
+    raise errors.UserError('data.source=text needs data.text.path: the DATA_DIR written by '
+                           '`python -m ncalm.prepare --input=... --tokenizer=... --out=DATA_DIR`.')
+  if d.source == 'text' and d.text.prefetch < 1:
+    raise errors.UserError(f'data.text.prefetch={d.text.prefetch} must be >= 1.')
   if d.source == 'nca':
     nca_cfg = nca_config(cfg)
     if d.band is not None:
       complexity.check_band(d.band)
-    frames = cfg.seq_len // tokens.tokens_per_frame(nca_cfg)
+    frames = cfg.seq_len // nca_tokens.tokens_per_frame(nca_cfg)
     if cfg.probe_sequences and frames < 2:
       raise errors.UserError(
           f'seq_len={cfg.seq_len} holds {frames} whole frame(s) of '
-          f'{tokens.tokens_per_frame(nca_cfg)} tokens: the next-frame probe needs two (one of '
-          'context); raise seq_len or set probe_sequences=0.')
-  run = _make_sources(cfg, nca_cfg, None)
-  model_config(cfg, run.train_source.vocab_size)
-  return run
-
-
-def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str,
-                        nca_cfg: nca.NCAConfig) -> complexity.RuleBank:
-  """The run's rule bank: read from the workdir, or sampled and saved there once."""
-  path = os.path.join(workdir, BANK_FILE)
-  if os.path.exists(path):
-    return complexity.RuleBank.load(path)
-  d = cfg.data
-  total = d.num_train_rules + d.num_val_rules
-  band = tuple(d.band) if d.band else None
-  logging.info('Sampling %d rules in band %s ...', total, band)
-  bank = complexity.sample_rule_bank(jax.random.PRNGKey(d.bank_seed), total, band, nca_cfg,
-                                     d.bank_mode)
-  if jax.process_index() == 0:
-    with files.atomic_path(path) as tmp:
-      bank.save(tmp)
-  return bank
-
-
-def load_run(cfg: ml_collections.ConfigDict, workdir: str) -> Run:
-  """The run's sources with their data: the rule bank is sampled (once) or read here."""
-  if cfg.data.source != 'nca':
-    return _make_sources(cfg, None, None)
-  nca_cfg = nca_config(cfg)
-  return _make_sources(cfg, nca_cfg, load_or_sample_bank(cfg, workdir, nca_cfg))
-
-
-def prepare_run(cfg: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Checks the config, then builds the sources (sampling the rule bank if needed)."""
-  check_config(cfg)
-  os.makedirs(workdir, exist_ok=True)
-  return load_run(cfg, workdir)
+          f'{nca_tokens.tokens_per_frame(nca_cfg)} tokens: the next-frame probe needs two (one '
+          'of context); raise seq_len or set probe_sequences=0.')

@@ -12,77 +12,18 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorboardX
 from tensorboardX.proto import event_pb2
 
 from ncalm import files
 
-# Dense bf16 peak FLOP/s per device, keyed by lowercase substrings of
-# `jax.Device.device_kind`. Looked up in this order, first match wins: the specific
-# 'v5 lite' / 'v5e' / 'v5p' come before the bare 'tpu v5' (how JAX names a v5p chip),
-# which is a substring of all of them.
-PEAK_FLOPS_BF16: dict[str, float] = {
-    'h100': 989e12,
-    'h200': 989e12,
-    'a100': 312e12,
-    'tpu v4': 275e12,
-    'v5 lite': 197e12,
-    'v5e': 197e12,
-    'v5p': 459e12,
-    'tpu v5': 459e12,
-    'v6 lite': 918e12,
-    'v6e': 918e12,
-}
-
 JSONL_NAME = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
-
-
-def peak_flops(device_kind: str, override: float | None = None) -> float | None:
-  """Peak FLOP/s of one device: `override` if > 0, else the table, else None (CPU)."""
-  if override is not None and override > 0:
-    return float(override)
-  kind = device_kind.lower()
-  for key, flops in PEAK_FLOPS_BF16.items():
-    if key in kind:
-      return flops
-  return None
-
-
-def measured_matmul_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 3) -> float:
-  """FLOP/s of a jitted n×n @ n×n on the default device: best of `repeats` after a warm-up."""
-  if n < 1 or repeats < 1:
-    raise ValueError(f'measured_matmul_flops: n={n} and repeats={repeats} must be >= 1.')
-  key_a, key_b = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(key_a, (n, n), dtype)
-  b = jax.random.normal(key_b, (n, n), dtype)
-  matmul = jax.jit(jnp.matmul)
-  matmul(a, b).block_until_ready()  # compile and warm up
-  best = math.inf
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * n**3 / max(best, 1e-9)
-
-
-def mfu(flops_per_token: float, tokens_per_second: float, num_devices: int,
-        peak_per_device: float | None) -> float | None:
-  """Model FLOPs utilisation in [0, 1]; None when the peak is unknown."""
-  if peak_per_device is None:
-    return None
-  if num_devices < 1 or not peak_per_device > 0:
-    raise ValueError(f'mfu: num_devices={num_devices} must be >= 1 and '
-                     f'peak_per_device={peak_per_device} > 0.')
-  return flops_per_token * tokens_per_second / (num_devices * peak_per_device)
 
 
 # ------------------------------------------------------------------------ writers
@@ -310,46 +251,3 @@ class Progress:
 # ------------------------------------------------------------------------- plots
 
 
-def plot_curves(jsonl_path: str, png_path: str,
-                keys: tuple[str, ...] = ('train/loss', 'eval/loss'), *,
-                log_y: bool = False, size: tuple[int, int] = (800, 500),
-                title: str | None = None) -> None:
-  """A PNG (`size` = width, height in pixels) of `keys` against step, written atomically."""
-  # Imported here: only plotting needs matplotlib, and its import is slow.
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  from matplotlib.ticker import FormatStrFormatter
-
-  records = read_jsonl(jsonl_path)
-  dpi = 100
-  fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
-  plotted = 0
-  for key in keys:
-    points = [(r['step'], r[key]) for r in records if r.get(key) is not None]
-    if not points:
-      continue
-    steps, values = zip(*points)
-    ax.plot(steps, values, label=key, marker='o' if len(points) <= 50 else None,
-            markersize=3)
-    plotted += 1
-  if plotted:
-    ax.legend()
-  else:
-    ax.text(0.5, 0.5, f'no data for {", ".join(keys)}', ha='center', va='center',
-            transform=ax.transAxes)
-  if log_y and plotted:
-    ax.set_yscale('log')
-    ax.yaxis.set_major_formatter(FormatStrFormatter('%g'))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter('%g'))
-  ax.set_xlabel('step')
-  leaves = {key.rsplit('/', 1)[-1] for key in keys}
-  ax.set_ylabel(leaves.pop() if len(leaves) == 1 else 'value')
-  ax.set_title(title or os.path.basename(os.path.dirname(os.path.abspath(jsonl_path))))
-  ax.grid(True, alpha=0.3)
-  fig.tight_layout()
-
-  os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-  with files.atomic_path(png_path) as tmp:
-    fig.savefig(tmp, format='png', dpi=dpi)

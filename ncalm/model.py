@@ -1,4 +1,4 @@
-"""A Llama-style decoder in Flax linen (SPEC §4).
+"""A Llama-style decoder in Flax linen (docs/method.md §4).
 
 RMSNorm, rotary position embeddings, SwiGLU MLP, no biases, dropout on attention
 probabilities, untied input embedding and output head, N(0, 0.02) init. Parameters are
@@ -313,9 +313,3 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
               head=head, non_embedding=blocks + e + head)
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 × matmul params (blocks + head) + attention scores."""
-  matmul_params = cfg.num_layers * (4 * cfg.d_model ** 2 + 3 * cfg.d_model * cfg.mlp_dim)
-  matmul_params += cfg.d_model * cfg.vocab_size
-  attention = 12 * cfg.num_layers * cfg.d_model * seq_len  # QK^T and PV, fwd + bwd
-  return 6 * matmul_params + attention

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules (SPEC §5).
+"""Optimizers and learning-rate schedules (docs/method.md §5).
 
 Stage 1 as published: Adam (0.9, 0.999, 1e-8), lr 1e-4, no weight decay, no clipping,
 and a schedule that warms up linearly over the whole run (`warmup`, so the last

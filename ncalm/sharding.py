@@ -91,22 +91,44 @@ def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def check_divisible(boxed_abstract_tree, mesh: Mesh, rules) -> None:
-  """Every sharded dimension must split evenly over its mesh axes, or a clear error."""
+def batch_problem(global_batch: int, grad_accum: int, data_parallel: int) -> str | None:
+  """Why `global_batch` cannot run as `grad_accum` micro-batches over `data_parallel`
+  devices, with the fix; None when it can."""
+  if grad_accum < 1:
+    return f'grad_accum={grad_accum} must be >= 1 (1 = no accumulation).'
+  if global_batch % grad_accum:
+    return f'global_batch={global_batch} is not divisible by grad_accum={grad_accum}.'
+  micro = global_batch // grad_accum
+  if micro % data_parallel:
+    return (f'global_batch={global_batch} / grad_accum={grad_accum} = {micro} sequences per '
+            f'micro-batch is not divisible by the {data_parallel} data-parallel devices '
+            f'(mesh data×fsdp): use a multiple of {data_parallel}.')
+  return None
+
+
+def split_problems(boxed_abstract_tree, axis_sizes: dict[str, int], rules) -> list[str]:
+  """One line, with its fix, per (dimension, logical axis, split) of the tree that does not
+  divide evenly over its mesh axes of `axis_sizes` (e.g. {'data': 2, 'fsdp': 4, ...})."""
   logical = nn.get_partition_spec(boxed_abstract_tree)
   shapes = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed_abstract_tree))[0]
   specs = jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))
-  for (path, leaf), names in zip(shapes, specs):
-    mesh_axes = nn.logical_to_mesh_axes(names, rules)
-    for dim, name, axes in zip(leaf.shape, names, mesh_axes):
-      if axes is None:
-        continue
-      axes = axes if isinstance(axes, tuple) else (axes,)
-      size = int(np.prod([mesh.shape[a] for a in axes]))
-      if dim % size:
+  problems = {}
+  for (path, leaf), names in zip(shapes, specs, strict=True):
+    for dim, name, axes in zip(leaf.shape, names, nn.logical_to_mesh_axes(names, rules)):
+      axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+      size = int(np.prod([axis_sizes[a] for a in axes]))
+      if dim % size and (dim, name, size) not in problems:
         padded = -(-dim // size) * size
         hint = f'model.vocab_size={padded}' if name == 'vocab' else f'a {name} size of {padded}'
-        raise errors.UserError(
+        problems[dim, name, size] = (
             f'{jax.tree_util.keystr(path)}: its {name!r} dimension ({dim}) does not split over '
             f'mesh axes {axes} of size {size}. Change config.mesh, map {name!r} to other axes '
             f'in config.logical_axis_rules, or use {hint}.')
+  return list(problems.values())
+
+
+def check_divisible(boxed_abstract_tree, mesh: Mesh, rules) -> None:
+  """Every sharded dimension must split evenly over its mesh axes, or a clear error."""
+  problems = split_problems(boxed_abstract_tree, dict(mesh.shape), rules)
+  if problems:
+    raise errors.UserError(' '.join(problems))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
+import time
 from typing import Any
 
 from absl import logging
@@ -25,13 +26,19 @@ import optax
 from ncalm import checkpoint
 from ncalm import config_lib
 from ncalm import errors
-from ncalm import evaluate
+from ncalm import losses
 from ncalm import metrics as metrics_lib
 from ncalm import model as model_lib
 from ncalm import optim
+from ncalm import perf
 from ncalm import sharding
-from ncalm import sources
+from ncalm import viz
 from ncalm import workdir as workdir_lib
+from ncalm.data import batch as batch_lib
+from ncalm.data import device_sources
+from ncalm.data import feeds
+from ncalm.data import text
+from ncalm.eval import heldout
 
 
 @flax.struct.dataclass
@@ -101,16 +108,15 @@ def create_state(setup: Setup, rng: jax.Array) -> TrainState:
 # -------------------------------------------------------------------------- step
 
 
-def masked_loss_sums(model, params, batch: sources.Batch, dropout_key=None):
+def masked_loss_sums(model, params, batch: batch_lib.Batch, dropout_key=None):
   """(Σ mask·cross-entropy, Σ mask) of a batch; dropout on iff a key is given."""
   rngs = None if dropout_key is None else {'dropout': dropout_key}
   logits = model.apply({'params': params}, batch.inputs, deterministic=dropout_key is None,
                        rngs=rngs)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
-  return jnp.sum(ce * batch.loss_mask), jnp.sum(batch.loss_mask)
+  return losses.masked_sums(logits, batch)
 
 
-def update(setup: Setup, state: TrainState, batch: sources.Batch, dropout_key):
+def update(setup: Setup, state: TrainState, batch: batch_lib.Batch, dropout_key):
   """One optimizer step on a batch, accumulating gradients over micro-batches.
 
   dropout_key=None turns dropout off (deterministic forward passes).
@@ -146,7 +152,7 @@ def make_train_step(setup: Setup):
 
   def step(state, source, seed_key):
     data_key, dropout_key = step_keys(seed_key, state.step)
-    batch = sources.make_sharded_batch(source, data_key, batch_size, setup.mesh)
+    batch = device_sources.make_sharded_batch(source, data_key, batch_size, setup.mesh)
     return update(setup, state, batch, dropout_key)
 
   rep = sharding.replicated(setup.mesh)
@@ -246,7 +252,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises errors.Interrupted after a SIGTERM stop (checkpoint saved), NonFiniteLoss on a
   NaN/Inf step and CheckpointError when a save fails or no checkpoint is intact.
   """
-  plan = config_lib.check_config(cfg)
+  plan = feeds.check(cfg)
   setup = create_setup(cfg, plan.train_source.vocab_size)  # mesh and sharding checks
   config_lib.check_batch(cfg, setup.mesh)
   is_host0 = jax.process_index() == 0
@@ -269,7 +275,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     lock.release()
   if is_host0:
-    metrics_lib.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png',
+    viz.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png',
                             keys=('train/loss', 'eval/loss', 'eval/unigram_loss'))
   if last.get('stopped_at') is not None:
     raise errors.Interrupted(
@@ -280,7 +286,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> dict:
   """The loop: {'metrics': last metrics, 'stopped_at': step or None}."""
-  run = config_lib.load_run(cfg, workdir)
+  run = feeds.load(cfg, workdir)
   seed_key = jax.random.PRNGKey(cfg.seed)
   init_key, train_key = jax.random.split(seed_key)
   is_host0 = jax.process_index() == 0
@@ -299,18 +305,15 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
     writer.close()
     return dict(metrics={}, stopped_at=None)
 
-  # The rule banks go to the devices once; each step then reads them there.
-  train_source, val_source = jax.device_put((run.train_source, run.val_source),
-                                            sharding.replicated(setup.mesh))
-  evaluator = evaluate.Evaluator(setup, val_source, cfg, train_source)
-  train_step = make_train_step(setup)
-  flops = model_lib.flops_per_token(setup.model.cfg, cfg.seq_len)
-  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
+  do_step, evaluator, prefetcher = _feed_parts(cfg, setup, run, train_key)
+  flops = perf.flops_per_token(setup.model.cfg, cfg.seq_len)
+  peak = perf.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
   if peak is None and jax.default_backend() == 'cpu':
-    peak = metrics_lib.measured_matmul_flops()  # no datasheet peak: this CPU's f32 GEMM rate
+    peak = perf.measured_matmul_flops()  # no datasheet peak: this CPU's f32 GEMM rate
   tokens_per_step = cfg.global_batch * cfg.seq_len
   progress = metrics_lib.Progress(cfg.train_steps, start, tokens_per_step)
   stop = StopRequested()
+  wait = _WaitShare()
   last: dict = {}
   pending = None  # (step number after the update, device scalars)
   stopped_at = None
@@ -324,10 +327,12 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
     progress.update(done)
     if done % cfg.log_every == 0 or done == cfg.train_steps:
       rate = progress.tokens_per_second()
+      if prefetcher is not None:
+        scalars['perf/data_wait'] = wait.fraction(prefetcher.wait_seconds)
       if rate:
         scalars['perf/tokens_per_s'] = rate
         scalars['perf/step_s'] = tokens_per_step / rate
-        util = metrics_lib.mfu(flops, rate, jax.device_count(), peak)
+        util = perf.mfu(flops, rate, jax.device_count(), peak)
         if util is not None:
           scalars['perf/mfu'] = util
       writer.write(done, scalars)
@@ -338,7 +343,7 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
   try:
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
       for step in range(start, cfg.train_steps):
-        state, device_scalars = train_step(state, train_source, train_key)
+        state, device_scalars = do_step(state, step)
         store.check()  # a failed background save stops the run here, not 500 steps later
         if pending is not None:
           last = settle(pending)
@@ -366,4 +371,42 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
   finally:
     writer.close()
     stop.restore()
+    if prefetcher is not None:
+      prefetcher.close()
   return dict(metrics=last, stopped_at=stopped_at)
+
+
+class _WaitShare:
+  """The share of wall time spent waiting for the host's data since the last call."""
+
+  def __init__(self):
+    self.time, self.waited = time.perf_counter(), 0.0
+
+  def fraction(self, waited_total: float) -> float:
+    now = time.perf_counter()
+    share = (waited_total - self.waited) / max(now - self.time, 1e-9)
+    self.time, self.waited = now, waited_total
+    return share
+
+
+def _feed_parts(cfg, setup: Setup, run: feeds.Feeds, train_key):
+  """What depends on the kind of feed: (do_step(state, step) → (state, scalars), the
+  evaluator, the text prefetcher or None).
+
+  On-device sources go to the devices once (each step reads them there) and the step
+  makes its batch inside; a text feed's rows are read by the host, ahead of time."""
+  if run.on_device:
+    train_source, val_source = jax.device_put((run.train_source, run.val_source),
+                                              sharding.replicated(setup.mesh))
+    train_step = make_train_step(setup)
+    evaluator = heldout.Evaluator(setup, val_source, cfg, train_source)
+    return (lambda state, step: train_step(state, train_source, train_key)), evaluator, None
+  logging.info('Text: %s, vocabulary %d ids (model: %d, padded to a multiple of %d).',
+               cfg.data.text.path, run.train_source.meta['vocab_size'],
+               setup.model.cfg.vocab_size, text.VOCAB_MULTIPLE)
+  prefetcher = text.Prefetcher(run.train_source, sharding.batch_sharding(setup.mesh),
+                               cfg.global_batch, cfg.data.text.prefetch)
+  train_step = make_train_step_on_batch(setup)
+  evaluator = heldout.TextEvaluator(setup, run.val_source, cfg)
+  return ((lambda state, step: train_step(state, prefetcher.batch(step), train_key)),
+          evaluator, prefetcher)

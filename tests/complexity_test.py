@@ -1,4 +1,4 @@
-"""gzip scores, band checks and the rule sampler (SPEC §3)."""
+"""gzip scores, band checks and the rule sampler (docs/method.md §3)."""
 import gzip
 import os
 import tempfile
@@ -8,9 +8,9 @@ import jax
 import numpy as np
 from scipy import stats
 
-from ncalm import complexity
 from ncalm import errors
-from ncalm import nca
+from ncalm.data import complexity
+from ncalm.data import nca
 import published_reference as published
 from testdata import published_vectors
 
@@ -49,7 +49,7 @@ class GzipScoreTest(absltest.TestCase):
     # The same rules land in the same band (the rule, not the noise, sets complexity).
     agree = complexity.in_band(ref, (0.5, 1.0)) == complexity.in_band(fast, (0.5, 1.0))
     self.assertGreater(agree.mean(), 0.9)
-    # And the SPEC's measured distribution (2,000 published rules): ~45% in 0.5-1.0.
+    # And the measured distribution (docs/method.md §3; 2,000 published rules): ~45% in 0.5-1.0.
     self.assertAlmostEqual(complexity.in_band(fast, (0.5, 1.0)).mean(), 0.45, delta=0.05)
 
 

@@ -11,10 +11,11 @@ from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 
-from ncalm import dryrun
 from ncalm import errors
-from ncalm import footprint
 from ncalm import model as model_lib
+from ncalm import perf
+from ncalm.tools import dryrun
+from ncalm.tools import footprint
 import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,14 +65,14 @@ class MemoryTest(absltest.TestCase):
   def test_paper_model_on_one_h100(self):
     p = footprint.plan(paper_config(), 'h100x1')
     n = p['params']
-    self.assertEqual(round(n['blocks'] / 1e9, 2), 1.61)       # SPEC §4: 1.61B w/o embeddings
+    self.assertEqual(round(n['blocks'] / 1e9, 2), 1.61)  # docs/method.md §4: 1.61B w/o embeddings
     self.assertAlmostEqual(n['non_embedding'] / 1e9, 1.61, delta=0.025)  # + final norm, head
     state = p['bytes']['params'] + p['bytes']['opt_state'] + p['bytes']['grads']
     self.assertAlmostEqual(state / n['total'], 16, places=6)  # f32 params, mu, nu, grads
     self.assertEqual(p['mesh'], dict(data=1, fsdp=1, tensor=1))
     self.assertEqual(p['fits'], 'yes')
     self.assertEqual(p['tokens_per_step'], 32 * 1024)
-    self.assertEqual(p['flops_per_token'], model_lib.flops_per_token(footprint.model_config(
+    self.assertEqual(p['flops_per_token'], perf.flops_per_token(footprint.model_config(
         paper_config()), 1024))
 
   def test_recommendations(self):
@@ -85,9 +86,9 @@ class MemoryTest(absltest.TestCase):
     self.assertEqual(use['mesh'], dict(data=16, fsdp=1, tensor=16))
     self.assertEqual(use['vocab_size'], 10112)
     self.assertIn('model.vocab_size=10112', note)
-    self.assertFalse(footprint.torus_layout_ok(footprint.TARGETS['v5p-128'],
+    self.assertFalse(footprint.torus_layout_ok(perf.TARGETS['v5p-128'],
                                             dict(data=32, fsdp=1, tensor=2)))
-    self.assertTrue(footprint.torus_layout_ok(footprint.TARGETS['v5p-128'],
+    self.assertTrue(footprint.torus_layout_ok(perf.TARGETS['v5p-128'],
                                            dict(data=16, fsdp=1, tensor=4)))
 
   def test_activation_terms_follow_the_remat_policy(self):
@@ -111,18 +112,18 @@ class MeshOverrideTest(absltest.TestCase):
     self.cfg.mesh.update(data=4, fsdp=4)
 
   def test_table_covers_every_target_and_says_which_are_skipped(self):
-    table = dryrun.format_table(self.cfg, list(footprint.TARGETS), 0.4)
+    table = dryrun.format_table(self.cfg, list(perf.TARGETS), 0.4)
     skipped = [line for line in table.splitlines() if 'skipped' in line]
     self.assertEqual(skipped, [
         f'    ! skipped: config.mesh data=4 fsdp=4 tensor=1 needs 16 devices; {label} has {n}'
         for label, n in (('1xH100-80GB', 1), ('8xH100-80GB', 8), ('TPU v5e-256', 256),
                          ('TPU v5p-128', 64))])
-    for target in footprint.TARGETS.values():
+    for target in perf.TARGETS.values():
       for row in ('config', 'fsdp'):
         self.assertRegex(table, re.compile(
             rf'^{re.escape(target.label)} +{target.num_devices} +\d+ {row} ', re.M))
     for name in ('v4-32', 'v5e-16', 'v5p-32'):   # 16 devices: the config row is the user's mesh
-      label = re.escape(footprint.TARGETS[name].label)
+      label = re.escape(perf.TARGETS[name].label)
       self.assertRegex(table, re.compile(rf'^{label} +16 +4 config +4 +4 +1 ', re.M))
       config_row = dryrun.target_rows(self.cfg, name)[0]
       self.assertEqual((config_row[0], config_row[1]['mesh']),
@@ -184,7 +185,7 @@ class ChecksTest(absltest.TestCase):
       if saved is not None:
         os.environ['TPU_LIBRARY_PATH'] = saved
     with self.assertRaisesRegex(dryrun.AotUnavailable, 'not a TPU'):
-      dryrun.tpu_devices(footprint.TARGETS['h100x8'])
+      dryrun.tpu_devices(perf.TARGETS['h100x8'])
 
   def test_cli_prints_the_table(self):
     env = {k: v for k, v in os.environ.items() if k != 'TPU_LIBRARY_PATH'}

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from scipy import stats
 
-from ncalm import dyck
+from ncalm.data import dyck
 
 BATCH, LENGTH = 64, 256
 Z_BOUND = 5.0                 # standard errors allowed for frequency checks

@@ -12,6 +12,8 @@ from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto import event_pb2
 
 from ncalm import metrics
+from ncalm import perf
+from ncalm import viz
 
 
 def read_events(logdir: str) -> list[event_pb2.Event]:
@@ -64,45 +66,45 @@ class PeakFlopsTest(parameterized.TestCase):
       ('TPU v6e', 918e12),
   )
   def test_table(self, device_kind, expected):
-    self.assertEqual(metrics.peak_flops(device_kind), expected)
+    self.assertEqual(perf.peak_flops(device_kind), expected)
 
   def test_v5_lite_is_not_v5p(self):
-    self.assertEqual(metrics.peak_flops('TPU v5 lite'), 197e12)
-    self.assertEqual(metrics.peak_flops('TPU v5p'), 459e12)
-    self.assertEqual(metrics.peak_flops('TPU v6 lite'), 918e12)
+    self.assertEqual(perf.peak_flops('TPU v5 lite'), 197e12)
+    self.assertEqual(perf.peak_flops('TPU v5p'), 459e12)
+    self.assertEqual(perf.peak_flops('TPU v6 lite'), 918e12)
 
   def test_unknown_is_none(self):
-    self.assertIsNone(metrics.peak_flops('cpu'))
-    self.assertIsNone(metrics.peak_flops('Tesla V100'))
+    self.assertIsNone(perf.peak_flops('cpu'))
+    self.assertIsNone(perf.peak_flops('Tesla V100'))
 
   def test_override(self):
-    self.assertEqual(metrics.peak_flops('cpu', override=5e10), 5e10)
-    self.assertEqual(metrics.peak_flops('TPU v4', override=1e12), 1e12)
-    self.assertEqual(metrics.peak_flops('TPU v4', override=0), 275e12)
-    self.assertEqual(metrics.peak_flops('TPU v4', override=-1.0), 275e12)
-    self.assertIsNone(metrics.peak_flops('cpu', override=0.0))
+    self.assertEqual(perf.peak_flops('cpu', override=5e10), 5e10)
+    self.assertEqual(perf.peak_flops('TPU v4', override=1e12), 1e12)
+    self.assertEqual(perf.peak_flops('TPU v4', override=0), 275e12)
+    self.assertEqual(perf.peak_flops('TPU v4', override=-1.0), 275e12)
+    self.assertIsNone(perf.peak_flops('cpu', override=0.0))
 
   def test_measured_matmul_flops(self):
-    flops = metrics.measured_matmul_flops(n=128, dtype=jnp.float32, repeats=2)
+    flops = perf.measured_matmul_flops(n=128, dtype=jnp.float32, repeats=2)
     self.assertTrue(math.isfinite(flops) and flops > 0)
     with self.assertRaisesRegex(ValueError, 'repeats=0'):
-      metrics.measured_matmul_flops(n=16, repeats=0)
+      perf.measured_matmul_flops(n=16, repeats=0)
 
 
 class MfuTest(absltest.TestCase):
 
   def test_arithmetic(self):
-    self.assertEqual(metrics.mfu(1e9, 2e3, 4, 1e12), 0.5)
-    self.assertEqual(metrics.mfu(6e9, 12345.0, 8, 989e12), 6e9 * 12345.0 / (8 * 989e12))
+    self.assertEqual(perf.mfu(1e9, 2e3, 4, 1e12), 0.5)
+    self.assertEqual(perf.mfu(6e9, 12345.0, 8, 989e12), 6e9 * 12345.0 / (8 * 989e12))
 
   def test_unknown_peak(self):
-    self.assertIsNone(metrics.mfu(1e9, 2e3, 4, None))
+    self.assertIsNone(perf.mfu(1e9, 2e3, 4, None))
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, 'num_devices=0'):
-      metrics.mfu(1e9, 2e3, 0, 1e12)
+      perf.mfu(1e9, 2e3, 0, 1e12)
     with self.assertRaisesRegex(ValueError, 'peak_per_device=0'):
-      metrics.mfu(1e9, 2e3, 1, 0.0)
+      perf.mfu(1e9, 2e3, 1, 0.0)
 
 
 class MetricsWriterTest(absltest.TestCase):
@@ -313,7 +315,7 @@ class PlotCurvesTest(absltest.TestCase):
     writer.close()
     for log_y in (False, True):
       png = os.path.join(workdir, 'plots', f'loss_{log_y}.png')
-      metrics.plot_curves(writer.jsonl_path, png, log_y=log_y, size=(640, 480))
+      viz.plot_curves(writer.jsonl_path, png, log_y=log_y, size=(640, 480))
       with Image.open(png) as image:
         self.assertEqual((image.format, image.size), ('PNG', (640, 480)))
         self.assertGreater(len(np.unique(np.asarray(image.convert('RGB')))), 2)
@@ -325,7 +327,7 @@ class PlotCurvesTest(absltest.TestCase):
     writer.write(1, {'other': 1.0})
     writer.close()
     png = os.path.join(workdir, 'empty.png')
-    metrics.plot_curves(writer.jsonl_path, png, keys=('train/loss',))
+    viz.plot_curves(writer.jsonl_path, png, keys=('train/loss',))
     with Image.open(png) as image:
       self.assertEqual(image.size, (800, 500))
 

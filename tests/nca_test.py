@@ -1,11 +1,11 @@
-"""Rules from keys, reference-mode exactness and fast-mode distribution (SPEC §1)."""
+"""Rules from keys, reference-mode exactness and fast-mode distribution (docs/method.md §1)."""
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm import nca
+from ncalm.data import nca
 import published_reference as published
 from testdata import published_vectors
 

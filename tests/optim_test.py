@@ -1,4 +1,4 @@
-"""Schedules and optimizers as SPEC §5 describes them."""
+"""Schedules and optimizers as docs/method.md §5 describes them."""
 from absl.testing import absltest
 import jax.numpy as jnp
 import ml_collections

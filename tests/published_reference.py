@@ -1,6 +1,6 @@
-"""A plain, per-sample Flax-linen implementation of SPEC §1-3: the second reference.
+"""A plain, per-sample Flax-linen implementation of docs/method.md §1-3: the second reference.
 
-Written from the spec, one sequence at a time, with no batching or speed tricks, so
+Written from that description, one sequence at a time, with no batching or speed tricks, so
 that the engine in `ncalm/` can be checked against something obviously faithful.
 """
 import functools

@@ -8,7 +8,10 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from ncalm import errors, nca, render
+from ncalm import errors
+from ncalm import viz
+from ncalm.data import nca
+from ncalm.tools import render
 
 TINY = nca.NCAConfig(frames=6)           # published grid and states, 6 recorded frames
 TINY_BANDS = [None, (0.5, 1.0)]          # unfiltered and the default band (~45% accepted)
@@ -16,12 +19,12 @@ RULES = 2
 SCALE = 2
 
 
-def expected_cell_width(layout: render.Layout, frames: int) -> int:
+def expected_cell_width(layout: viz.Layout, frames: int) -> int:
   strip = frames * layout.frame_size + (frames - 1) * layout.frame_gap
   return max(strip, layout.min_cell_width)
 
 
-def expected_size(layout: render.Layout, strip_frames: int) -> tuple[int, int]:
+def expected_size(layout: viz.Layout, strip_frames: int) -> tuple[int, int]:
   """Image size from the layout parameters, written out independently of Layout.size."""
   cell = expected_cell_width(layout, strip_frames)
   width = (2 * layout.margin + layout.label_width + layout.columns * cell
@@ -32,7 +35,7 @@ def expected_size(layout: render.Layout, strip_frames: int) -> tuple[int, int]:
   return width, height
 
 
-def expected_origin(layout: render.Layout, band: int, rule: int, frame: int = 0):
+def expected_origin(layout: viz.Layout, band: int, rule: int, frame: int = 0):
   """(x, y) of a frame's top-left pixel, written out independently of Layout."""
   cell = expected_cell_width(layout, layout.frames_per_cell)
   x = (layout.margin + layout.label_width + rule * (cell + layout.column_gap)
@@ -50,17 +53,17 @@ def crop(image: Image.Image, origin: tuple[int, int], size: int) -> np.ndarray:
 class PaletteTest(absltest.TestCase):
 
   def test_base_colours_are_distinct_and_not_background(self):
-    colours = render.palette(10)
+    colours = viz.palette(10)
     self.assertEqual(colours.shape, (10, 3))
     self.assertEqual(colours.dtype, np.uint8)
     self.assertLen({tuple(c) for c in colours}, 10)
-    self.assertNotIn(render.BACKGROUND, {tuple(int(v) for v in c) for c in colours})
+    self.assertNotIn(viz.BACKGROUND, {tuple(int(v) for v in c) for c in colours})
 
   def test_more_states_extend_the_base_colours_distinctly(self):
-    colours = render.palette(300)
-    np.testing.assert_array_equal(colours[:10], render.BASE_PALETTE)
+    colours = viz.palette(300)
+    np.testing.assert_array_equal(colours[:10], viz.BASE_PALETTE)
     self.assertLen({tuple(c) for c in colours}, 300)
-    np.testing.assert_array_equal(render.palette(4), render.BASE_PALETTE[:4])
+    np.testing.assert_array_equal(viz.palette(4), viz.BASE_PALETTE[:4])
 
 
 class FramesToRgbTest(absltest.TestCase):
@@ -69,10 +72,10 @@ class FramesToRgbTest(absltest.TestCase):
     num_states, scale = 10, 3
     frames = np.random.default_rng(0).integers(0, num_states, (4, 5, 7))
     frames[0, 0, :num_states // 2] = np.arange(num_states // 2)
-    rgb = render.frames_to_rgb(frames, num_states, scale)
+    rgb = viz.frames_to_rgb(frames, num_states, scale)
     self.assertEqual(rgb.shape, (4, 5 * scale, 7 * scale, 3))
     self.assertEqual(rgb.dtype, np.uint8)
-    colours = render.palette(num_states)
+    colours = viz.palette(num_states)
     expected = np.zeros_like(rgb)
     for t in range(4):
       for y in range(5 * scale):
@@ -82,9 +85,9 @@ class FramesToRgbTest(absltest.TestCase):
 
   def test_rejects_states_outside_the_palette(self):
     with self.assertRaisesRegex(ValueError, 'num_states=3'):
-      render.frames_to_rgb(np.array([[[0, 3]]]), 3, 1)
+      viz.frames_to_rgb(np.array([[[0, 3]]]), 3, 1)
     with self.assertRaisesRegex(ValueError, 'scale=0'):
-      render.frames_to_rgb(np.zeros((1, 2, 2), int), 3, 0)
+      viz.frames_to_rgb(np.zeros((1, 2, 2), int), 3, 0)
 
 
 class RenderBandsTest(absltest.TestCase):
@@ -109,20 +112,20 @@ class RenderBandsTest(absltest.TestCase):
 
   def test_png_size_and_filmstrip_pixels(self):
     times = [0, 2, 4]  # every 2nd of 6 frames
-    layout = render.Layout(2, RULES, TINY.grid * SCALE, len(times))
+    layout = viz.Layout(2, RULES, TINY.grid * SCALE, len(times))
     with Image.open(self.png_path) as png:
       self.assertEqual(png.format, 'PNG')
       self.assertEqual(png.size, expected_size(layout, len(times)))
       for band in range(2):
         for rule in range(RULES):
           for i, t in enumerate(times):
-            want = render.frames_to_rgb(self.rendered.trajectories[band, rule, t],
+            want = viz.frames_to_rgb(self.rendered.trajectories[band, rule, t],
                                         TINY.num_states, SCALE)
             got = crop(png, expected_origin(layout, band, rule, i), layout.frame_size)
             np.testing.assert_array_equal(got, want, err_msg=f'{band=} {rule=} {t=}')
 
   def test_gif_size_frame_count_and_exact_colours(self):
-    layout = render.Layout(2, RULES, TINY.grid * SCALE, 1)
+    layout = viz.Layout(2, RULES, TINY.grid * SCALE, 1)
     with Image.open(self.gif_path) as gif:
       self.assertEqual(gif.format, 'GIF')
       self.assertEqual(gif.size, expected_size(layout, 1))
@@ -131,7 +134,7 @@ class RenderBandsTest(absltest.TestCase):
         gif.seek(t)
         for band in range(2):
           for rule in range(RULES):
-            want = render.frames_to_rgb(self.rendered.trajectories[band, rule, t],
+            want = viz.frames_to_rgb(self.rendered.trajectories[band, rule, t],
                                         TINY.num_states, SCALE)
             got = crop(gif, expected_origin(layout, band, rule), layout.frame_size)
             np.testing.assert_array_equal(got, want, err_msg=f'{band=} {rule=} {t=}')
@@ -190,7 +193,7 @@ class CommandLineTest(absltest.TestCase):
     with Image.open(rendered.gif_path) as gif:
       self.assertEqual(gif.n_frames, TINY.frames)
     with Image.open(rendered.png_path) as png:
-      self.assertEqual(png.size, expected_size(render.Layout(2, RULES, TINY.grid, 3), 3))
+      self.assertEqual(png.size, expected_size(viz.Layout(2, RULES, TINY.grid, 3), 3))
 
 
 if __name__ == '__main__':

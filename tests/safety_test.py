@@ -17,7 +17,6 @@ import numpy as np
 from orbax.checkpoint._src.path import atomicity
 
 from ncalm import checkpoint
-from ncalm import config_lib
 from ncalm import errors
 from ncalm import metrics
 from ncalm import train

@@ -33,8 +33,9 @@ import numpy as np
 from ncalm import config_lib
 from ncalm import model as model_lib
 from ncalm import sharding
-from ncalm import sources
 from ncalm import train
+from ncalm.data import device_sources
+from ncalm.data import feeds
 import tiny_config
 
 GLOBAL_BATCH = 8   # divisible by the 8 data-parallel devices of the data and fsdp meshes
@@ -109,7 +110,7 @@ def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DAT
       grad_norms.append(float(scalars['train/grad_norm']))
     # The first step's batch as the step makes it: each device its own rows.
     data_key, _ = train.step_keys(seed_key, 0)
-    batch = jax.jit(lambda src, key: sources.make_sharded_batch(
+    batch = jax.jit(lambda src, key: device_sources.make_sharded_batch(
         src, key, GLOBAL_BATCH, setup.mesh))(source, data_key)
   gate = state.params['layers']['mlp']['gate']   # [layers, embed, mlp]
   result = {
@@ -176,7 +177,7 @@ def splash_on_mesh(out_dir: str) -> dict:
 def child_main(out_dir: str, tasks: list[str]) -> None:
   assert jax.device_count() == DEVICE_COUNT, jax.devices()
   workdir = os.path.join(out_dir, f'workdir_{os.getpid()}')  # each child its own bank file
-  source = config_lib.prepare_run(run_config(RUNS['single'][0]), workdir).train_source
+  source = feeds.prepare(run_config(RUNS['single'][0]), workdir).train_source
   for task in tasks:
     if task == 'errors':
       result = startup_errors(workdir)

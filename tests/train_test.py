@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncalm import checkpoint
-from ncalm import config_lib
 from ncalm import errors
 from ncalm import metrics
-from ncalm import sources
 from ncalm import train
+from ncalm.data import device_sources
+from ncalm.data import feeds
 import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,13 +59,13 @@ class StepTest(absltest.TestCase):
     super().setUp()
     self.cfg = tiny_config.get_config()
     self.workdir = self.create_tempdir().full_path
-    self.run_data = config_lib.prepare_run(self.cfg, self.workdir)
+    self.run_data = feeds.prepare(self.cfg, self.workdir)
     self.setup = train.create_setup(self.cfg, self.run_data.train_source.vocab_size)
 
   def test_batch_made_in_step_equals_source_batch(self):
     source = self.run_data.train_source
     key = jax.random.PRNGKey(3)
-    sharded = sources.make_sharded_batch(source, key, 4, self.setup.mesh)
+    sharded = device_sources.make_sharded_batch(source, key, 4, self.setup.mesh)
     plain = source.batch(key, 4)
     for a, b in zip(sharded, plain):
       np.testing.assert_array_equal(a, b)

@@ -1,4 +1,4 @@
-"""Dyck sequences from PRNG keys, made on device (SPEC §5, the Dyck baseline).
+"""Dyck sequences from PRNG keys, made on device (docs/method.md §5, the Dyck baseline).
 
 A sequence is a stream of balanced words cut to length, read left to right: at depth
 0 the stream must open, at depth `max_depth` it must close, otherwise it opens with

@@ -1,4 +1,4 @@
-"""Neural cellular automata: rules from keys, one step, rollouts (SPEC §1).
+"""Neural cellular automata: rules from keys, one step, rollouts (docs/method.md §1).
 
 Everything here is a pure function of PRNG keys and parameter pytrees, usable under
 `jax.jit` and `jax.vmap`. A *rule* is one randomly initialised network (686 float32

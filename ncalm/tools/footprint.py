@@ -6,13 +6,12 @@ tensor), leaf by leaf. Per device: params f32 + Adam mu, nu f32 + gradients f32 
 like the params), the compute-dtype copy of the local weights (XLA hoists the casts out of
 the layer scan), and activations of one micro-batch under the remat policy
 (`activation_bytes`). Step time assumes the given MFU of the dense bf16 peak
-(`metrics.PEAK_FLOPS_BF16`) on the model FLOPs of `model.flops_per_token`.
+(`perf.PEAK_FLOPS_BF16`) on the model FLOPs of `perf.flops_per_token`.
 `plan(cfg, target, mesh)` is the pure function behind a row of `python -m ncalm.dryrun`.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import itertools
 import json
@@ -25,12 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from ncalm import config_lib
-from ncalm import metrics
 from ncalm import model as model_lib
 from ncalm import optim
+from ncalm import perf
 from ncalm import sharding
-from ncalm import sources
 from ncalm import train
+from ncalm.data import feeds
 
 
 GIB = 2 ** 30
@@ -38,51 +37,11 @@ FIT_FRACTION = 0.9   # 'yes' up to 90% of HBM (runtime, fragmentation); 'tight' 
 ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)   # a raw PRNG key, never made
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-  name: str                # what --targets takes
-  label: str               # what the table prints
-  chip: str                # short name of the device
-  device_kind: str         # as jax.Device.device_kind reads (peak FLOPs lookup)
-  num_devices: int         # devices in the mesh; TPU v4/v5p: chips (megacore)
-  hbm_gib: float           # memory per device
-  devices_per_host: int
-  topology: str = ''       # jax.experimental.topologies name, for the AOT compile
-  megacore: bool = False   # one device per chip over two TensorCores
-  note: str = ''
-
-
-TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target('h100x1', '1xH100-80GB', 'H100', 'NVIDIA H100 80GB HBM3', 1, 79.6, 8),
-    Target('h100x8', '8xH100-80GB', 'H100', 'NVIDIA H100 80GB HBM3', 8, 79.6, 8),
-    Target('v4-32', 'TPU v4-32', 'v4', 'TPU v4', 16, 32, 4, 'v4:2x2x4', True,
-           '32 TensorCores = 16 chips; a device is a chip (megacore)'),
-    Target('v5e-16', 'TPU v5e-16', 'v5e', 'TPU v5 lite', 16, 16, 4, 'v5e:4x4', False,
-           'v5e counts chips: 16 chips, one TensorCore each'),
-    Target('v5e-256', 'TPU v5e-256', 'v5e', 'TPU v5 lite', 256, 16, 4, 'v5e:16x16', False,
-           '256 chips'),
-    Target('v5p-32', 'TPU v5p-32', 'v5p', 'TPU v5', 16, 95, 4, 'v5p:2x2x4', True,
-           '32 TensorCores = 16 chips; a device is a chip (megacore)'),
-    Target('v5p-128', 'TPU v5p-128', 'v5p', 'TPU v5', 64, 95, 4, 'v5p:4x4x4', True,
-           '128 TensorCores = 64 chips; a device is a chip (megacore)'),
-)}
-
-
 # ------------------------------------------------------------------ abstract model
 
 
-def abstract_source(cfg: ml_collections.ConfigDict):
-  """The run's training source with an abstract rule bank (nothing is sampled)."""
-  if cfg.data.source == 'nca':
-    keys = jax.ShapeDtypeStruct((cfg.data.num_train_rules, 2), jnp.uint32)
-    return sources.NCASource(config_lib.nca_config(cfg), cfg.seq_len, cfg.data.mode, keys)
-  if cfg.data.source == 'dyck':
-    return sources.DyckSource(config_lib.dyck_config(cfg), cfg.seq_len)
-  raise ValueError(f"data.source={cfg.data.source!r}: use 'nca' or 'dyck'.")
-
-
 def model_config(cfg: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  return config_lib.model_config(cfg, abstract_source(cfg).vocab_size)
+  return config_lib.model_config(cfg, feeds.abstract(cfg).train_source.vocab_size)
 
 
 def abstract_state(cfg: ml_collections.ConfigDict):
@@ -104,13 +63,13 @@ def _cached_state(model_cfg: model_lib.ModelConfig, seq_len: int, train_steps: i
 def abstract_setup(cfg: ml_collections.ConfigDict, devices) -> train.Setup:
   """`train.create_setup` for the config's data (it touches no device, so it also works
   on compile-only TPU devices)."""
-  return train.create_setup(cfg, abstract_source(cfg).vocab_size, devices)
+  return train.create_setup(cfg, feeds.abstract(cfg).train_source.vocab_size, devices)
 
 
 # ------------------------------------------------------------------ memory per device
 
 
-def mesh_axes(target: Target, mesh: dict | None, cfg) -> dict[str, int]:
+def mesh_axes(target: perf.Target, mesh: dict | None, cfg) -> dict[str, int]:
   """{'data', 'fsdp', 'tensor'} sizes on the target; `mesh` None = the config's mesh."""
   requested = cfg.mesh.to_dict() if mesh is None else dict(mesh)
   return dict(zip(sharding.MESH_AXES, sharding.mesh_shape(requested, target.num_devices)))
@@ -151,7 +110,7 @@ def state_shards(cfg: ml_collections.ConfigDict, sizes: dict[str, int]) -> list[
   return shards
 
 
-def torus_layout_ok(target: Target, sizes: dict[str, int]) -> bool:
+def torus_layout_ok(target: perf.Target, sizes: dict[str, int]) -> bool:
   """Whether `jax.make_mesh` (hence `sharding.make_mesh`) can lay the mesh on the target's
   TPU torus: from the last mesh axis back, each axis > 1 must be the product of a subset
   of the torus axes still free (JAX's rule without allow_split_physical_axes)."""
@@ -168,19 +127,6 @@ def torus_layout_ok(target: Target, sizes: dict[str, int]) -> bool:
       return False
     free = [0 if i in chosen else n for i, n in enumerate(free)]
   return True
-
-
-def _divisibility_problems(shards: list[Shard], vocab: int) -> list[str]:
-  """One line per (dim, logical axis, split) that does not divide (mu, nu repeat params)."""
-  problems = {}
-  for s in shards:
-    for dim, name, split in zip(s.shape, s.logical, s.splits):
-      if dim % split and (dim, name, split) not in problems:
-        fix = (f'; set model.vocab_size={-(-vocab // split) * split} (padded)'
-               if name == 'vocab' else '')
-        problems[dim, name, split] = (f'{s.path}: dim {dim} ({name}) is not divisible by its '
-                                      f'{split} devices{fix}')
-  return list(problems.values())
 
 
 def activation_bytes(m: model_lib.ModelConfig, batch: int, seq_len: int,
@@ -225,7 +171,7 @@ def activation_bytes(m: model_lib.ModelConfig, batch: int, seq_len: int,
   return terms
 
 
-def plan(cfg: ml_collections.ConfigDict, target: Target | str, mesh: dict | None = None,
+def plan(cfg: ml_collections.ConfigDict, target: perf.Target | str, mesh: dict | None = None,
          mfu: float = 0.4) -> dict:
   """What `cfg` costs per device on `target` with `mesh` (None = the config's mesh).
 
@@ -233,7 +179,7 @@ def plan(cfg: ml_collections.ConfigDict, target: Target | str, mesh: dict | None
   the config (batch or parameter dims not divisible, or a mesh `jax.make_mesh` cannot lay
   on the TPU torus); the numbers are given regardless.
   """
-  target = TARGETS[target] if isinstance(target, str) else target
+  target = perf.TARGETS[target] if isinstance(target, str) else target
   m = model_config(cfg)
   sizes = mesh_axes(target, mesh, cfg)
   shards = state_shards(cfg, sizes)
@@ -252,13 +198,11 @@ def plan(cfg: ml_collections.ConfigDict, target: Target | str, mesh: dict | None
     block = counts['blocks'] // m.num_layers // sizes['tensor']
     weights_compute += block * (2 * c + 4)
 
-  problems = []
   dp = sizes['data'] * sizes['fsdp']
   micro = cfg.global_batch // cfg.grad_accum
-  if cfg.global_batch % cfg.grad_accum or micro % dp:
-    problems.append(f'global_batch={cfg.global_batch} / grad_accum={cfg.grad_accum} = {micro} '
-                    f'sequences per micro-batch do not split over {dp} data-parallel devices')
-  problems += _divisibility_problems(shards, m.vocab_size)
+  problems = [p for p in [sharding.batch_problem(cfg.global_batch, cfg.grad_accum, dp)] if p]
+  problems += sharding.split_problems(abstract_state(cfg), sizes,
+                                      sharding.rules_from_config(cfg.logical_axis_rules))
   if not torus_layout_ok(target, sizes):
     problems.append(f'jax.make_mesh cannot lay data x fsdp x tensor = {sizes["data"]} x '
                     f'{sizes["fsdp"]} x {sizes["tensor"]} on the {target.topology} torus '
@@ -268,9 +212,9 @@ def plan(cfg: ml_collections.ConfigDict, target: Target | str, mesh: dict | None
 
   total = params + opt_state + grads + weights_compute + acts['total']
   hbm = int(target.hbm_gib * GIB)
-  flops = model_lib.flops_per_token(m, cfg.seq_len)
+  flops = perf.flops_per_token(m, cfg.seq_len)
   tokens = cfg.global_batch * cfg.seq_len
-  peak = metrics.peak_flops(target.device_kind)
+  peak = perf.peak_flops(target.device_kind)
   step_s = flops * tokens / (target.num_devices * peak * mfu)
   fraction = total / hbm
   return dict(
@@ -305,13 +249,13 @@ def _search(cfg, target, mfu) -> tuple[dict | None, str]:
   return None, why or 'the batch does not split over any data x fsdp of these devices'
 
 
-def recommend(cfg: ml_collections.ConfigDict, target: Target | str,
+def recommend(cfg: ml_collections.ConfigDict, target: perf.Target | str,
               mfu: float = 0.4) -> tuple[dict | None, str]:
   """(plan, note) of the runnable mesh that fits (≤ FIT_FRACTION of HBM) with the least
   model parallelism: smallest tensor, then smallest fsdp, the rest data. If none does,
   the search is repeated with the vocabulary padded to a multiple of 128 (the note says
   so); (None, why) if that fails too."""
-  target = TARGETS[target] if isinstance(target, str) else target
+  target = perf.TARGETS[target] if isinstance(target, str) else target
   found, why = _search(cfg, target, mfu)
   vocab = model_config(cfg).vocab_size
   if found or vocab % 128 == 0:
@@ -325,11 +269,11 @@ def recommend(cfg: ml_collections.ConfigDict, target: Target | str,
   return None, why
 
 
-def target_rows(cfg: ml_collections.ConfigDict, target: Target | str,
+def target_rows(cfg: ml_collections.ConfigDict, target: perf.Target | str,
                 mfu: float = 0.4) -> list[tuple[str, dict | None, str]]:
   """(row, plan, note): 'config' (the config's mesh), 'fsdp' (all devices on fsdp) and,
   when the config's mesh cannot run or does not fit, 'use' (the recommended mesh)."""
-  target = TARGETS[target] if isinstance(target, str) else target
+  target = perf.TARGETS[target] if isinstance(target, str) else target
   own = plan(cfg, target, None, mfu)
   rows = [('config', own, ''),
           ('fsdp', plan(cfg, target, dict(fsdp=target.num_devices), mfu), '')]

@@ -11,24 +11,17 @@ pytrees: the NCA rule bank travels as a device array argument, not as a constant
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 from jax.sharding import PartitionSpec as P
 
-from ncalm import dyck
 from ncalm import errors
-from ncalm import nca
 from ncalm import sharding
-from ncalm import tokens
-
-
-class Batch(NamedTuple):
-  inputs: jax.Array     # int32 [B, L] token ids
-  targets: jax.Array    # int32 [B, L] the next token of each input
-  loss_mask: jax.Array  # float32 [B, L] weight of each target (0 = not scored)
+from ncalm.data import batch as batch_lib
+from ncalm.data import dyck
+from ncalm.data import nca
+from ncalm.data import nca_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,25 +38,25 @@ class NCASource:
   def __post_init__(self):
     if self.mode not in nca.MODES:
       raise errors.UserError(f'mode={self.mode!r}: use one of {nca.MODES}.')
-    if self.seq_len < tokens.tokens_per_frame(self.cfg):
+    if self.seq_len < nca_tokens.tokens_per_frame(self.cfg):
       raise errors.UserError(f'seq_len={self.seq_len} is shorter than one frame '
-                             f'({tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
+                             f'({nca_tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
 
   @property
   def vocab_size(self) -> int:
-    return tokens.vocab_size(self.cfg)
+    return nca_tokens.vocab_size(self.cfg)
 
   @property
   def sim_cfg(self) -> nca.NCAConfig:
-    return self.cfg.replace(frames=tokens.frames_needed(self.seq_len, self.cfg))
+    return self.cfg.replace(frames=nca_tokens.frames_needed(self.seq_len, self.cfg))
 
   def sequences(self, rule_keys: jax.Array, sim_keys: jax.Array) -> jax.Array:
     """Token sequences B × frames·tokens_per_frame for explicit keys."""
     frames = nca.rollout(rule_keys, sim_keys, self.sim_cfg, self.mode)
-    return tokens.frames_to_tokens(frames, self.cfg)
+    return nca_tokens.frames_to_tokens(frames, self.cfg)
 
   def loss_mask(self) -> jax.Array:
-    return tokens.loss_mask(self.seq_len, self.cfg)
+    return nca_tokens.loss_mask(self.seq_len, self.cfg)
 
   def rows(self, row_keys) -> jax.Array:
     """Tokens B × (seq_len + 1) for the keys of `row_keys`."""
@@ -79,13 +72,13 @@ class NCASource:
       rule_keys = jnp.asarray(self.rule_keys)[index]
     return rule_keys, jax.random.split(sim_key, batch_size)
 
-  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+  def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
     return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
 
 
 @dataclasses.dataclass(frozen=True)
 class DyckSource:
-  """k-Dyck or shuffle-Dyck: concatenated balanced words cut to seq_len + 1 tokens."""
+  """k-Dyck or shuffle-Dyck: concatenated balanced words cut to seq_len + 1 nca_tokens."""
   cfg: dyck.DyckConfig
   seq_len: int = 1024
 
@@ -103,11 +96,11 @@ class DyckSource:
     return jax.vmap(dyck.dyck_tokens, in_axes=(0, None, None))(
         row_keys, self.seq_len + 1, self.cfg)
 
-  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+  def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
     return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
 
 
-def make_sharded_batch(source, key: jax.Array, batch_size: int, mesh) -> Batch:
+def make_sharded_batch(source, key: jax.Array, batch_size: int, mesh) -> batch_lib.Batch:
   """`source.batch(key, batch_size)` with each device making its own rows (no
   communication); the rows come out split over the mesh's data-parallel axes."""
   spec = P(sharding.BATCH_AXES)
@@ -116,11 +109,11 @@ def make_sharded_batch(source, key: jax.Array, batch_size: int, mesh) -> Batch:
   return to_batch(make_rows(source, source.row_keys(key, batch_size)), source.loss_mask())
 
 
-def to_batch(rows: jax.Array, loss_mask: jax.Array) -> Batch:
+def to_batch(rows: jax.Array, loss_mask: jax.Array) -> batch_lib.Batch:
   """Rows of seq_len + 1 tokens → inputs, next-token targets, per-target weights."""
   seq_len = rows.shape[-1] - 1
-  inputs, targets = tokens.inputs_and_targets(rows, seq_len)
-  return Batch(inputs, targets, jnp.broadcast_to(loss_mask, inputs.shape))
+  inputs, targets = nca_tokens.inputs_and_targets(rows, seq_len)
+  return batch_lib.Batch(inputs, targets, jnp.broadcast_to(loss_mask, inputs.shape))
 
 
 jax.tree_util.register_dataclass(

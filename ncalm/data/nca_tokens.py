@@ -1,4 +1,4 @@
-"""Grids ⇄ tokens: 2×2-patch ids, frame delimiters, sequence layout, loss mask (SPEC §2).
+"""Grids ⇄ tokens: 2×2-patch ids, delimiters, sequence layout, loss mask (docs/method.md §2).
 
 A frame of G×G cells with S states becomes (G/P)² patch ids in raster order of the
 patches; inside a patch the cells are read row-major, least significant first:
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm.nca import NCAConfig
+from ncalm.data.nca import NCAConfig
 
 
 def patches_per_frame(cfg: NCAConfig) -> int:

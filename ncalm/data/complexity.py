@@ -1,4 +1,4 @@
-"""Complexity filter: gzip scores and rule banks sampled into a band (SPEC §3).
+"""Complexity filter: gzip scores and rule banks sampled into a band (docs/method.md §3).
 
 The score of a rule is how well one short trajectory compresses: simulate `burn_in`
 steps, record 10 frames, tokenise, drop the frame delimiters, write the patch ids as
@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm import errors, nca, tokens
+from ncalm import errors
+from ncalm.data import nca
+from ncalm.data import nca_tokens
 
 SCORE_FRAMES = 10            # frames recorded for the score (after the burn-in)
 GZIP_OVERHEAD = 18           # gzip header (10 bytes, no file name) + CRC32 and size (8)
@@ -43,7 +45,7 @@ def score_ids(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
               mode: str) -> jax.Array:
   """Patch ids (B × 10·patches) of each rule's scoring trajectory, delimiters dropped."""
   frames = nca.rollout(rule_keys, sim_keys, score_config(cfg), mode)
-  return tokens.encode_frames(frames, cfg).reshape(frames.shape[0], -1)
+  return nca_tokens.encode_frames(frames, cfg).reshape(frames.shape[0], -1)
 
 
 def score_rules(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
@@ -100,6 +102,22 @@ def check_band(band) -> tuple[float, float]:
         f'band=({low}, {high}) must satisfy 0 <= low < high <= 1 (scores are gzip '
         'ratios; the published bands are 0.2-0.3, 0.3-0.4, 0.4-0.5 and 0.5-1.0).')
   return low, high
+
+
+UNFILTERED = ('none', 'all')  # how a command line says "no band" (unfiltered rules)
+
+
+def parse_band(text: str | None) -> tuple[float, float] | None:
+  """'0.5,1.0' → (0.5, 1.0); 'none' / 'all' (or None) → None, unfiltered; else a
+  UserError (the caller adds the flag's name)."""
+  if text is None or text.strip().lower() in UNFILTERED:
+    return None
+  try:
+    low, high = (float(x) for x in text.split(','))
+  except ValueError:
+    raise errors.UserError(f'band {text!r} is not two numbers low,high (e.g. 0.5,1.0) '
+                           'or none/all (unfiltered).') from None
+  return check_band((low, high))
 
 
 def candidate_rounds(key: jax.Array, num_candidates: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -1,0 +1,1 @@
+"""Data: the NCA engine, Dyck, on-device sources, tokenisers and the text pipeline."""

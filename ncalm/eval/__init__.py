@@ -1,0 +1,1 @@
+"""Evaluation: held-out loss (every source) and the NCA next-frame probe."""
