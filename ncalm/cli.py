@@ -112,7 +112,12 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 
 
 def run(main: Callable[[list[str]], object]) -> None:
-  """`app.run(main)` with user errors as one paragraph and their exit codes."""
+  """`app.run(main)` with user errors as one paragraph and their exit codes.
+
+  The flags defined by `main`'s module are shown by --helpshort even when the command is
+  started through a shim (`python -m ncalm.generate` runs `ncalm.tools.export`)."""
+  for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
   def guarded(argv):
     try:

@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text.tokenizer = ''      # tokeniser spec the run expects; '' = the dataset's own
   c.data.text.shuffle = True      # shuffle training windows (per epoch, from the seed)
   c.data.text.prefetch = 2        # steps of host rows prepared ahead in a background thread
+  c.data.text.document_masking = False  # attention stays inside each document (segment
+                                  # ids); off = the paper's windows, attention crosses them
 
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 0          # 0 = the source's vocabulary (10,002 for NCA)

@@ -132,14 +132,14 @@ _LEADING = ('loss', 'eval/loss', 'lr', 'grad_norm', 'mfu')
 
 
 def _display_name(name: str) -> str | None:
-  if name.startswith('perf/') and name != 'perf/mfu':
+  if name.startswith('perf/') and name not in ('perf/mfu', 'perf/data_wait'):
     return None
   return name.removeprefix('train/').removeprefix('perf/')
 
 
 def _format_scalar(name: str, value: float) -> str:
   leaf = name.rsplit('/', 1)[-1]
-  if leaf == 'mfu':
+  if leaf in ('mfu', 'data_wait'):
     return f'{name} {100 * value:.1f}%'
   if leaf == 'lr':
     return f'{name} {value:.1e}'

@@ -150,8 +150,11 @@ def dropout_keep(seed: jax.Array, shape_BHQK: tuple[int, ...], rate: float,
   return bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
 
 
-def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: int, dtype):
+def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: int, dtype,
+                     segment_ids_BL=None):
   """softmax(q·k/√d, causal) · v, with attention-probability dropout if `dropout_seed`.
+
+  With `segment_ids_BL` a query attends only to keys of its own segment (document).
 
   With `blocks` > 1 the queries are cut into that many blocks and block i attends only to
   the keys it can see (0 .. its last query), which skips most of the masked upper
@@ -167,6 +170,9 @@ def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: 
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k_BLHD[:, :end]).astype(jnp.float32)
     scores = scores / jnp.sqrt(head_dim)
     causal = jnp.arange(i * size, end)[:, None] >= jnp.arange(end)[None, :]
+    if segment_ids_BL is not None:
+      same = segment_ids_BL[:, i * size:end, None] == segment_ids_BL[:, None, :end]
+      causal = causal & same[:, None]     # [B, 1, Q, K]
     probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
     if dropout_seed is not None:
       keep = dropout_keep(dropout_seed, probs.shape, rate, query_offset=i * size,
@@ -187,7 +193,7 @@ def _splash_kernel(heads: int, length: int, interpret: bool):
                                 interpret=interpret)
 
 
-def splash_attention(q_BLHD, k_BLHD, v_BLHD):
+def splash_attention(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL=None):
   """Causal softmax(q·k/√d)·v by the Pallas splash kernel, one call per device's shard.
 
   The kernel sees one sequence [heads, length, head_dim]: it is vmapped over the batch
@@ -199,18 +205,22 @@ def splash_attention(q_BLHD, k_BLHD, v_BLHD):
   platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
   interpret = platform != 'tpu'
 
-  def local(q, k, v):
+  def local(q, k, v, segments):
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
     kernel = _splash_kernel(q.shape[2], q.shape[1], interpret)
     to_bhld = lambda x: jnp.swapaxes(x, 1, 2)
-    out = jax.vmap(kernel)(to_bhld(q / jnp.sqrt(head_dim).astype(q.dtype)), to_bhld(k),
-                           to_bhld(v))
+    one = lambda q, k, v, s: kernel(q, k, v, segment_ids=None if s is None else
+                                    splash.SegmentIds(q=s, kv=s))
+    out = jax.vmap(one)(to_bhld(q / jnp.sqrt(head_dim).astype(q.dtype)), to_bhld(k),
+                        to_bhld(v), segments)
     return to_bhld(out)
 
   if mesh.empty:
-    return local(q_BLHD, k_BLHD, v_BLHD)
+    return local(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL)
   spec = nn.logical_to_mesh_axes(('act_batch', 'act_len', 'act_heads', None))
-  return jax.shard_map(local, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
-      q_BLHD, k_BLHD, v_BLHD)
+  segment_spec = None if segment_ids_BL is None else jax.sharding.PartitionSpec(spec[0], None)
+  return jax.shard_map(local, in_specs=(spec, spec, spec, segment_spec), out_specs=spec,
+                       check_vma=False)(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL)
 
 
 class Attention(nn.Module):
@@ -218,7 +228,7 @@ class Attention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLE):
+  def __call__(self, x_BLE, segment_ids_BL=None):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     shape, axes = (cfg.d_model, cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'head_dim')
     project = lambda name: matmul(x_BLE, _param(self, name, shape, axes, cfg.init_std).astype(dt))
@@ -228,13 +238,15 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
     dropout = not self.deterministic and cfg.attn_dropout > 0
     if cfg.attention == 'dot_product' and not dropout:
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # cuDNN on GPU
+      mask = None if segment_ids_BL is None else (
+          segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)  # cuDNN on GPU
     elif cfg.attention == 'splash' and not dropout:
-      out = splash_attention(q, k, v)
+      out = splash_attention(q, k, v, segment_ids_BL)
     else:
       seed = jax.random.bits(self.make_rng('dropout'), (), jnp.uint32) if dropout else None
       blocks = cfg.attention_blocks if x_BLE.shape[1] % cfg.attention_blocks == 0 else 1
-      out = causal_attention(q, k, v, seed, cfg.attn_dropout, blocks, dt)
+      out = causal_attention(q, k, v, seed, cfg.attn_dropout, blocks, dt, segment_ids_BL)
     w_out = _param(self, 'out', (cfg.num_heads, cfg.head_dim, cfg.d_model),
                    ('heads', 'head_dim', 'embed'), cfg.init_std)
     return matmul(out, w_out.astype(dt), contract=2)
@@ -259,9 +271,9 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLE, _=None):
+  def __call__(self, x_BLE, segment_ids_BL=None):
     x = x_BLE + Attention(self.cfg, self.deterministic, name='attn')(
-        RMSNorm(self.cfg.norm_eps, name='attn_norm')(x_BLE))
+        RMSNorm(self.cfg.norm_eps, name='attn_norm')(x_BLE), segment_ids_BL)
     x = x + Mlp(self.cfg, name='mlp')(RMSNorm(self.cfg.norm_eps, name='mlp_norm')(x))
     x = nn.with_logical_constraint(x, ('act_batch', 'act_len', 'act_embed'))
     return x, None
@@ -271,11 +283,13 @@ class Transformer(nn.Module):
   """tokens int32 [B, L] → logits float32 [B, L, vocab].
 
   With `logits_at` (int32 [B]) only those positions' logits are computed: [B, vocab].
+  With `segment_ids_BL` (int32 [B, L]) attention stays inside each segment (document).
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BL, deterministic: bool = True, logits_at=None):
+  def __call__(self, tokens_BL, deterministic: bool = True, logits_at=None,
+               segment_ids_BL=None):
     cfg = self.cfg
     embedding = _param(self, 'embedding', (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
                        cfg.init_std)
@@ -287,12 +301,12 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                       'dropout': True},
-                      length=cfg.num_layers, unroll=cfg.scan_unroll,
+                      in_axes=nn.broadcast, length=cfg.num_layers, unroll=cfg.scan_unroll,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = stack(cfg, deterministic, name='layers')(x, None)
+      x, _ = stack(cfg, deterministic, name='layers')(x, segment_ids_BL)
     else:
       for i in range(cfg.num_layers):
-        x, _ = block(cfg, deterministic, name=f'layers_{i}')(x, None)
+        x, _ = block(cfg, deterministic, name=f'layers_{i}')(x, segment_ids_BL)
     x = RMSNorm(cfg.norm_eps, name='final_norm')(x)
     head = _param(self, 'head', (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), cfg.init_std)
     if logits_at is not None:

@@ -111,7 +111,8 @@ def create_state(setup: Setup, rng: jax.Array) -> TrainState:
 def masked_loss_sums(model, params, batch: batch_lib.Batch, dropout_key=None):
   """(Σ mask·cross-entropy, Σ mask) of a batch; dropout on iff a key is given."""
   rngs = None if dropout_key is None else {'dropout': dropout_key}
-  logits = model.apply({'params': params}, batch.inputs, deterministic=dropout_key is None,
+  logits = model.apply({'params': params}, batch.inputs, segment_ids_BL=batch.segment_ids,
+                       deterministic=dropout_key is None,
                        rngs=rngs)
   return losses.masked_sums(logits, batch)
 
@@ -405,8 +406,9 @@ def _feed_parts(cfg, setup: Setup, run: feeds.Feeds, train_key):
                cfg.data.text.path, run.train_source.meta['vocab_size'],
                setup.model.cfg.vocab_size, text.VOCAB_MULTIPLE)
   prefetcher = text.Prefetcher(run.train_source, sharding.batch_sharding(setup.mesh),
-                               cfg.global_batch, cfg.data.text.prefetch)
+                               cfg.global_batch, cfg.data.text.prefetch,
+                               cfg.data.text.document_masking)
   train_step = make_train_step_on_batch(setup)
-  evaluator = heldout.TextEvaluator(setup, run.val_source, cfg)
+  evaluator = heldout.TextEvaluator(setup, run.val_source, cfg, run.train_source)
   return ((lambda state, step: train_step(state, prefetcher.batch(step), train_key)),
           evaluator, prefetcher)

@@ -29,6 +29,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.train_steps = 40
     c.checkpoint_every = 5
     c.eval_every = 20
+  elif variant in ('text', 'text_long'):  # --config.data.text.path=DATA_DIR (a prepared corpus)
+    c.data.source = 'text'
+    c.seq_len = 64
+    c.eval_batches = 2
+    if variant == 'text_long':
+      c.train_steps = 40
+      c.checkpoint_every = 5
+      c.eval_every = 20
   elif variant:
     raise ValueError(f'unknown variant {variant!r}')
   return c

@@ -2,8 +2,9 @@
 
 Documents (token ids, one record each, written by `python -m ncalm.prepare`) are joined
 into one stream with the end-of-text id after each and cut into consecutive windows of
-seq_len + 1 tokens (inputs = window[:-1], targets = window[1:]), with no padding and no
-document masking (docs/method.md §5). grain shuffles the windows with a per-epoch
+seq_len + 1 tokens (inputs = window[:-1], targets = window[1:]), with no padding (docs/
+method.md §5); attention crosses document boundaries as in the paper unless
+data.text.document_masking gives each window's documents segment ids. grain shuffles the windows with a per-epoch
 permutation of the seed; row g of the run (step t, row r: g = t·B + r) is always the same
 window, so a step's batch is a pure function of (seed, step) and a resumed run reads
 exactly what an uninterrupted one would, with no iterator state to save.
@@ -25,6 +26,7 @@ import numpy as np
 
 from ncalm import errors
 from ncalm.data import batch as batch_lib
+from ncalm.data import prepare
 from ncalm.data import tokenizers
 
 VOCAB_MULTIPLE = 128  # the model's vocabulary = the tokeniser's, padded to a multiple of this
@@ -42,20 +44,23 @@ class Windows:
   def __len__(self) -> int:
     return self.num_windows
 
-  def __getitem__(self, index: int) -> np.ndarray:
-    """int32 [seq_len + 1]: stream tokens [index·width, (index + 1)·width)."""
+  def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, segment ids), int32 [seq_len + 1] each: stream tokens [index·width,
+    (index + 1)·width) and, for each, which document of the window it belongs to (0, 1,
+    ...; a document's end-of-text is its own)."""
     begin = int(index) * self.width
     end = begin + self.width
     first = int(np.searchsorted(self.starts, begin, side='right')) - 1
-    pieces, position, doc = [], int(self.starts[first]), first
+    pieces, segments, position, doc = [], [], int(self.starts[first]), first
     while position < end:
       tokens = np.asarray(self.records[doc]['tokens'], np.int32)
       pieces.append(np.append(tokens, np.int32(self.eot_id)))
+      segments.append(np.full(len(tokens) + 1, doc - first, np.int32))
       position += len(tokens) + 1
       doc += 1
-    stream = np.concatenate(pieces)
     offset = begin - int(self.starts[first])
-    return stream[offset:offset + self.width]
+    window = slice(offset, offset + self.width)
+    return np.concatenate(pieces)[window], np.concatenate(segments)[window]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +91,18 @@ class TextFeed:
 
   def read_rows(self, first: int, count: int) -> np.ndarray:
     """int32 [count, seq_len + 1]: rows first .. first + count - 1 of the run."""
-    return np.stack([self.rows[g] for g in range(first, first + count)])
+    return self.read_rows_and_segments(first, count)[0]
+
+  def read_rows_and_segments(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, their segment ids), int32 [count, seq_len + 1] each."""
+    pairs = [self.rows[g] for g in range(first, first + count)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def open_feed(data_dir: str, split: str, seq_len: int, seed: int, shuffle: bool,
               tokenizer_spec: str = '') -> TextFeed:
   """The split as windows; refuses a dataset made with another tokeniser than
   `tokenizer_spec` (when given) or too small for one window."""
-  from ncalm.data import prepare  # pylint: disable=g-import-not-at-top  (TEMP: helper writing it)
   records, meta = prepare.open_split(data_dir, split)
   if tokenizer_spec:
     wanted = tokenizers.load(tokenizer_spec).fingerprint
@@ -124,26 +133,33 @@ def local_rows(sharding: jax.sharding.Sharding, batch_size: int) -> tuple[int, i
   return first, stop - first
 
 
-def to_global_batch(rows: np.ndarray, sharding, batch_size: int) -> batch_lib.Batch:
-  """This process's rows → a global Batch sharded like `sharding` (all targets scored)."""
+def to_global_batch(rows: np.ndarray, sharding, batch_size: int,
+                    segments: np.ndarray | None = None) -> batch_lib.Batch:
+  """This process's rows → a global Batch sharded like `sharding` (all targets scored);
+  with `segments` (the rows' segment ids) attention will stay inside each document."""
   shape = (batch_size, rows.shape[1] - 1)
   make = lambda local: jax.make_array_from_process_local_data(sharding, local, shape)
   inputs, targets = rows[:, :-1], rows[:, 1:]
-  return batch_lib.Batch(make(inputs), make(targets), make(np.ones(inputs.shape, np.float32)))
+  return batch_lib.Batch(make(inputs), make(targets), make(np.ones(inputs.shape, np.float32)),
+                         None if segments is None else make(segments[:, :-1]))
 
 
 class Prefetcher:
   """Makes the host's rows of step t+1, t+2, ... in a background thread while step t runs."""
 
-  def __init__(self, feed: TextFeed, sharding, batch_size: int, depth: int = 2):
+  def __init__(self, feed: TextFeed, sharding, batch_size: int, depth: int = 2,
+               document_masking: bool = False):
     self.feed, self.sharding, self.batch_size, self.depth = feed, sharding, batch_size, depth
+    self.document_masking = document_masking
     self.first, self.count = local_rows(sharding, batch_size)
     self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='text_feed')
     self.pending: dict[int, concurrent.futures.Future] = {}
     self.wait_seconds = 0.0
 
-  def _rows(self, step: int) -> np.ndarray:
-    return self.feed.read_rows(step * self.batch_size + self.first, self.count)
+  def _rows(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+    rows, segments = self.feed.read_rows_and_segments(step * self.batch_size + self.first,
+                                                      self.count)
+    return rows, segments if self.document_masking else None
 
   def batch(self, step: int) -> batch_lib.Batch:
     """The global batch of `step` (asked for in increasing order)."""
@@ -151,9 +167,9 @@ class Prefetcher:
       if ahead not in self.pending:
         self.pending[ahead] = self.pool.submit(self._rows, ahead)
     start = time.perf_counter()
-    rows = self.pending.pop(step).result()
+    rows, segments = self.pending.pop(step).result()
     self.wait_seconds += time.perf_counter() - start
-    return to_global_batch(rows, self.sharding, self.batch_size)
+    return to_global_batch(rows, self.sharding, self.batch_size, segments)
 
   def close(self) -> None:
     self.pool.shutdown(wait=False, cancel_futures=True)

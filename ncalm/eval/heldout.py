@@ -104,17 +104,23 @@ class TextEvaluator:
   """Held-out loss of a text run on fixed windows: the first eval_batches × global_batch
   windows of the validation split, in order (the same at every evaluation and resume).
 
-  Reports eval/loss (nats per token), eval/perplexity and eval/bits_per_byte (the loss
-  in bits per byte of the original text: what compares across tokenisers)."""
+  Reports eval/loss (nats per token), eval/perplexity, eval/bits_per_byte (the loss in
+  bits per byte of the original text: what compares across tokenisers) and
+  eval/unigram_loss (the same windows scored by the training data's token frequencies
+  alone, add-½ smoothed: the baseline a model must beat)."""
 
-  def __init__(self, setup, feed, cfg):
+  def __init__(self, setup, feed, cfg, train_feed):
     self.feed, self.cfg = feed, cfg
+    sample = train_feed.read_rows(0, UNIGRAM_SEQUENCES)[:, 1:]
+    counts = np.bincount(sample.ravel(), minlength=train_feed.vocab_size) + 0.5
+    self.unigram_logp = np.log(counts / counts.sum())
     self.sharding = sharding.batch_sharding(setup.mesh)
     self.first, self.count = text.local_rows(self.sharding, cfg.global_batch)
     rep = sharding.replicated(setup.mesh)
 
     def loss_fn(params, batch):
-      logits = setup.model.apply({'params': params}, batch.inputs, deterministic=True)
+      logits = setup.model.apply({'params': params}, batch.inputs, deterministic=True,
+                                 segment_ids_BL=batch.segment_ids)
       return losses.masked_sums(logits, batch)
 
     self._loss = jax.jit(loss_fn, in_shardings=(setup.state_shardings.params, self.sharding),
@@ -122,17 +128,23 @@ class TextEvaluator:
 
   def run(self, params, step: int, workdir: str, writer) -> dict[str, float]:
     del workdir
-    ce = count = 0.0
+    ce = count = unigram = 0.0
     for i in range(self.cfg.eval_batches):
-      rows = self.feed.read_rows(i * self.cfg.global_batch + self.first, self.count)
-      batch = text.to_global_batch(rows, self.sharding, self.cfg.global_batch)
+      rows, segments = self.feed.read_rows_and_segments(
+          i * self.cfg.global_batch + self.first, self.count)
+      batch = text.to_global_batch(rows, self.sharding, self.cfg.global_batch,
+                                   segments if self.cfg.data.text.document_masking else None)
       total, n = jax.device_get(self._loss(params, batch))
       ce, count = ce + float(total), count + float(n)
+      whole = self.feed.read_rows(i * self.cfg.global_batch, self.cfg.global_batch)[:, 1:]
+      unigram -= float(self.unigram_logp[whole].sum())
     loss = ce / count
     scalars = {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
-               'eval/bits_per_byte': loss / np.log(2) / self.feed.bytes_per_token}
+               'eval/bits_per_byte': loss / np.log(2) / self.feed.bytes_per_token,
+               'eval/unigram_loss': unigram / count}
     writer.write(step, scalars)
     if jax.process_index() == 0:
-      logging.info('eval at step %d | loss %.4f | perplexity %.3f | bits/byte %.4f', step,
-                   loss, scalars['eval/perplexity'], scalars['eval/bits_per_byte'])
+      logging.info('eval at step %d | loss %.4f | unigram_loss %.4f | perplexity %.3f | '
+                   'bits/byte %.4f', step, loss, scalars['eval/unigram_loss'],
+                   scalars['eval/perplexity'], scalars['eval/bits_per_byte'])
     return scalars

@@ -1,0 +1,504 @@
+"""Preparing a corpus: exact records and counts, determinism, bad input, interruption, the CLI.
+
+The corpus is made here: CPython's standard-library json/ and email/ packages (~400 KB of
+code, copied into a temporary directory so that the truth is known), a byte-level BPE trained
+on them with `ncalm.tools.tokenizer.train_bpe`, and synthetic files for the bad cases.
+"""
+import collections
+import glob
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from unittest import mock
+
+from absl.testing import absltest
+import numpy as np
+
+from ncalm import errors
+from ncalm.data import prepare
+from ncalm.data import tokenizers
+from ncalm.tools import prepare as prepare_cli
+from ncalm.tools import tokenizer as tokenizer_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STDLIB = sysconfig.get_path('stdlib')
+
+
+def _write(path: str, data: bytes | str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'wb') as f:
+    f.write(data.encode('utf-8') if isinstance(data, str) else data)
+  return path
+
+
+def _read_split(out: str, split: str) -> tuple[list[np.ndarray], dict]:
+  source, meta = prepare.open_split(out, split)
+  return [source[i]['tokens'] for i in range(len(source))], meta
+
+
+class PrepareTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix='prepare_test_')
+    cls.corpus = os.path.join(cls.tmp, 'corpus')
+    for package in ('json', 'email'):
+      for path in glob.glob(os.path.join(STDLIB, package, '**', '*.py'), recursive=True):
+        shutil.copy(path, _write(os.path.join(cls.corpus, os.path.relpath(path, STDLIB)), b''))
+    cls.paths = sorted(glob.glob(os.path.join(cls.corpus, '**', '*.py'), recursive=True))
+    cls.texts = [open(p, encoding='utf-8').read() for p in cls.paths]
+    cls.bpe = os.path.join(cls.tmp, 'bpe.json')
+    tokenizer_cli.train_bpe(os.path.join(cls.corpus, '**', '*.py'), 512, cls.bpe)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp(dir=self.tmp)
+
+  def assertNothingLeft(self, out: str):
+    self.assertFalse(os.path.exists(out))
+    self.assertEqual(glob.glob(glob.escape(out) + '.*'), [])
+
+  def test_corpus_is_there(self):
+    self.assertGreater(len(self.paths), 30)
+    self.assertGreater(sum(map(len, self.texts)), 300_000)
+    self.assertIn('', self.texts)  # email/mime/__init__.py
+
+  def test_records_are_the_documents_and_the_counts_are_true(self):
+    for spec in ('bytes', self.bpe):
+      with self.subTest(spec=spec):
+        tokenizer = tokenizers.load(spec)
+        out = os.path.join(self.dir, os.path.basename(spec))
+        report = prepare.prepare(self.corpus, spec, out, validation_fraction=0.25, workers=1)
+        (train, meta), (validation, _) = _read_split(out, 'train'), _read_split(out, 'validation')
+        self.assertNotIn('tensorflow', sys.modules)
+        self.assertEqual(report.meta, meta)
+        decoded = {split: [tokenizer.decode(r) for r in records]
+                   for split, records in (('train', train), ('validation', validation))}
+        documents = [t for t in self.texts if t]
+        # Every document once, in one split; identical documents share it; input order kept.
+        self.assertEqual(collections.Counter(decoded['train']) +
+                         collections.Counter(decoded['validation']),
+                         collections.Counter(documents))
+        self.assertEmpty(set(decoded['train']) & set(decoded['validation']))
+        held_out = set(decoded['validation'])
+        self.assertEqual(decoded['train'], [t for t in documents if t not in held_out])
+        self.assertEqual(decoded['validation'], [t for t in documents if t in held_out])
+        self.assertNotEmpty(held_out)
+        for split, records in (('train', train), ('validation', validation)):
+          ids = [tokenizer.encode(t) for t in decoded[split]]
+          for record, expected in zip(records, ids):
+            self.assertEqual(record.dtype, np.uint16)
+            np.testing.assert_array_equal(record, expected)
+          np.testing.assert_array_equal(prepare.document_lengths(out, split),
+                                        [len(i) for i in ids])
+          self.assertEqual(meta['splits'][split], {
+              'documents': len(records), 'tokens': sum(map(len, ids)),
+              'bytes': sum(len(t.encode('utf-8')) for t in decoded[split])})
+        train_split = meta['splits']['train']
+        self.assertEqual(meta['bytes_per_token'], train_split['bytes'] / train_split['tokens'])
+        self.assertEqual(
+            {k: meta[k] for k in ('format', 'tokenizer', 'tokenizer_fingerprint', 'vocab_size',
+                                  'eot_id', 'token_dtype', 'inputs', 'input_files',
+                                  'validation_fraction', 'seed')},
+            {'format': 1, 'tokenizer': spec, 'tokenizer_fingerprint': tokenizer.fingerprint,
+             'vocab_size': tokenizer.vocab_size, 'eot_id': tokenizer.eot_id,
+             'token_dtype': 'uint16', 'inputs': [self.corpus], 'input_files': len(self.paths),
+             'validation_fraction': 0.25, 'seed': 0})
+        empty = [p for p, t in zip(self.paths, self.texts) if not t]
+        self.assertEqual(meta['skipped']['empty'], {'count': len(empty), 'examples': empty})
+        self.assertEqual({r: s['count'] for r, s in meta['skipped'].items() if r != 'empty'},
+                         dict.fromkeys(prepare.SKIP_REASONS.keys() - {'empty'}, 0))
+        self.assertEqual(meta['invalid_utf8']['documents'], 0)
+        self.assertEqual(sorted(os.listdir(out)), [
+            'dataset_info.json', 'document_lengths-train.npy',
+            'document_lengths-validation.npy', 'features.json', prepare.META_FILE,
+            'ncalm_text-train.array_record-00000-of-00001',
+            'ncalm_text-validation.array_record-00000-of-00001'])
+    self.assertNotIn('tensorflow', sys.modules)
+
+  def test_the_same_inputs_give_the_same_bytes(self):
+    def files(out):
+      return {name: open(os.path.join(out, name), 'rb').read() for name in os.listdir(out)}
+
+    lines = _write(os.path.join(self.dir, 'lines.jsonl'),
+                   ''.join(json.dumps({'text': t[:5000]}) + '\n' for t in self.texts))
+    inputs = f'{self.corpus},{lines}'
+    runs = {}
+    options = dict(validation_fraction=0.2, shard_mb=0.1)  # several shards per split
+    runs['first'] = prepare.prepare(inputs, self.bpe, os.path.join(self.dir, 'a'), workers=1,
+                                    **options)
+    runs['again'] = prepare.prepare(inputs, self.bpe, os.path.join(self.dir, 'b'), workers=1,
+                                    **options)
+    with mock.patch.object(prepare, 'CHUNK_BYTES', 32 << 10):  # ~20 chunks over 2 processes
+      runs['two workers'] = prepare.prepare(inputs, self.bpe, os.path.join(self.dir, 'c'),
+                                            workers=2, **options)
+    self.assertEqual(runs['two workers'].workers, 2)
+    first = files(runs['first'].out_dir)
+    self.assertGreater(sum('-train.array_record-' in name for name in first), 1)
+    for name, report in runs.items():
+      with self.subTest(name):
+        self.assertEqual(files(report.out_dir), first)
+    other_seed = prepare.prepare(inputs, self.bpe, os.path.join(self.dir, 'd'), seed=1,
+                                 workers=1, **options)
+    self.assertNotEqual(other_seed.meta['splits'], runs['first'].meta['splits'])
+
+  def test_jsonl(self):
+    good = [f'document {i}: caf\u00e9 \U0001f44d\n\ttabs' for i in range(30)]
+    lines = [json.dumps({'content': t, 'id': i}) for i, t in enumerate(good)]
+    lines[3:3] = [
+        '',                                              # blank: not a document
+        '{"content": "half',                             # line 5: not JSON
+        '[1, 2]',                                        # line 6: not an object
+        json.dumps({'text': 'wrong field', 'id': 7}),    # line 7
+        json.dumps({'content': 12}),                     # line 8
+        json.dumps({'content': ''}),                     # line 9
+        '{"content": "lone \\ud800 surrogate"}',         # line 10: one replaced
+    ]
+    path = _write(os.path.join(self.dir, 'docs.jsonl'),
+                  '\n'.join(lines).encode('utf-8') + b'\n{"content": "bad \xff\xfe utf-8"}\n')
+    out = os.path.join(self.dir, 'out')
+    meta = prepare.prepare(path, 'bytes', out, text_field='content', validation_fraction=0.3,
+                           workers=1).meta
+    tokenizer = tokenizers.load('bytes')
+    texts = [tokenizer.decode(r) for split in prepare.SPLITS for r in _read_split(out, split)[0]]
+    expected = good + ['lone \ufffd surrogate', 'bad \ufffd\ufffd utf-8']
+    self.assertCountEqual(texts, expected)
+    skipped = {r: s for r, s in meta['skipped'].items() if s['count']}
+    self.assertEqual(skipped, {
+        'bad_json': {'count': 2, 'examples': [f'{path}:5', f'{path}:6']},
+        'missing_field': {'count': 1, 'examples': [f'{path}:7 (its fields: id, text)']},
+        'field_not_text': {'count': 1, 'examples': [f'{path}:8 (int)']},
+        'empty': {'count': 1, 'examples': [f'{path}:9']}})
+    self.assertEqual(meta['invalid_utf8']['documents'], 2)
+    self.assertEqual(meta['invalid_utf8']['replaced'], 3)
+    self.assertEqual(meta['invalid_utf8']['examples'],
+                     [{'where': f'{path}:10', 'replaced': 1},
+                      {'where': f'{path}:{len(lines) + 1}', 'replaced': 2}])
+    self.assertEqual(sum(s['documents'] for s in meta['splits'].values()), len(expected))
+
+    # Every line without the field: refused, naming the fields the lines have.
+    with self.assertRaises(errors.UserError) as raised:
+      prepare.prepare(path, 'bytes', os.path.join(self.dir, 'none'), text_field='body',
+                      workers=1)
+    message = str(raised.exception)
+    self.assertIn('no document to keep', message)
+    self.assertIn(f'{path}:1 (its fields: content, id)', message)
+    self.assertIn('--text_field', message)
+    self.assertNothingLeft(os.path.join(self.dir, 'none'))
+
+  def test_empty_binary_and_invalid_utf8_files_are_skipped_or_replaced_and_counted(self):
+    corpus = os.path.join(self.dir, 'mixed')
+    for i, path in enumerate(self.paths):
+      shutil.copy(path, _write(os.path.join(corpus, 'code', f'{i:02d}.py'), b''))
+    bad_utf8 = b'caf\xe9 ok \xff\xfe \xe2\x82 end \xf0\x9f\x91\x8d'
+    _write(os.path.join(corpus, 'latin1.txt'), bad_utf8)
+    _write(os.path.join(corpus, 'empty_a.txt'), b'')
+    _write(os.path.join(corpus, 'empty_b.txt'), b'')
+    _write(os.path.join(corpus, 'image.png'), b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR' + b'x' * 99)
+    _write(os.path.join(corpus, 'utf16.txt'), 'hello'.encode('utf-16'))
+    _write(os.path.join(corpus, '.hidden'), b'never read')
+    out = os.path.join(self.dir, 'out')
+    meta = prepare.prepare(f'{corpus}/*,{corpus}/code', 'bytes', out, validation_fraction=0.2,
+                           workers=1).meta
+    tokenizer = tokenizers.load('bytes')
+    texts = [tokenizer.decode(r) for split in prepare.SPLITS for r in _read_split(out, split)[0]]
+    replaced = bad_utf8.decode('utf-8', 'replace')
+    self.assertEqual(replaced.count('\ufffd'), 4)  # é, \xff, \xfe, a cut €
+    self.assertCountEqual(texts, [replaced] + [t for t in self.texts if t])
+    empty = [os.path.join(corpus, 'code', f'{i:02d}.py') for i, t in enumerate(self.texts)
+             if not t] + [os.path.join(corpus, 'empty_a.txt'), os.path.join(corpus, 'empty_b.txt')]
+    self.assertEqual(meta['skipped']['empty'], {'count': len(empty), 'examples': empty})
+    self.assertEqual(meta['skipped']['binary'], {'count': 2, 'examples': [
+        os.path.join(corpus, 'image.png'), os.path.join(corpus, 'utf16.txt')]})
+    self.assertEqual(meta['invalid_utf8'], {
+        'policy': 'each invalid sequence replaced by U+FFFD (Python "replace")',
+        'documents': 1, 'replaced': 4,
+        'examples': [{'where': os.path.join(corpus, 'latin1.txt'), 'replaced': 4}]})
+    self.assertEqual(meta['input_files'], len(self.paths) + 5)  # each once, not the hidden one
+
+  def test_refusals(self):
+    out = os.path.join(self.dir, 'out')
+    _write(os.path.join(self.dir, 'empty', 'a.txt'), b'')
+    _write(os.path.join(self.dir, 'empty', 'b.txt'), b'')
+    _write(os.path.join(self.dir, 'binary', 'a.bin'), b'\x00\x01\x02')
+    os.makedirs(os.path.join(self.dir, 'nothing'))
+    few = os.path.join(self.dir, 'few')
+    for i in range(3):
+      _write(os.path.join(few, f'{i}.txt'), f'text {i}')
+    cases = [
+        (dict(inputs=f'{self.dir}/none/*.txt'), f"--input: '{self.dir}/none/*.txt' matches "
+                                                'nothing'),
+        (dict(inputs=f'{self.corpus},{self.dir}/missing.txt'),
+         f"--input: no such file or directory '{self.dir}/missing.txt'"),
+        (dict(inputs=' , '), '--input is empty'),
+        (dict(inputs=os.path.join(self.dir, 'nothing')), 'holds no files'),
+        (dict(inputs=os.path.join(self.dir, 'empty')),
+         '--input holds no document to keep: 2 empty (no text) (e.g. '
+         f'{self.dir}/empty/a.txt, {self.dir}/empty/b.txt)'),
+        (dict(inputs=os.path.join(self.dir, 'binary')), '1 binary'),
+        (dict(inputs=few, validation_fraction=1e-9),
+         '--validation_fraction=1e-09 left the validation split empty: none of the 3 documents'),
+        (dict(inputs=few, validation_fraction=1 - 1e-9), 'left the train split empty'),
+        (dict(inputs=few, validation_fraction=0.0), '--validation_fraction=0.0 must be > 0'),
+        (dict(inputs=few, validation_fraction=1.0), 'must be > 0 and < 1'),
+        (dict(inputs=few, workers=-1), '--workers=-1'),
+        (dict(inputs=few, tokenizer='nope'), "tokenizer 'nope' is not a tokeniser spec"),
+        (dict(inputs=few, tokenizer=f'{self.dir}/no.json'),
+         f"tokenizer file '{self.dir}/no.json' does not exist"),
+        (dict(inputs='tfds:c4/en'), "--input=tfds:c4/en: tensorflow-datasets cannot read 'c4/en'"
+                                    " split 'train'"),
+        (dict(inputs='hf:allenai/c4:en@validation'), '--input=hf:allenai/c4:en@validation: '),
+        (dict(inputs=few, out=self.corpus), f"--out='{self.corpus}' exists and is not empty"),
+        (dict(inputs=few, out=self.corpus, overwrite=True),
+         f"--out='{self.corpus}' is not a dataset made by ncalm.prepare"),
+        (dict(inputs=few, out=few + '/0.txt'), 'is a file'),
+    ]
+    for kwargs, message in cases:
+      kwargs = {'tokenizer': 'bytes', 'out': out, 'workers': 1, **kwargs}
+      with self.subTest(kwargs=kwargs):
+        with self.assertRaises(errors.UserError) as raised:
+          prepare.prepare(kwargs.pop('inputs'), kwargs.pop('tokenizer'), kwargs.pop('out'),
+                          **kwargs)
+        self.assertIn(message, str(raised.exception))
+        self.assertNothingLeft(out)
+    self.assertTrue(os.path.exists(few + '/0.txt'))  # nothing refused was touched
+    self.assertEqual(sorted(os.listdir(self.corpus)), ['email', 'json'])
+
+  def test_overwrite_replaces_only_a_dataset(self):
+    out = os.path.join(self.dir, 'out')
+    prepare.prepare(self.paths[:20], 'bytes', out, validation_fraction=0.3, workers=1)
+    again = prepare.prepare(self.paths[20:], 'bytes', out, validation_fraction=0.3, workers=1,
+                            overwrite=True)
+    self.assertEqual(prepare.read_meta(out), again.meta)
+    self.assertEqual(again.meta['input_files'], len(self.paths) - 20)
+    self.assertEqual(glob.glob(out + '.*'), [])
+    # An input directory holding the output reads its corpus, never the dataset.
+    corpus = os.path.join(self.dir, 'corpus')
+    for i, path in enumerate(self.paths[:20]):
+      _write(os.path.join(corpus, f'{i:02d}.py'), open(path, 'rb').read())
+    first = prepare.prepare(corpus, 'bytes', os.path.join(corpus, 'data'),
+                            validation_fraction=0.3, workers=1)
+    second = prepare.prepare(corpus, 'bytes', os.path.join(corpus, 'data'),
+                             validation_fraction=0.3, workers=1, overwrite=True)
+    self.assertEqual(first.meta, second.meta)
+    self.assertEqual(first.meta['input_files'], 20)
+
+  def test_long_documents_are_encoded_in_pieces_with_the_same_ids(self):
+    text = ' '.join(t.replace('\n', ' ') for t in self.texts)  # one ~430 KB line
+    no_spaces = 'ab\u00e9' * 40_000
+    tokenizer = tokenizers.load(self.bpe)
+    cuts = prepare.cut_points(text, 20_000)
+    self.assertGreater(len(cuts), 20)
+    for a, b in zip([0] + cuts, cuts + [len(text)]):
+      self.assertLessEqual(b - a, 20_000)
+    for cut in cuts:
+      self.assertEqual((text[cut - 1] != ' ', text[cut], text[cut + 1] != ' '), (True, ' ', True))
+    self.assertEqual(prepare.cut_points(no_spaces, 20_000), list(range(20_000, 120_000, 20_000)))
+    import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(self.texts), model_prefix=os.path.join(self.dir, 'sp'),
+        model_type='bpe', vocab_size=1000, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1,
+        max_sentence_length=1 << 20, num_threads=1, minloglevel=2,
+        **tokenizers.SENTENCEPIECE_LOSSLESS_OPTIONS)
+    bounds = [0] + cuts + [len(text)]
+    for spec in (self.bpe, os.path.join(self.dir, 'sp.model')):  # the pieces' ids = the whole's
+      with self.subTest(spec=spec):
+        other = tokenizers.load(spec)
+        np.testing.assert_array_equal(
+            np.concatenate([other.encode(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]),
+            other.encode(text))
+    _write(os.path.join(self.dir, 'long', 'a_line.txt'), text)
+    _write(os.path.join(self.dir, 'long', 'b_no_spaces.txt'), no_spaces)
+    _write(os.path.join(self.dir, 'long', 'c.jsonl'), json.dumps({'text': text}) + '\n')
+    out = os.path.join(self.dir, 'out')
+    with mock.patch.object(prepare, 'PIECE_CHARS', 20_000), \
+        mock.patch.object(prepare, 'CHUNK_BYTES', 100_000):
+      prepare.prepare(os.path.join(self.dir, 'long'), self.bpe, out, workers=1,
+                      validation_fraction=0.5)
+    records = {tokenizer.decode(r): r for split in prepare.SPLITS
+               for r in _read_split(out, split)[0]}
+    self.assertCountEqual(records, [text, no_spaces])  # the .jsonl line is the same text
+    np.testing.assert_array_equal(records[text], tokenizer.encode(text))
+    # Megabytes in one line, bytes tokenizer, default pieces: fast and exact.
+    big = (text * 8)[:3_000_000]
+    _write(os.path.join(self.dir, 'big', 'big.txt'), big)
+    _write(os.path.join(self.dir, 'big', 'small.txt'), 'small')
+    start = time.perf_counter()
+    prepare.prepare(os.path.join(self.dir, 'big'), 'bytes', os.path.join(self.dir, 'big_out'),
+                    workers=1, validation_fraction=0.5)
+    self.assertLess(time.perf_counter() - start, 20)
+    records = [r for split in prepare.SPLITS
+               for r in _read_split(os.path.join(self.dir, 'big_out'), split)[0]]
+    self.assertIn(len(big.encode('utf-8')), [len(r) for r in records])
+    self.assertIn(big.encode('utf-8'), [r.astype(np.uint8).tobytes() for r in records])
+
+  def test_an_interrupted_prepare_leaves_nothing_that_looks_finished(self):
+    out = os.path.join(self.dir, 'out')
+    serialize = prepare.serialize_tokens
+    calls = []
+
+    def interrupted(ids):  # Ctrl-C at the tenth document
+      calls.append(1)
+      if len(calls) == 10:
+        raise KeyboardInterrupt
+      return serialize(ids)
+
+    with mock.patch.object(prepare, 'serialize_tokens', interrupted):
+      with self.assertRaises(KeyboardInterrupt):
+        prepare.prepare(self.corpus, 'bytes', out, workers=1)
+    self.assertNothingLeft(out)
+
+    # SIGKILL while the dataset is half written: prepare blocks reading a FIFO after the corpus.
+    fifo = os.path.join(self.dir, 'fifo.txt')
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'ncalm.prepare', f'--input={self.corpus},{fifo}',
+         '--tokenizer=bytes', f'--out={out}', '--workers=1', '--validation_fraction=0.2'],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:  # opening the FIFO for writing succeeds once prepare opens it to read
+      try:
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # held open: prepare waits to read
+        break
+      except OSError:
+        if proc.poll() is not None:
+          self.fail(f'prepare ended before reading the FIFO: {proc.communicate()}')
+        self.assertLess(time.monotonic(), deadline)
+        time.sleep(0.01)
+    left = glob.glob(out + '.incomplete-*')
+    self.assertLen(left, 1)
+    self.assertTrue(glob.glob(os.path.join(left[0], 'ncalm_text-train.array_record-*')))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    os.close(writer)
+    self.assertFalse(os.path.exists(out))
+    self.assertEqual(glob.glob(out + '.incomplete-*'), left)
+    with self.assertRaises(errors.UserError) as raised:
+      prepare.open_split(out, 'train')
+    self.assertEqual(str(raised.exception),
+                     f"data directory '{out}' does not exist (a prepare into it did not "
+                     f"finish: '{left[0]}' is left; run it again); make it with `python -m "
+                     f'ncalm.prepare --input=FILES --tokenizer=SPEC --out={out}`.')
+    # A folder of a live prepare is not touched; one of a dead prepare is removed.
+    alive = f'{out}.incomplete-{left[0].rsplit("-", 2)[1]}-{os.getppid()}'
+    os.rename(left[0], alive)
+    with self.assertRaises(errors.UserError) as raised:
+      prepare.prepare(self.corpus, 'bytes', out, workers=1)
+    self.assertIn(f'{alive!r} belongs to another prepare', str(raised.exception))
+    os.rename(alive, left[0])
+    os.remove(fifo)
+    report = prepare.prepare(self.corpus, 'bytes', out, workers=1, validation_fraction=0.2)
+    self.assertEqual(glob.glob(out + '.*'), [])
+    self.assertEqual(sum(s['documents'] for s in report.meta['splits'].values()),
+                     sum(1 for t in self.texts if t))
+
+  def test_readers_refuse_what_is_not_a_finished_dataset(self):
+    out = os.path.join(self.dir, 'out')
+    make = f'`python -m ncalm.prepare --input=FILES --tokenizer=SPEC --out={out}`'
+    os.makedirs(out)
+    for message in (f"data directory '{out}' is empty: it is not a dataset made by "
+                    f'ncalm.prepare; make one with {make}.',
+                    f"data directory '{out}' has no {prepare.META_FILE}: it is not"):
+      with self.assertRaises(errors.UserError) as raised:
+        prepare.open_split(out, 'train')
+      self.assertStartsWith(str(raised.exception), message)
+      _write(os.path.join(out, 'notes.txt'), 'x')
+    shutil.rmtree(out)
+    prepare.prepare(self.paths[:20], 'bytes', out, validation_fraction=0.3, workers=1)
+    with self.assertRaisesRegex(errors.UserError, "has no split 'test'"):
+      prepare.open_split(out, 'test')
+    meta_path = os.path.join(out, prepare.META_FILE)
+    meta = prepare.read_meta(out)
+    _write(meta_path, json.dumps({**meta, 'format': 2}))
+    with self.assertRaisesRegex(errors.UserError, 'has format 2, and this ncalm reads format 1'):
+      prepare.open_split(out, 'train')
+    _write(meta_path, '{"format": 1, "spl')
+    with self.assertRaisesRegex(errors.UserError, 'cannot be read'):
+      prepare.read_meta(out)
+    _write(meta_path, json.dumps(meta))
+    os.remove(glob.glob(os.path.join(out, 'ncalm_text-validation.array_record-*'))[0])
+    with self.assertRaisesRegex(errors.UserError, f"data directory '{out}' is incomplete: 1 of "
+                                                  'its validation files are missing'):
+      prepare.open_split(out, 'validation')
+    self.assertLen(_read_split(out, 'train')[0], meta['splits']['train']['documents'])
+
+  def test_serialize_tokens_is_what_tfds_writes(self):
+    rng = np.random.default_rng(0)
+    for vocab_size, edges in ((257, [0, 1, 127, 128, 256]),
+                              (1 << 16, [0, 127, 128, 16383, 16384, 65535]),
+                              (1 << 31, [0, 128, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**31 - 1])):
+      features = prepare.features(vocab_size)
+      dtype = prepare.token_dtype(vocab_size)
+      arrays = [np.array(edges, dtype), np.array(edges[-1:], dtype)]
+      arrays += [rng.integers(0, vocab_size, n).astype(dtype) for n in (1, 2, 100, 20_000)]
+      for ids in arrays:
+        with self.subTest(vocab_size=vocab_size, n=ids.size):
+          record = prepare.serialize_tokens(ids)
+          self.assertEqual(record, features.serialize_example({'tokens': ids}))
+          np.testing.assert_array_equal(features.deserialize_example_np(record)['tokens'], ids)
+    with self.assertRaises(ValueError):
+      prepare.serialize_tokens(np.zeros(0, np.uint16))
+
+  def test_progress_line(self):
+    class Terminal(io.StringIO):
+      def isatty(self):
+        return True
+
+    for stream, ending in ((Terminal(), '\x1b[K'), (io.StringIO(), '\n')):
+      progress = prepare_cli.Progress(stream)
+      progress(0, 0, 2_000_000)
+      self.assertEqual(stream.getvalue(), '')  # at most 5 lines a second (a minute off a tty)
+      progress.last = -np.inf
+      progress.start -= 10
+      progress(1_000_000, 25, 2_000_000)
+      self.assertRegex(stream.getvalue(), r'^\r?prepare: 25 documents \(2\.\d/s\), 1\.0 of '
+                                          r'2\.0 MB \(0\.10 MB/s\), ETA 0:00:1\d' +
+                                          re.escape(ending) + '$')
+      progress.last = -np.inf
+      progress(3_000_000, 2500, 0)  # a remote input: size unknown, no ETA
+      self.assertRegex(stream.getvalue().splitlines()[-1] if ending == '\n' else
+                       stream.getvalue().rsplit('\r', 1)[1],
+                       r'^prepare: 2,500 documents \(2\d\d/s\), 3\.0 MB \(0\.\d+ MB/s\)')
+
+  def test_cli_end_to_end(self):
+    out = os.path.join(self.dir, 'cli')
+    good = subprocess.run(
+        [sys.executable, '-m', 'ncalm.prepare', f'--input={self.corpus}/**/*.py',
+         f'--tokenizer={self.bpe}', f'--out={out}', '--validation_fraction=0.2'],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [sys.executable, '-m', 'ncalm.prepare', f'--input={self.dir}/missing.txt',
+         '--tokenizer=bytes', f'--out={out}-2'],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    self.assertEqual(good.returncode, 0, good.stderr)
+    meta = prepare.read_meta(out)
+    self.assertEqual(good.stdout.splitlines()[:2], prepare_cli.summary(prepare.Report(
+        out, meta, 0, 0, 1, 1.0))[:2])
+    self.assertRegex(good.stdout.splitlines()[2],
+                     rf'^read {len(self.paths)} files, 0.4 MB in [0-9.]+ s \([0-9.]+ MB/s, '
+                     r'[0-9,]+ documents/s\) with 1 worker$')
+    self.assertStartsWith(good.stdout.splitlines()[3], 'skipped 1 empty (no text) (e.g. ')
+    self.assertEqual(meta['tokenizer'], self.bpe)
+    self.assertEqual(bad.returncode, errors.EXIT_USER_ERROR, bad.stderr)
+    self.assertEqual(' '.join(bad.stderr.split()),
+                     f"ncalm.prepare: error: --input: no such file or directory "
+                     f"'{self.dir}/missing.txt'; check the path (a glob needs *, ? or [...]).")
+    self.assertFalse(os.path.exists(out + '-2'))
+
+
+if __name__ == '__main__':
+  absltest.main()
