@@ -63,9 +63,9 @@ class Progress:
                  f'{f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"}/s), '
                  f'{done_bytes / 1e6:,.1f}')
     if total_bytes:
-      left = max(total_bytes - done_bytes, 0) / rate if rate else 0
-      self.line += (f' of {total_bytes / 1e6:,.1f} MB ({rate / 1e6:.2f} MB/s), ETA '
-                    f'{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}')
+      left = round(max(total_bytes - done_bytes, 0) / rate) if rate else None
+      eta = '?' if left is None else f'{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}'
+      self.line += f' of {total_bytes / 1e6:,.1f} MB ({rate / 1e6:.2f} MB/s), ETA {eta}'
     else:
       self.line += f' MB ({rate / 1e6:.2f} MB/s)'
     if now - self.last >= (0.2 if self.tty else 60.0):
