@@ -136,6 +136,12 @@ class TextTrainingTest(absltest.TestCase):
     with self.assertRaisesRegex(errors.UserError, r'data.text.tokenizer=.*other.json.*'
                                 r"not the tokeniser .* \('bytes'"):
       train.train_and_evaluate(cfg, workdir)
+    # A model vocabulary too small for the tokeniser's ids (257 bytes ids, padded to 384).
+    cfg = text_config(self.data_dir)
+    cfg.model.vocab_size = 256
+    with self.assertRaisesRegex(errors.UserError, r'model.vocab_size=256 is too small.*'
+                                r'model.vocab_size >= 384'):
+      train.train_and_evaluate(cfg, workdir)
     # Windows longer than the validation split holds.
     cfg = text_config(self.data_dir)
     cfg.seq_len = 1 << 20
