@@ -180,8 +180,9 @@ def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib
   vocab = m.vocab_size or source_vocab
   if vocab < source_vocab:
     raise errors.UserError(
-        f'model.vocab_size={vocab} is too small for the data, whose largest token id is '
-        f'{source_vocab - 1}: set model.vocab_size >= {source_vocab} (or 0 for automatic).')
+        f'model.vocab_size={vocab} is too small for the data, which needs {source_vocab} '
+        f'rows (its token ids; a text tokeniser\'s padded to a multiple of 128): set '
+        f'model.vocab_size >= {source_vocab} (or 0 for automatic).')
   return model_lib.ModelConfig(**{
       **m.to_dict(), 'vocab_size': vocab, 'max_len': cfg.seq_len,
       'scan_unroll': m.scan_unroll or default_scan_unroll(m.num_layers),
