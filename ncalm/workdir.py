@@ -69,7 +69,9 @@ def _process_start_time(pid: int) -> str | None:
     return None
 
 
-def _alive(pid: int, start_time: str | None) -> bool:
+def process_alive(pid: int, start_time: str | None = None) -> bool:
+  """Whether process `pid` of this host still runs (not a zombie; with `start_time`, not a
+  new process that reuses the pid)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -129,7 +131,7 @@ class Lock:
       if holder is None:
         continue  # released meanwhile: try again
       same_host = holder.get('host') == self.owner['host']
-      if same_host and isinstance(holder.get('pid'), int) and not _alive(
+      if same_host and isinstance(holder.get('pid'), int) and not process_alive(
           holder['pid'], holder.get('start_time')):
         if self._take_over(holder):
           return

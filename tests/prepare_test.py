@@ -332,14 +332,13 @@ class PrepareTest(absltest.TestCase):
                for r in _read_split(out, split)[0]}
     self.assertCountEqual(records, [text, no_spaces])  # the .jsonl line is the same text
     np.testing.assert_array_equal(records[text], tokenizer.encode(text))
-    # Megabytes in one line, bytes tokenizer, default pieces: fast and exact.
+    # Megabytes in one line, bytes tokenizer, default pieces: exact (its speed and memory
+    # are in benchmarks/prepare_throughput.py and docs/benchmarks.md).
     big = (text * 8)[:3_000_000]
     _write(os.path.join(self.dir, 'big', 'big.txt'), big)
     _write(os.path.join(self.dir, 'big', 'small.txt'), 'small')
-    start = time.perf_counter()
     prepare.prepare(os.path.join(self.dir, 'big'), 'bytes', os.path.join(self.dir, 'big_out'),
                     workers=1, validation_fraction=0.5)
-    self.assertLess(time.perf_counter() - start, 20)
     records = [r for split in prepare.SPLITS
                for r in _read_split(os.path.join(self.dir, 'big_out'), split)[0]]
     self.assertIn(len(big.encode('utf-8')), [len(r) for r in records])
@@ -376,7 +375,8 @@ class PrepareTest(absltest.TestCase):
       except OSError:
         if proc.poll() is not None:
           self.fail(f'prepare ended before reading the FIFO: {proc.communicate()}')
-        self.assertLess(time.monotonic(), deadline)
+        if time.monotonic() > deadline:  # a hang guard, not a speed check
+          self.fail('prepare never opened the FIFO for reading')
         time.sleep(0.01)
     left = glob.glob(out + '.incomplete-*')
     self.assertLen(left, 1)

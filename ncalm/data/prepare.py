@@ -64,6 +64,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ncalm import errors
+from ncalm import workdir
 from ncalm.data import tokenizers
 
 FORMAT = 1
@@ -855,7 +856,8 @@ def _claim_temp_dir(out_dir: str) -> str:
   for path in _leftovers(out_dir, INCOMPLETE) + _leftovers(out_dir, REPLACED_OLD):
     owner = path[len(out_dir):].split('-', 1)[1]
     owner_host, _, pid = owner.rpartition('-')
-    if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+    mine = pid.isdigit() and int(pid) == os.getpid()  # left by an earlier call here
+    if owner_host == host and pid.isdigit() and (mine or not workdir.process_alive(int(pid))):
       shutil.rmtree(path, ignore_errors=True)  # left by a prepare that was killed
     else:
       raise errors.UserError(f'{path!r} belongs to another prepare of {out_dir!r} (process '
@@ -864,18 +866,6 @@ def _claim_temp_dir(out_dir: str) -> str:
   tmp = f'{out_dir}{INCOMPLETE}{host}-{os.getpid()}'
   os.makedirs(tmp)
   return tmp
-
-
-def _alive(pid: int) -> bool:
-  if pid == os.getpid():
-    return False  # ours, left by an earlier call in this process
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def _move_into_place(tmp: str, out_dir: str) -> None:

@@ -111,11 +111,20 @@ class TextEvaluator:
 
   def __init__(self, setup, feed, cfg, train_feed):
     self.feed, self.cfg = feed, cfg
+    batch_sharding = sharding.batch_sharding(setup.mesh)
+    first, count = text.local_rows(batch_sharding, cfg.global_batch)
+    masking = cfg.data.text.document_masking
+    # The windows never change: read once, kept on the devices (this process's rows).
+    self.batches = []
+    for i in range(cfg.eval_batches):
+      rows, segments = feed.read_rows_and_segments(i * cfg.global_batch + first, count)
+      self.batches.append(text.to_global_batch(rows, batch_sharding, cfg.global_batch,
+                                               segments if masking else None))
+    # So is their unigram loss: the training rows' token frequencies (add-½) on them.
     sample = train_feed.read_rows(0, UNIGRAM_SEQUENCES)[:, 1:]
     counts = np.bincount(sample.ravel(), minlength=train_feed.vocab_size) + 0.5
-    self.unigram_logp = np.log(counts / counts.sum())
-    self.sharding = sharding.batch_sharding(setup.mesh)
-    self.first, self.count = text.local_rows(self.sharding, cfg.global_batch)
+    targets = feed.read_rows(0, cfg.eval_batches * cfg.global_batch)[:, 1:]
+    self.unigram_loss = float(-np.log(counts / counts.sum())[targets].mean())
     rep = sharding.replicated(setup.mesh)
 
     def loss_fn(params, batch):
@@ -123,25 +132,19 @@ class TextEvaluator:
                                  segment_ids_BL=batch.segment_ids)
       return losses.masked_sums(logits, batch)
 
-    self._loss = jax.jit(loss_fn, in_shardings=(setup.state_shardings.params, self.sharding),
+    self._loss = jax.jit(loss_fn, in_shardings=(setup.state_shardings.params, batch_sharding),
                          out_shardings=rep)
 
   def run(self, params, step: int, workdir: str, writer) -> dict[str, float]:
     del workdir
-    ce = count = unigram = 0.0
-    for i in range(self.cfg.eval_batches):
-      rows, segments = self.feed.read_rows_and_segments(
-          i * self.cfg.global_batch + self.first, self.count)
-      batch = text.to_global_batch(rows, self.sharding, self.cfg.global_batch,
-                                   segments if self.cfg.data.text.document_masking else None)
+    ce = count = 0.0
+    for batch in self.batches:
       total, n = jax.device_get(self._loss(params, batch))
       ce, count = ce + float(total), count + float(n)
-      whole = self.feed.read_rows(i * self.cfg.global_batch, self.cfg.global_batch)[:, 1:]
-      unigram -= float(self.unigram_logp[whole].sum())
     loss = ce / count
     scalars = {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
                'eval/bits_per_byte': loss / np.log(2) / self.feed.bytes_per_token,
-               'eval/unigram_loss': unigram / count}
+               'eval/unigram_loss': self.unigram_loss}
     writer.write(step, scalars)
     if jax.process_index() == 0:
       logging.info('eval at step %d | loss %.4f | unigram_loss %.4f | perplexity %.3f | '
