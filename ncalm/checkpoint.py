@@ -234,6 +234,12 @@ class Checkpoints:
     self.manager.reload()
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether a workdir holds at least one finished checkpoint step."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+
+
 def load_latest(workdir: str, cfg: ml_collections.ConfigDict, setup):
   """(state, step) of a run's newest intact checkpoint, or None: for tools and tests."""
   store = Checkpoints(workdir, cfg, setup.abstract_state, setup.mesh)

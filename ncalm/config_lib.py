@@ -6,6 +6,8 @@ change. Anything that cannot work fails here, at start-up, naming the field and 
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 
 import jax
 import ml_collections
@@ -44,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.nca.num_states = 10      # states per cell
   c.data.nca.patch = 2            # patch side: one token per patch
   c.data.nca.tau = 1e-4           # softmax temperature of the update
+  c.data.nca.perceive_channels = 4  # outputs of the rule's 3×3 conv (fewer: simpler rules)
+  c.data.nca.hidden_channels = 16  # width of the rule's hidden 1×1 conv (ReLU after it)
   c.data.nca.identity_bias = 0.0  # bias towards keeping the current state
   c.data.nca.burn_in = 10         # steps dropped before recording
   c.data.nca.frames = 0           # recorded frames; 0 = just enough for seq_len + 1 tokens
@@ -80,6 +84,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_blocks = 0    # causal query blocks of plain attention, skipping masked
                                   # work; 0 = auto: 4 on CPU (~1.8x faster there), 1 elsewhere
 
+  c.init = ml_collections.ConfigDict()  # where the parameters start (ncalm/transfer.py)
+  c.init.from_run = ''            # stage-1 workdir to start from; '' = from scratch. The
+                                  # run's own checkpoint always wins (a rerun resumes itself)
+  c.init.from_step = 0            # its checkpoint step; 0 = the newest intact one
+  c.init.embedding = 'normal'     # new embedding and head: 'normal' (N(0, 0.02)), 'framework'
+                                  # (published code: PyTorch's N(0,1) / Kaiming-uniform), or
+                                  # 'keep' (stage 1's own; same vocabulary only)
+  c.init.reinit = ''              # groups re-drawn after loading, comma-separated: attention,
+                                  # mlp, norms (per layer), final_norm
+  c.init.freeze = ''              # groups frozen (no update, no optimizer state): those, and
+                                  # embedding, head
+  c.init.layer_start = 0          # per-layer groups act on layers [layer_start, layer_stop)
+  c.init.layer_stop = 0           # 0 = num_layers
+
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'           # 'adam' | 'adamw'
   c.optim.lr = 1e-4               # peak learning rate
@@ -109,6 +127,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpoint = True       # write checkpoints in the background
   c.peak_flops = 0.0              # per-device peak FLOP/s for MFU; 0 = from the device table
   return c
+
+
+def load_file(spec: str, relative_to: str = '') -> ml_collections.ConfigDict:
+  """The config of 'path/to/file.py[:variant]', as `--config=` would load it; a relative
+  path is taken from the directory of `relative_to` (an experiment file's __file__)."""
+  path, _, variant = spec.partition(':')
+  if relative_to and not os.path.isabs(path):
+    path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+  name = 'ncalm_config_' + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  if module_spec is None or not os.path.exists(path):
+    raise errors.UserError(f'config file {path!r} (from {spec!r}) does not exist.')
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def _paths(d, prefix=''):

@@ -32,6 +32,7 @@ from ncalm import model as model_lib
 from ncalm import optim
 from ncalm import perf
 from ncalm import sharding
+from ncalm import transfer
 from ncalm import viz
 from ncalm import workdir as workdir_lib
 from ncalm.data import batch as batch_lib
@@ -59,6 +60,7 @@ class Setup:
   lr: optax.Schedule
   state_shardings: Any
   abstract_state: Any    # ShapeDtypeStructs with shardings: what a restore fills in
+  trainable: Any = None  # bools like params: False where frozen (init.freeze); None = all
 
 
 # ------------------------------------------------------------------------- data
@@ -86,6 +88,10 @@ def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
   rules = sharding.rules_from_config(cfg.logical_axis_rules)
   model = model_lib.Transformer(config_lib.model_config(cfg, vocab_size))
   tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps)
+  params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
+                                             jnp.zeros((1, cfg.seq_len), jnp.int32)))['params']
+  trainable = transfer.trainable_mask(transfer.plan(cfg), nn.meta.unbox(params))
+  tx = transfer.freeze_optimizer(tx, trainable)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
                               jax.ShapeDtypeStruct((2,), jnp.uint32))  # abstract key
@@ -94,7 +100,8 @@ def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.meta.unbox(abstract), shardings)
-  return Setup(cfg, mesh, rules, model, tx, lr, shardings, abstract_state)
+  return Setup(cfg, mesh, rules, model, tx, lr, shardings, abstract_state,
+               None if all(jax.tree.leaves(trainable)) else trainable)
 
 
 def create_state(setup: Setup, rng: jax.Array) -> TrainState:
@@ -103,6 +110,26 @@ def create_state(setup: Setup, rng: jax.Array) -> TrainState:
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     return jax.jit(lambda r: nn.meta.unbox(init(r)),
                    out_shardings=setup.state_shardings)(rng)
+
+
+def transferred_state(setup: Setup, rng: jax.Array, workdir: str) -> TrainState:
+  """The first state of a stage-2 run: stage 1's blocks and norms, new embedding and head
+  (ncalm/transfer.py), the init ablations, and a fresh optimizer state."""
+  p = transfer.plan(setup.cfg)
+  fresh = create_state(setup, rng)
+  stage1, step = transfer.read_stage1(p, fresh.params, setup.mesh, workdir)
+  params, how = transfer.build_params(p, fresh.params, stage1,
+                                      jax.random.fold_in(rng, TRANSFER_KEY))
+  del fresh, stage1
+  opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params)
+  mask = setup.trainable if setup.trainable is not None else jax.tree.map(lambda _: True, params)
+  report = transfer.report(p, params, how, mask, step)
+  logging.info('%s', transfer.summary_line(report))
+  transfer.write_report(workdir, report)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+
+TRANSFER_KEY = 7  # fold_in of the init key for the 'framework' embedding and head draws
 
 
 # -------------------------------------------------------------------------- step
@@ -126,7 +153,12 @@ def update(setup: Setup, state: TrainState, batch: batch_lib.Batch, dropout_key)
   micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
   # (Σ mask·CE, Σ mask) per micro-batch: the sums add exactly across micro-batches.
-  grad_fn = jax.value_and_grad(functools.partial(masked_loss_sums, setup.model), has_aux=True)
+  def loss_sums(params, mb, key):
+    if setup.trainable is not None:  # frozen parameters: no gradient is computed for them
+      params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p),
+                            setup.trainable, params)
+    return masked_loss_sums(setup.model, params, mb, key)
+  grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
   def body(carry, xs):
     grads, total, count = carry
@@ -141,6 +173,9 @@ def update(setup: Setup, state: TrainState, batch: batch_lib.Batch, dropout_key)
   grads = jax.tree.map(lambda g: g / count, grads)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if setup.trainable is not None:  # frozen: the very same bits (x + 0 would turn -0 into +0)
+    params = jax.tree.map(lambda t, new, old: new if t else old,
+                          setup.trainable, params, state.params)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
   scalars = {'train/loss': total / count, 'train/grad_norm': optax.tree.norm(grads),
              'train/lr': setup.lr(state.step)}
@@ -245,17 +280,20 @@ def _start(cfg: ml_collections.ConfigDict, workdir: str, store: checkpoint.Check
     workdir_lib.warn_if_short_of_space(workdir, store.bytes, cfg.keep_checkpoints)
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Runs (or resumes) a training run in workdir; returns the last metrics.
 
   Every config check runs first, then the workdir is checked (writable, not in use,
   made for this config), and only then is anything sampled, written or restored.
+  `devices` (default: all) is the mesh's devices, for tests that mix device counts.
   Raises errors.Interrupted after a SIGTERM stop (checkpoint saved), NonFiniteLoss on a
   NaN/Inf step and CheckpointError when a save fails or no checkpoint is intact.
   """
   plan = feeds.check(cfg)
-  setup = create_setup(cfg, plan.train_source.vocab_size)  # mesh and sharding checks
+  setup = create_setup(cfg, plan.train_source.vocab_size, devices)  # mesh, sharding checks
   config_lib.check_batch(cfg, setup.mesh)
+  if cfg.init.from_run and not checkpoint.has_checkpoints(workdir):  # else it resumes itself
+    transfer.check_stage1(transfer.plan(cfg), setup.abstract_state.params, workdir)
   is_host0 = jax.process_index() == 0
   workdir_lib.check_writable(workdir)
   lock = workdir_lib.Lock(workdir, enabled=is_host0)
@@ -292,8 +330,10 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
   init_key, train_key = jax.random.split(seed_key)
   is_host0 = jax.process_index() == 0
 
-  restored = store.restore_latest()
-  if restored is None:
+  restored = store.restore_latest()  # the workdir's own checkpoint first, then init.from_run
+  if restored is None and cfg.init.from_run:
+    state, resumed_from = transferred_state(setup, init_key, workdir), None
+  elif restored is None:
     state, resumed_from = create_state(setup, init_key), None
   else:
     state, resumed_from = restored
@@ -333,7 +373,7 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
       if rate:
         scalars['perf/tokens_per_s'] = rate
         scalars['perf/step_s'] = tokens_per_step / rate
-        util = perf.mfu(flops, rate, jax.device_count(), peak)
+        util = perf.mfu(flops, rate, setup.mesh.size, peak)
         if util is not None:
           scalars['perf/mfu'] = util
       writer.write(done, scalars)

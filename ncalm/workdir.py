@@ -27,6 +27,7 @@ import time
 from absl import logging
 import ml_collections
 
+from ncalm import config_lib
 from ncalm import errors
 from ncalm import files
 
@@ -38,7 +39,8 @@ RUN_ARTIFACTS = ('checkpoints', 'rule_bank.npz', 'metrics.jsonl')
 # Config fields (a path, or a prefix ending in '.') that decide the data a run sees or
 # the shape and meaning of its state. `model.remat`, `scan_unroll`, `attention` and
 # `attention_blocks` change how the same function is computed, not what it is.
-IDENTITY_FIELDS = ('seed', 'seq_len', 'global_batch', 'data.', 'model.', 'optim.name')
+IDENTITY_FIELDS = ('seed', 'seq_len', 'global_batch', 'data.', 'model.', 'optim.name',
+                   'init.')
 HARMLESS_FIELDS = ('model.remat', 'model.scan_unroll', 'model.attention',
                    'model.attention_blocks')
 
@@ -247,7 +249,10 @@ def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = T
   with open(path) as f:
     saved = json.load(f)
   before, after = saved['identity'], identity(cfg)
-  differ = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+  # A field newer than the workdir counts as unchanged while it keeps its default value.
+  defaults = identity(config_lib.base_config())
+  differ = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
+                  and not (k not in before and after.get(k) == defaults.get(k)))
   if differ:
     shown = '; '.join(f'{k}: {_show(before.get(k, "(absent)"))} in the workdir, '
                       f'{_show(after.get(k, "(absent)"))} now' for k in differ)

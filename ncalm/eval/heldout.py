@@ -70,8 +70,10 @@ class Evaluator:
       return sums, token_counts(batch, setup.model.cfg.vocab_size)
 
     self._loss = jax.jit(loss_fn, in_shardings=(param_shardings, rep, rep), out_shardings=rep)
+    self.probe = None  # probe_sequences=0 turns the NCA probe off
     if self.is_nca:
       self.tpf = nca_tokens.tokens_per_frame(source.cfg)
+    if self.is_nca and cfg.probe_sequences:
       self.probe = nca_probe.Probe(setup, source, cfg, self.probe_key,
                                    (param_shardings, rep, rep), rep)
 
@@ -90,6 +92,7 @@ class Evaluator:
         sel = frame_of_target == f
         if count[sel].sum():
           scalars[f'eval/loss_frame/{f:02d}'] = float(ce[sel].sum() / count[sel].sum())
+    if self.probe is not None:
       scalars.update(self.probe.run(params, step, workdir, writer))
     writer.write(step, scalars)
     if jax.process_index() == 0:

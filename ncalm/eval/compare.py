@@ -1,0 +1,178 @@
+"""The comparison of arms: final perplexity, the step each arm reaches scratch's final
+perplexity, the speed-up, and compute — over seeds — as Markdown, CSV and a PNG.
+
+Inputs are plain: for each arm and seed, the stage-2 validation curve [(step, loss)] and
+the run's compute. The speed-up of an arm on a seed is T_scratch / T_arm, where T is the
+first step at which a run's validation loss reaches scratch's final loss on the same seed
+(linear in loss between evaluations; docs/method.md §7).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+
+import numpy as np
+
+from ncalm import files
+
+Curve = list[tuple[int, float]]   # (stage-2 step, validation loss in nats)
+
+
+@dataclasses.dataclass
+class ArmResult:
+  """One arm on one seed."""
+  curve: Curve
+  stage1_tokens: int = 0
+  stage2_tokens: int = 0
+  flops: float = 0.0           # training FLOPs of both stages (6·N·tokens + attention)
+  diverged: bool = False
+
+
+def crossing_step(curve: Curve, target: float) -> float | None:
+  """First step at which the loss reaches `target`, interpolated linearly between
+  evaluations; None if it never does."""
+  previous = None
+  for step, loss in curve:
+    if loss <= target:
+      if previous is None or previous[1] == loss:
+        return float(step)
+      (s0, l0) = previous
+      return s0 + (step - s0) * (l0 - target) / (l0 - loss)
+    previous = (step, loss)
+  return None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+@dataclasses.dataclass
+class Row:
+  arm: str
+  seeds: int
+  final_loss: tuple[float, float] | None      # mean, std over seeds
+  final_ppl: tuple[float, float] | None
+  reach_step: tuple[float, float] | None      # mean, std over the seeds that reach it
+  reached: int                                # seeds that reach scratch's final loss
+  speedup: tuple[float, float, float] | None  # mean, min, max over reaching seeds
+  stage1_tokens: int
+  flops: float
+  diverged: int
+
+
+def summarise(results: dict[str, dict[int, ArmResult]], reference: str = 'scratch') -> list[Row]:
+  """One row per arm (in the order given) from {arm: {seed: ArmResult}}."""
+  ref = results.get(reference, {})
+  targets = {seed: r.curve[-1][1] for seed, r in ref.items() if r.curve and not r.diverged}
+  ref_steps = {seed: crossing_step(ref[seed].curve, t) for seed, t in targets.items()}
+  rows = []
+  for arm, by_seed in results.items():
+    ok = {s: r for s, r in by_seed.items() if r.curve and not r.diverged}
+    finals = [r.curve[-1][1] for r in ok.values()]
+    reach, speed = [], []
+    for seed, r in ok.items():
+      if seed not in targets:
+        continue
+      step = crossing_step(r.curve, targets[seed])
+      if step is not None and step > 0:
+        reach.append(step)
+        speed.append(ref_steps[seed] / step)
+    any_run = next(iter(by_seed.values()), None)
+    rows.append(Row(
+        arm=arm, seeds=len(by_seed),
+        final_loss=_mean_std(finals) if finals else None,
+        final_ppl=_mean_std([math.exp(f) for f in finals]) if finals else None,
+        reach_step=_mean_std(reach) if reach else None, reached=len(reach),
+        speedup=(float(np.mean(speed)), min(speed), max(speed)) if speed else None,
+        stage1_tokens=any_run.stage1_tokens if any_run else 0,
+        flops=float(np.mean([r.flops for r in by_seed.values()])) if by_seed else 0.0,
+        diverged=sum(r.diverged for r in by_seed.values())))
+  return rows
+
+
+HEADER = ('arm', 'seeds', 'final val loss', 'final val ppl', 'step reaching scratch final',
+          'speed-up vs scratch', 'stage-1 tokens', 'total compute (PFLOP)')
+
+
+def _pm(x, digits=3):
+  return '–' if x is None else f'{x[0]:.{digits}f} ± {x[1]:.{digits}f}'
+
+
+def markdown(rows: list[Row], reference: str = 'scratch') -> str:
+  """A Markdown table; speed-ups as mean [min, max] over the seeds that reach the target."""
+  out = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
+  for r in rows:
+    if r.speedup is None:
+      speed = 'not reached' if r.arm != reference else '1 (reference)'
+    else:
+      speed = f'{r.speedup[0]:.2f}× [{r.speedup[1]:.2f}, {r.speedup[2]:.2f}]'
+      if r.reached < r.seeds:
+        speed += f' ({r.reached}/{r.seeds} seeds reach it)'
+    reach = '–' if r.reach_step is None else f'{r.reach_step[0]:.0f} ± {r.reach_step[1]:.0f}'
+    seeds = f'{r.seeds}' + (f' ({r.diverged} diverged)' if r.diverged else '')
+    out.append('| ' + ' | '.join((
+        r.arm, seeds, _pm(r.final_loss), _pm(r.final_ppl), reach, speed,
+        f'{r.stage1_tokens:,}', f'{r.flops / 1e15:.3f}')) + ' |')
+  return '\n'.join(out) + '\n'
+
+
+def csv_text(rows: list[Row]) -> str:
+  buffer = io.StringIO()
+  w = csv.writer(buffer)
+  w.writerow(['arm', 'seeds', 'diverged', 'final_loss_mean', 'final_loss_std', 'final_ppl_mean',
+              'final_ppl_std', 'reach_step_mean', 'reach_step_std', 'seeds_reaching',
+              'speedup_mean', 'speedup_min', 'speedup_max', 'stage1_tokens', 'total_flops'])
+  blank = lambda x, n: list(x) if x is not None else [''] * n
+  for r in rows:
+    w.writerow([r.arm, r.seeds, r.diverged, *blank(r.final_loss, 2), *blank(r.final_ppl, 2),
+                *blank(r.reach_step, 2), r.reached, *blank(r.speedup, 3), r.stage1_tokens,
+                f'{r.flops:.6g}'])
+  return buffer.getvalue()
+
+
+def plot(results: dict[str, dict[int, ArmResult]], png_path: str, title: str,
+         size: tuple[int, int] = (900, 560)) -> None:
+  """Validation loss against stage-2 step: mean over seeds, a min–max band, one colour
+  per arm; written atomically."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for index, (arm, by_seed) in enumerate(results.items()):
+    curves = [r.curve for r in by_seed.values() if r.curve and not r.diverged]
+    if not curves:
+      continue
+    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+    if not steps:
+      continue
+    values = np.array([[dict(c)[s] for s in steps] for c in curves])
+    colour = f'C{index % 10}'
+    ax.plot(steps, values.mean(0), color=colour, label=f'{arm} (n={len(curves)})')
+    if len(curves) > 1:
+      ax.fill_between(steps, values.min(0), values.max(0), color=colour, alpha=0.2)
+  ax.set_xlabel('stage-2 step')
+  ax.set_ylabel('validation loss (nats)')
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  if ax.lines:
+    ax.legend()
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+  with files.atomic_path(png_path) as tmp:
+    fig.savefig(tmp, format='png')
+
+
+def write(results: dict[str, dict[int, ArmResult]], out_prefix: str, title: str) -> list[Row]:
+  """out_prefix.md, .csv and .png; returns the rows."""
+  rows = summarise(results)
+  for suffix, text in (('.md', markdown(rows)), ('.csv', csv_text(rows))):
+    with files.atomic_open(out_prefix + suffix) as f:
+      f.write(text)
+  plot(results, out_prefix + '.png', title)
+  return rows

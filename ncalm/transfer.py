@@ -1,0 +1,448 @@
+"""Stage 2 from stage 1: which parameters are kept, re-drawn, re-initialised or frozen.
+
+`init.from_run` names a finished (or checkpointed) stage-1 workdir. As in the published
+code (docs/method.md §5), every transformer block and norm is kept, the final norm too,
+and the input embedding and output head are drawn anew for the new vocabulary. The
+ablations re-initialise or freeze module groups over a half-open layer range:
+
+  attention   attn/{query,key,value,out}   per layer
+  mlp         mlp/{gate,up,down}           per layer
+  norms       attn_norm, mlp_norm          per layer
+  final_norm, embedding, head              (no layer; freeze only, or re-drawn)
+
+Frozen parameters get no gradient, no update and no optimizer state (`optax.multi_transform`
+with `set_to_zero`). The stage-1 run is only read: its checkpoints are restored straight
+into this run's shardings, whatever mesh wrote them, and checked against their checksums;
+stacked (scanned) and per-layer parameter layouts convert either way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from ncalm import checkpoint
+from ncalm import errors
+from ncalm import files
+from ncalm import workdir as workdir_lib
+
+LAYER_GROUPS = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),
+                'mlp': ('mlp/gate', 'mlp/up', 'mlp/down'),
+                'norms': ('attn_norm/scale', 'mlp_norm/scale')}
+GLOBAL_GROUPS = {'final_norm': 'final_norm/scale', 'embedding': 'embedding', 'head': 'head'}
+REINIT_GROUPS = ('attention', 'mlp', 'norms', 'final_norm')
+FREEZE_GROUPS = (*LAYER_GROUPS, *GLOBAL_GROUPS)
+EMBEDDINGS = ('normal', 'framework', 'keep')
+REPORT_FILE = 'transfer.json'
+
+
+# ------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The init section, parsed and checked against the model."""
+  from_run: str
+  from_step: int
+  embedding: str
+  reinit: tuple[str, ...]
+  freeze: tuple[str, ...]
+  layers: tuple[int, int]     # [start, stop) of the per-layer groups
+  num_layers: int
+  scan_layers: bool
+
+  def layer_mask(self, groups) -> np.ndarray:
+    """bool [num_layers]: the layers a per-layer group in `groups` touches."""
+    mask = np.zeros(self.num_layers, bool)
+    mask[self.layers[0]:self.layers[1]] = True
+    return mask
+
+
+def _groups(text: str, field: str, allowed) -> tuple[str, ...]:
+  names = tuple(n.strip() for n in text.split(',') if n.strip())
+  unknown = [n for n in names if n not in allowed]
+  if unknown:
+    raise errors.UserError(f'init.{field}={text!r}: unknown group(s) {unknown}; use a '
+                           f'comma-separated list of {list(allowed)}.')
+  return names
+
+
+def plan(cfg: ml_collections.ConfigDict) -> Plan:
+  """Parses `cfg.init`; refuses what cannot work (before anything is read or written)."""
+  init, layers = cfg.init, cfg.model.num_layers
+  if init.embedding not in EMBEDDINGS:
+    raise errors.UserError(f'init.embedding={init.embedding!r}: use one of {list(EMBEDDINGS)}.')
+  stop = init.layer_stop or layers
+  if not 0 <= init.layer_start < stop <= layers:
+    raise errors.UserError(
+        f'init.layer_start={init.layer_start}, init.layer_stop={init.layer_stop}: the layer '
+        f'range [{init.layer_start}, {stop}) is outside the model\'s {layers} layers; use '
+        f'0 <= layer_start < layer_stop <= {layers} (layer_stop=0 means {layers}).')
+  p = Plan(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
+           reinit=_groups(init.reinit, 'reinit', REINIT_GROUPS),
+           freeze=_groups(init.freeze, 'freeze', FREEZE_GROUPS), layers=(init.layer_start, stop),
+           num_layers=layers, scan_layers=cfg.model.scan_layers)
+  if not p.from_run and (p.reinit or p.embedding != 'normal' or p.from_step):
+    raise errors.UserError(
+        'init.reinit, init.embedding and init.from_step describe a transfer, but init.from_run '
+        'is empty: name the stage-1 workdir in init.from_run, or drop them (scratch).')
+  partial = (p.layers != (0, layers))
+  if p.freeze and partial and p.scan_layers and set(p.freeze) & set(LAYER_GROUPS):
+    raise errors.UserError(
+        f'init.freeze={init.freeze!r} over layers [{p.layers[0]}, {p.layers[1]}) of '
+        f'{layers}: with model.scan_layers=True the layers share one stacked tensor per '
+        'parameter, which is frozen whole or not at all. Set model.scan_layers=False '
+        '(the stage-1 checkpoint converts) or freeze all layers.')
+  return p
+
+
+def trainable_mask(p: Plan, params) -> Any:
+  """A pytree of bools like `params` (unboxed): False where the parameter is frozen."""
+  def trainable(path, _):
+    name = _name(path)
+    for group in p.freeze:
+      if group in GLOBAL_GROUPS and name == GLOBAL_GROUPS[group]:
+        return False
+      if group in LAYER_GROUPS:
+        layer, rest = _split_layer(name)
+        if rest in LAYER_GROUPS[group] and (layer is None or p.layers[0] <= layer < p.layers[1]):
+          return False
+    return True
+  mask = jax.tree_util.tree_map_with_path(trainable, params)
+  if not any(jax.tree.leaves(mask)):
+    raise errors.UserError(
+        f'init.freeze={",".join(p.freeze)!r} over layers [{p.layers[0]}, {p.layers[1]}) '
+        'freezes every parameter: nothing would train. Leave at least one group out.')
+  return mask
+
+
+def freeze_optimizer(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
+  """`tx` on the trainable parameters; frozen ones get zero updates and no state."""
+  if all(jax.tree.leaves(mask)):
+    return tx
+  labels = jax.tree.map(lambda t: 'train' if t else 'frozen', mask)
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+
+
+# ------------------------------------------------------------------ the names
+
+
+def _name(path) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def _split_layer(name: str) -> tuple[int | None, str]:
+  """'layers_3/attn/query' → (3, 'attn/query'); 'layers/attn/query' → (None, ...)."""
+  head, _, rest = name.partition('/')
+  if head == 'layers':
+    return None, rest
+  if head.startswith('layers_') and head[7:].isdigit():
+    return int(head[7:]), rest
+  return -1, name
+
+
+def _flat(tree) -> dict[str, Any]:
+  return {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# ----------------------------------------------------------- reading stage 1
+
+
+def _stage1_steps(run: str, workdir: str) -> list[int]:
+  """The checkpoint steps of a stage-1 workdir, newest first; refuses what is not one."""
+  if not os.path.isdir(run):
+    raise errors.UserError(f'init.from_run={run!r} does not exist: name the workdir of a '
+                           'stage-1 run (the --workdir it was trained with).')
+  if workdir and os.path.realpath(run) == os.path.realpath(workdir):
+    raise errors.UserError(f'init.from_run={run!r} is this run\'s own --workdir: stage 2 needs '
+                           'its own workdir (a rerun of it resumes by itself).')
+  if not os.path.exists(os.path.join(run, workdir_lib.RUN_CONFIG_NAME)):
+    raise errors.UserError(
+        f'init.from_run={run!r} is not an ncalm workdir (no {workdir_lib.RUN_CONFIG_NAME}): '
+        'name the directory a `python -m ncalm.main ... --workdir=DIR` stage-1 run wrote.')
+  directory = os.path.join(run, checkpoint.CHECKPOINT_DIR)
+  steps = sorted((int(d) for d in (os.listdir(directory) if os.path.isdir(directory) else [])
+                  if d.isdigit()), reverse=True)
+  if not steps:
+    raise errors.UserError(
+        f'init.from_run={run!r} has no finished checkpoint in {directory} (the stage-1 run '
+        'stopped before its first save): resume it with its own command until it saves one.')
+  return steps
+
+
+def stage1_config(run: str) -> dict:
+  """The flattened config a stage-1 workdir was made with."""
+  with open(os.path.join(run, workdir_lib.RUN_CONFIG_NAME)) as f:
+    return json.load(f)['config']
+
+
+def _canonical(flat: dict[str, Any]) -> tuple[dict[str, Any], int | None, bool]:
+  """Per-layer names ('layers_i/...') for either layout: (items, layers, was_stacked).
+
+  Values are whatever the dict holds (metadata or arrays); stacked entries become
+  (value, i) pairs, to be sliced later."""
+  out, stacked, count = {}, False, 0
+  for name, value in flat.items():
+    layer, rest = _split_layer(name)
+    if layer is None:
+      stacked = True
+      count = value.shape[0]
+      for i in range(count):
+        out[f'layers_{i}/{rest}'] = (value, i)
+    else:
+      if layer >= 0:
+        count = max(count, layer + 1)
+      out[name] = value
+  return out, count, stacked
+
+
+def _layer_shape(value) -> tuple[int, ...]:
+  """The shape of one layer's tensor: a (stacked value, layer) pair drops the layer axis."""
+  return tuple(value[0].shape[1:]) if isinstance(value, tuple) else tuple(value.shape)
+
+
+def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: Plan, run: str,
+                  layers1: int) -> None:
+  """Every parameter that stage 2 takes from stage 1 must have its shape."""
+  if layers1 != p.num_layers:
+    raise errors.UserError(
+        f'init.from_run={run!r} has {layers1} layers but model.num_layers={p.num_layers}: '
+        'the blocks are kept, so the stage-2 model must have the stage-1 model\'s layers.')
+  for name, want in sorted(stage2.items()):
+    if name in ('embedding', 'head') and p.embedding != 'keep':
+      continue
+    if name not in stage1:
+      raise errors.UserError(f'init.from_run={run!r} has no parameter {name!r}: it was not '
+                             'trained by this model family.')
+    got_shape, want_shape = _layer_shape(stage1[name]), _layer_shape(want)
+    if got_shape != want_shape:
+      hint = ('the vocabularies differ: keep init.embedding="normal" (re-drawn)'
+              if name in ('embedding', 'head') else
+              'set the model section (d_model, num_heads, mlp_dim) to the stage-1 run\'s')
+      raise errors.UserError(
+          f'init.from_run={run!r}: parameter {name!r} has shape {got_shape} there but '
+          f'{want_shape} in this config; {hint}.')
+
+
+def _restore_target(meta_flat: dict[str, Any], specs: dict[str, tuple], mesh) -> dict:
+  """The stage-1 params that stage 2 takes (names in `specs`, per layer), in stage-1
+  layout, as ShapeDtypeStructs placed as stage 2 places the same parameter."""
+  target = {}
+  for name, meta in meta_flat.items():
+    layer, rest = _split_layer(name)
+    per_layer = name if layer == -1 else f'layers_0/{rest}'
+    if per_layer not in specs:
+      continue
+    spec = ((None,) if layer is None else ()) + specs[per_layer]
+    target[name] = jax.ShapeDtypeStruct(
+        meta.shape, meta.dtype,
+        sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+  return target
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+  tree: dict = {}
+  for name, value in flat.items():
+    node = tree
+    *parents, leaf = name.split('/')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def _open(p: Plan, workdir: str):
+  """(read-only manager, steps to try newest first) of the stage-1 run."""
+  steps = _stage1_steps(p.from_run, workdir)
+  if p.from_step and p.from_step not in steps:
+    raise errors.UserError(f'init.from_step={p.from_step}: {p.from_run!r} has checkpoints of '
+                           f'steps {sorted(steps)}; name one of them or 0 (the newest).')
+  directory = os.path.join(os.path.abspath(p.from_run), checkpoint.CHECKPOINT_DIR)
+  manager = ocp.CheckpointManager(
+      directory, item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                                'checksum': ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           enable_async_checkpointing=False))
+  return manager, ([p.from_step] if p.from_step else steps)
+
+
+def _params_metadata(manager, step: int, run: str) -> dict[str, Any]:
+  """{name: shape/dtype metadata} of a checkpoint's parameters (nothing restored)."""
+  meta = manager.item_metadata(step)['state']
+  flat = {k[len('params/'):]: v for k, v in _flat(_tree_of(meta)).items()
+          if k.startswith('params/')}
+  if not flat:
+    raise errors.UserError(f'init.from_run={run!r}: the checkpoint of step {step} holds no '
+                           'model parameters: it is not an ncalm training state.')
+  return flat
+
+
+def check_stage1(p: Plan, stage2_params, workdir: str = '') -> None:
+  """Start-up check of init.from_run against this config: the directory is a stage-1
+  run with a checkpoint, and its parameters fit this model (shapes only; nothing read)."""
+  manager, steps = _open(p, workdir)
+  try:
+    canon_meta, layers1, _ = _canonical(_params_metadata(manager, steps[0], p.from_run))
+    _check_shapes(canon_meta, _canonical(_flat(stage2_params))[0], p, p.from_run, layers1)
+  finally:
+    manager.close()
+
+
+def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, int]:
+  """({per-layer name: array in stage 2's sharding}, step) of what stage 2 takes.
+
+  Nothing is written to the stage-1 workdir: its manager is opened read-only, and a damaged
+  checkpoint is reported (and an older one used when no step was named), never moved."""
+  manager, steps = _open(p, workdir)
+  directory = manager.directory
+  stage2_canon, _, _ = _canonical(_flat(stage2_params))
+  needed = {n for n in stage2_canon
+            if n not in ('embedding', 'head') or p.embedding == 'keep'}
+  specs = {}  # per-layer name → stage 2's partition spec of one layer's tensor
+  for n in needed:
+    value = stage2_canon[n]
+    stacked = isinstance(value, tuple)
+    spec = tuple((value[0] if stacked else value).sharding.spec)[1 if stacked else 0:]
+    specs[n] = spec + (None,) * (len(_layer_shape(value)) - len(spec))
+  try:
+    for step in steps:
+      meta_flat = _params_metadata(manager, step, p.from_run)
+      canon_meta, layers1, _ = _canonical(meta_flat)
+      _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
+      target = _restore_target(meta_flat, specs, mesh)
+      try:
+        params = _restore_verified(manager, step, target, mesh)
+      except Exception as e:  # pylint: disable=broad-except
+        if p.from_step:
+          raise errors.CheckpointError(
+              f'init.from_run={p.from_run!r}: the checkpoint of step {step} cannot be used '
+              f'({type(e).__name__}: {str(e).strip()[:300]}). Name another init.from_step '
+              f'(it has {sorted(steps)}) or 0 for the newest intact one.') from None
+        logging.error('Stage-1 checkpoint of step %d in %s cannot be used (%s); trying an '
+                      'older one.', step, directory, str(e).strip()[:300])
+        continue
+      canon, _, _ = _canonical(params)
+      out = {n: (v[0][v[1]] if isinstance(v, tuple) else v) for n, v in canon.items()
+             if n in needed}
+      return out, step
+  finally:
+    manager.close()
+  raise errors.CheckpointError(f'init.from_run={p.from_run!r}: none of its checkpoints '
+                               f'(steps {steps}) is intact; see the errors above.')
+
+
+def _tree_of(meta):
+  return meta.tree if hasattr(meta, 'tree') else meta
+
+
+def _restore_verified(manager, step: int, target: dict, mesh) -> dict[str, jax.Array]:
+  """Restores the target's params from `step` and checks them against the saved digests."""
+  item = {'params': _nest(target)}
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                   partial_restore=True),
+      checksum=ocp.args.JsonRestore()))
+  want = restored.checksum['tensors']
+  got = checkpoint.state_digests({'params': restored.state['params']}, mesh)
+  bad = sorted(k for k in got if want.get(k) != got[k])
+  if bad:
+    raise ValueError(f'{len(bad)} tensor(s) differ from the checksum saved with them: '
+                     f'{", ".join(bad[:4])}')
+  return {k[len('params/'):]: v for k, v in _flat(restored.state).items()}
+
+
+# ---------------------------------------------------------------- the new state
+
+
+def framework_init(key: jax.Array, name: str, shape, dtype) -> jax.Array:
+  """The published code's PyTorch defaults: nn.Embedding N(0, 1); nn.Linear's
+  Kaiming-uniform(a=√5) weight, U(±1/√fan_in) with fan_in = d_model."""
+  if name == 'embedding':
+    return jax.random.normal(key, shape, dtype)
+  bound = 1.0 / math.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
+  """The stage-2 parameters from fresh ones (this run's init) and stage 1's.
+
+  Returns (params, {name: 'kept' | 'new' | 'reinit' | 'mixed'}); 'mixed' marks a stacked
+  tensor with some layers kept and some re-initialised."""
+  layer_mask = p.layer_mask(p.reinit)
+  how = {}
+
+  def pick(path, fresh_value):
+    name = _name(path)
+    if name in ('embedding', 'head'):
+      if p.embedding == 'keep':
+        how[name] = 'kept'
+        return stage1[name]
+      how[name] = 'new'
+      if p.embedding == 'framework':
+        sub = jax.random.fold_in(key, 0 if name == 'embedding' else 1)
+        return jax.jit(framework_init, static_argnums=(1, 2, 3),
+                       out_shardings=fresh_value.sharding)(sub, name, fresh_value.shape,
+                                                           fresh_value.dtype)
+      return fresh_value
+    layer, rest = _split_layer(name)
+    groups = [g for g in p.reinit if (g in LAYER_GROUPS and rest in LAYER_GROUPS[g])
+              or (g in GLOBAL_GROUPS and name == GLOBAL_GROUPS[g])]
+    if layer is None:  # stacked: [num_layers, ...]
+      kept = jnp.stack([stage1[f'layers_{i}/{rest}'] for i in range(p.num_layers)])
+      if not groups:
+        how[name] = 'kept'
+        return jax.device_put(kept, fresh_value.sharding)
+      how[name] = 'reinit' if layer_mask.all() else 'mixed'
+      select = jnp.asarray(layer_mask).reshape((-1,) + (1,) * (fresh_value.ndim - 1))
+      return jax.jit(jnp.where, out_shardings=fresh_value.sharding)(select, fresh_value, kept)
+    if groups and (layer < 0 or layer_mask[layer]):
+      how[name] = 'reinit'
+      return fresh_value
+    how[name] = 'kept'
+    return stage1[name]
+
+  params = jax.tree_util.tree_map_with_path(pick, fresh)
+  return params, how
+
+
+def report(p: Plan, params, how: dict[str, str], mask, step: int) -> dict:
+  """What was kept, re-initialised, re-drawn and frozen, with parameter counts."""
+  sizes = {name: int(np.prod(x.shape)) for name, x in _flat(params).items()}
+  frozen = {name for name, t in _flat(mask).items() if not t}
+  count = lambda names: int(sum(sizes[n] for n in names))
+  by = lambda kind: sorted(n for n, k in how.items() if k == kind)
+  return dict(
+      from_run=os.path.abspath(p.from_run), from_step=step, embedding=p.embedding,
+      reinit=list(p.reinit), freeze=list(p.freeze), layers=list(p.layers),
+      kept=by('kept'), new=by('new'), reinitialised=by('reinit'), mixed=by('mixed'),
+      frozen=sorted(frozen),
+      counts=dict(total=count(sizes), kept=count(by('kept')), new=count(by('new')),
+                  reinitialised=count(by('reinit')), mixed=count(by('mixed')),
+                  frozen=count(frozen), trainable=count(set(sizes) - frozen)))
+
+
+def summary_line(r: dict) -> str:
+  c = r['counts']
+  layers = f' over layers [{r["layers"][0]}, {r["layers"][1]})' if (r['reinit'] or r['freeze']) else ''
+  return (f'Stage 2 from {r["from_run"]} step {r["from_step"]}: kept {c["kept"]:,} parameters '
+          f'({len(r["kept"])} tensors), new embedding and head {c["new"]:,} '
+          f'({r["embedding"]}), re-initialised {c["reinitialised"] + c["mixed"]:,} '
+          f'({",".join(r["reinit"]) or "none"}{layers if r["reinit"] else ""}), frozen '
+          f'{c["frozen"]:,} ({",".join(r["freeze"]) or "none"}{layers if r["freeze"] else ""}); '
+          f'{c["trainable"]:,} of {c["total"]:,} train.')
+
+
+def write_report(workdir: str, r: dict) -> None:
+  if jax.process_index() == 0:
+    with files.atomic_open(os.path.join(workdir, REPORT_FILE)) as f:
+      json.dump(r, f, indent=1)

@@ -1,0 +1,28 @@
+"""The smallest experiment: scratch and one NCA arm over two seeds, one ablation.
+
+    python -m ncalm.experiment --config=tests/tiny_experiment.py \
+        --config.stage2.data.text.path=DATA_DIR --workdir=/tmp/tiny_experiment
+"""
+import ml_collections
+
+from ncalm import config_lib
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seeds = (0, 1)
+  c.arms = ('scratch', 'nca')
+  c.stage1 = ml_collections.ConfigDict()
+  c.stage1.nca = config_lib.load_file('tiny_config.py', __file__)
+  c.stage1.nca.train_steps = 3
+  c.stage1.nca.probe_sequences = 0
+  c.stage2 = config_lib.load_file('tiny_config.py:text', __file__)
+  c.stage2.eval_every = 2
+  c.ablations = ml_collections.ConfigDict()
+  c.ablations.nca_reinit_attention = ml_collections.ConfigDict(dict(arm='nca', reinit='attention'))
+  if variant == 'one_seed':         # for kill-and-resume
+    c.seeds = (0,)
+    c.ablations = ml_collections.ConfigDict()
+  elif variant:
+    raise ValueError(f'unknown variant {variant!r}')
+  return c

@@ -1,0 +1,229 @@
+"""Stage 2 from stage 1 (ncalm/transfer.py): what is kept, re-drawn, re-initialised and
+frozen, bitwise; the start-up order (own checkpoint, then init.from_run, then scratch);
+and the start-up errors, which leave the stage-1 run untouched."""
+import json
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+import jax
+import numpy as np
+
+from ncalm import checkpoint
+from ncalm import errors
+from ncalm import train
+from ncalm import transfer
+from ncalm.data import feeds
+import text_train_test
+import tiny_config
+
+NCA_VOCAB = 10_002
+BYTES_VOCAB = 384  # 256 bytes + the tokeniser's specials, padded to a multiple of 128
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return {jax.tree_util.keystr(p, simple=True, separator='/'): np.asarray(v) for p, v in leaves}
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+  return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def snapshot(directory: str) -> dict[str, tuple[int, int]]:
+  """{relative path: (size, mtime_ns)} of every file and directory under `directory`."""
+  out = {}
+  for root, dirs, names in os.walk(directory):
+    for name in dirs + names:
+      path = os.path.join(root, name)
+      stat = os.stat(path)
+      out[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns)
+  return out
+
+
+class TransferTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
+    cls.data_dir = text_train_test.make_corpus(os.path.join(cls.tmp, 'corpus'))
+    cls.stage1_dir = os.path.join(cls.tmp, 'stage1')
+    cls.stage1_cfg = tiny_config.get_config()
+    cls.stage1_cfg.train_steps = 3
+    train.train_and_evaluate(cls.stage1_cfg, cls.stage1_dir)
+    setup = train.create_setup(cls.stage1_cfg, NCA_VOCAB)
+    state, step = checkpoint.load_latest(cls.stage1_dir, cls.stage1_cfg, setup)
+    assert step == 3
+    cls.stage1 = {k[len('params/'):]: v for k, v in flat(state).items()
+                  if k.startswith('params/')}
+
+  def config(self, **init):
+    cfg = text_train_test.text_config(self.data_dir)
+    cfg.init.from_run = self.stage1_dir
+    cfg.init.update(init)
+    return cfg
+
+  def transferred(self, cfg, workdir=None):
+    """(params of the first stage-2 state, params of a scratch init with the same key,
+    the report written to the workdir)."""
+    workdir = workdir or self.create_tempdir().full_path
+    setup = train.create_setup(cfg, feeds.check(cfg).train_source.vocab_size)
+    init_key, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    state = train.transferred_state(setup, init_key, workdir)
+    fresh = train.create_state(setup, init_key)
+    with open(os.path.join(workdir, transfer.REPORT_FILE)) as f:
+      report = json.load(f)
+    return flat(state.params), flat(fresh.params), report
+
+  def test_keeps_blocks_and_norms_bitwise_and_redraws_embedding_and_head(self):
+    params, fresh, report = self.transferred(self.config())
+    self.assertEqual(sorted(params), sorted(self.stage1))
+    kept = [n for n in params if n not in ('embedding', 'head')]
+    self.assertIn('final_norm/scale', kept)
+    self.assertLen(kept, 10)  # 4 attention + 3 MLP + 2 block norms (stacked) + final norm
+    for name in kept:
+      self.assertTrue(same_bits(params[name], self.stage1[name]), name)
+    for name in ('embedding', 'head'):
+      self.assertTrue(same_bits(params[name], fresh[name]), name)   # this run's own init
+    self.assertEqual(params['embedding'].shape, (BYTES_VOCAB, 32))
+    self.assertEqual(self.stage1['embedding'].shape, (NCA_VOCAB, 32))
+    self.assertEqual(sorted(report['kept']), sorted(kept))
+    self.assertEqual(report['new'], ['embedding', 'head'])
+    self.assertEqual(report['counts']['kept'], sum(params[n].size for n in kept))
+    self.assertEqual(report['counts']['new'], 2 * BYTES_VOCAB * 32)
+    self.assertEqual(report['counts']['frozen'], 0)
+    self.assertEqual(report['from_step'], 3)
+
+  def test_framework_initialisation_of_the_new_embedding_and_head(self):
+    params, fresh, _ = self.transferred(self.config(embedding='framework'))
+    embedding, head = params['embedding'], params['head']
+    self.assertAlmostEqual(float(embedding.std()), 1.0, delta=0.05)   # N(0, 1)
+    bound = 1 / np.sqrt(32)                                          # U(±1/√d_model)
+    self.assertLessEqual(float(np.abs(head).max()), bound)
+    self.assertAlmostEqual(float(head.std()), bound / np.sqrt(3), delta=0.05 * bound)
+    self.assertFalse(same_bits(embedding, fresh['embedding']))
+    self.assertTrue(same_bits(params['layers/mlp/gate'], self.stage1['layers/mlp/gate']))
+
+  def test_reinit_groups_touch_exactly_their_parameters_in_the_layer_range(self):
+    groups = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),
+              'mlp': ('mlp/gate', 'mlp/up', 'mlp/down'),
+              'norms': ('attn_norm/scale', 'mlp_norm/scale')}
+    for group, members in groups.items():
+      with self.subTest(group):
+        params, fresh, report = self.transferred(self.config(reinit=group, layer_start=1))
+        for name, value in params.items():
+          if name in ('embedding', 'head'):
+            continue
+          rest = name.split('/', 1)[1] if name.startswith('layers/') else None
+          if rest in members:  # layer 1 re-drawn (this run's init), layer 0 kept
+            self.assertTrue(same_bits(value[1], fresh[name][1]), name)
+            self.assertTrue(same_bits(value[0], self.stage1[name][0]), name)
+            self.assertFalse(same_bits(value[1], self.stage1[name][1]), name)
+          else:
+            self.assertTrue(same_bits(value, self.stage1[name]), name)
+        self.assertEqual(sorted(report['mixed']), sorted(f'layers/{m}' for m in members))
+    params, fresh, _ = self.transferred(self.config(reinit='final_norm'))
+    self.assertTrue(same_bits(params['final_norm/scale'], fresh['final_norm/scale']))
+    self.assertTrue(same_bits(params['layers/attn/query'], self.stage1['layers/attn/query']))
+
+  def test_stacked_stage1_into_per_layer_stage2(self):
+    cfg = self.config(reinit='mlp', layer_start=0, layer_stop=1)
+    cfg.model.scan_layers = False
+    params, fresh, report = self.transferred(cfg)
+    for i in range(2):
+      for name in ('attn/query', 'attn/out', 'attn_norm/scale', 'mlp_norm/scale'):
+        self.assertTrue(same_bits(params[f'layers_{i}/{name}'], self.stage1[f'layers/{name}'][i]))
+    self.assertTrue(same_bits(params['layers_0/mlp/gate'], fresh['layers_0/mlp/gate']))
+    self.assertTrue(same_bits(params['layers_1/mlp/gate'], self.stage1['layers/mlp/gate'][1]))
+    self.assertIn('layers_0/mlp/up', report['reinitialised'])
+    self.assertIn('layers_1/mlp/up', report['kept'])
+
+  def test_frozen_parameters_are_bitwise_unchanged_and_have_no_optimizer_state(self):
+    cfg = self.config(freeze='attention,norms', layer_start=0, layer_stop=1)
+    cfg.model.scan_layers = False
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(cfg, workdir)
+    setup = train.create_setup(cfg, BYTES_VOCAB)
+    state, step = checkpoint.load_latest(workdir, cfg, setup)
+    self.assertEqual(step, cfg.train_steps)
+    params = flat(state.params)
+    frozen = [n for n in params if n.startswith('layers_0/attn') or n in (
+        'layers_0/attn_norm/scale', 'layers_0/mlp_norm/scale')]
+    self.assertLen(frozen, 6)
+    for name in frozen:
+      self.assertTrue(same_bits(params[name], self.stage1[f'layers/{name[9:]}'][0]), name)
+    for name in ('layers_1/attn/query', 'layers_0/mlp/gate', 'layers_1/mlp_norm/scale'):
+      stage1 = self.stage1[f'layers/{name[9:]}'][int(name[7])]
+      self.assertGreater(np.abs(params[name] - stage1).max(), 1e-4, name)
+    opt_names = list(flat(state.opt_state))
+    for name in frozen:
+      self.assertEqual([n for n in opt_names if n.endswith('/' + name)], [], name)
+    self.assertLen([n for n in opt_names if n.endswith('/layers_0/mlp/gate')], 2)  # mu, nu
+    with open(os.path.join(workdir, transfer.REPORT_FILE)) as f:
+      report = json.load(f)
+    self.assertEqual(sorted(report['frozen']), sorted(frozen))
+    self.assertEqual(report['counts']['frozen'], sum(params[n].size for n in frozen))
+
+  def test_own_checkpoint_first_then_init_from_run(self):
+    stage1 = os.path.join(self.create_tempdir().full_path, 'stage1')
+    shutil.copytree(self.stage1_dir, stage1)
+    cfg = self.config()
+    cfg.init.from_run = stage1
+    cfg.train_steps = 3
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(cfg, workdir)
+    report = snapshot(workdir)[transfer.REPORT_FILE]
+    shutil.rmtree(stage1)        # a preempted stage 2 resumes itself: stage 1 is not read
+    cfg.train_steps = 6
+    train.train_and_evaluate(cfg, workdir)
+    setup = train.create_setup(cfg, BYTES_VOCAB)
+    _, step = checkpoint.load_latest(workdir, cfg, setup)
+    self.assertEqual(step, 6)
+    self.assertEqual(snapshot(workdir)[transfer.REPORT_FILE], report)  # no second transfer
+
+  def test_bad_input_fails_at_startup_and_writes_nothing_to_stage1(self):
+    before = snapshot(self.stage1_dir)
+    foreign = self.create_tempdir().full_path
+    with open(os.path.join(foreign, 'notes.txt'), 'w') as f:
+      f.write('not a run')
+    partial = self.create_tempdir().full_path
+    shutil.copy(os.path.join(self.stage1_dir, 'run_config.json'), partial)
+    cases = {
+        'missing': (dict(from_run='/nonexistent/stage1'), {}, r'does not exist'),
+        'foreign': (dict(from_run=foreign), {}, r'is not an ncalm workdir'),
+        'partial': (dict(from_run=partial), {}, r'has no finished checkpoint'),
+        'step': (dict(from_step=7), {}, r'init.from_step=7: .* steps \[3\]'),
+        'shape': ({}, dict(mlp_dim=48),
+                  r"parameter 'layers_0/mlp/down' has shape \(64, 32\) there but \(48, 32\)"),
+        'layers': ({}, dict(num_layers=3), r'has 2 layers but model.num_layers=3'),
+        'vocab': (dict(embedding='keep'), {},
+                  r"parameter 'embedding' has shape \(10002, 32\) there but \(384, 32\).*"
+                  r'init.embedding="normal"'),
+        'range': (dict(reinit='mlp', layer_start=1, layer_stop=3), {},
+                  r'layer range \[1, 3\) is outside the model\'s 2 layers'),
+        'everything': (dict(freeze='attention,mlp,norms,final_norm,embedding,head'), {},
+                       r'freezes every parameter'),
+        'unknown_group': (dict(reinit='attn'), {}, r"unknown group\(s\) \['attn'\]"),
+        'reinit_without_run': (dict(from_run='', reinit='mlp'), {}, r'init.from_run is empty'),
+        'partial_freeze_stacked': (dict(freeze='mlp', layer_stop=1), {},
+                                   r'model.scan_layers=False'),
+    }
+    for case, (init, model, pattern) in cases.items():
+      with self.subTest(case):
+        cfg = self.config(**init)
+        cfg.model.update(model)
+        workdir = self.create_tempdir().full_path
+        with self.assertRaisesRegex(errors.UserError, pattern):
+          train.train_and_evaluate(cfg, workdir)
+        self.assertFalse(checkpoint.has_checkpoints(workdir))
+    with self.subTest('own workdir'):
+      with self.assertRaisesRegex(errors.UserError, r"is this run's own --workdir"):
+        transfer.check_stage1(transfer.plan(self.config()), {}, self.stage1_dir)
+    self.assertEqual(snapshot(self.stage1_dir), before)
+
+
+if __name__ == '__main__':
+  absltest.main()
