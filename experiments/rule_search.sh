@@ -13,6 +13,9 @@ declare -A arms=(
   [s2_p4]="--config.data.nca.num_states=2 --config.data.band=0.15,1.0"
   [s4_p1]="--config.data.nca.num_states=4 --config.data.nca.perceive_channels=1 --config.data.band=0.12,1.0"
   [s4_p4]="--config.data.nca.num_states=4 --config.data.band=0.3,1.0"
+  # 16x16: a pattern translating around the torus needs 16 frames to come back, more than
+  # the 7 frames a 512-token window holds, so copying a cycle cannot explain a falling loss.
+  [s2_p1_g16]="--config.data.nca.grid=16 --config.data.nca.num_states=2 --config.data.nca.perceive_channels=1 --config.data.band=0.1,1.0"
 )
 names=("$@"); [ ${#names[@]} -eq 0 ] && names=(s2_p1 s2_p4 s4_p1 s4_p4)
 for name in "${names[@]}"; do

@@ -257,10 +257,15 @@ def attention_kind(choice: str, backend: str | None = None) -> str:
 
 
 def check_batch(cfg: ml_collections.ConfigDict, mesh) -> None:
-  problem = sharding.batch_problem(cfg.global_batch, cfg.grad_accum,
-                                   sharding.data_parallel_size(mesh))
+  data_parallel = sharding.data_parallel_size(mesh)
+  problem = sharding.batch_problem(cfg.global_batch, cfg.grad_accum, data_parallel)
   if problem:
     raise errors.UserError(problem)
+  if cfg.data.source == 'nca' and cfg.probe_sequences % data_parallel:
+    raise errors.UserError(
+        f'probe_sequences={cfg.probe_sequences} is not divisible by the {data_parallel} '
+        f'data-parallel devices (mesh data×fsdp) that decode them: use a multiple of '
+        f'{data_parallel}, or 0 to turn the probe off.')
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:

@@ -147,6 +147,7 @@ def startup_errors(workdir: str) -> dict:
       'batch_4_on_2x4_data_fsdp': startup_error(
           run_config({'data': 2, 'fsdp': 4}, global_batch=4), workdir),
       'mesh_3_slots': startup_error(run_config({'data': 3}), workdir),
+      'probe_2_on_8_data': startup_error(run_config({'data': 8}), workdir),
       'mesh_16_slots': startup_error(run_config({'data': 2, 'fsdp': 2, 'tensor': 4}), workdir),
       'vocab_over_tensor4': startup_error(run_config({'data': 2, 'tensor': 4}), workdir),
   }
@@ -310,6 +311,7 @@ class ShardedStepTest(absltest.TestCase):
         'batch_4_on_8_data': r'global_batch=4 .* 8 data-parallel devices',
         'batch_4_on_2x4_data_fsdp': r'global_batch=4 .* 8 data-parallel devices',
         'mesh_3_slots': r'mesh=.* has 3 slots but there are 8 devices',
+        'probe_2_on_8_data': r'probe_sequences=2 is not divisible by the 8 data-parallel',
         'mesh_16_slots': r'mesh=.* has 16 slots but there are 8 devices',
         'vocab_over_tensor4': r"'vocab' dimension \(10002\) does not split .* model.vocab_size=10004",
     }
