@@ -36,13 +36,6 @@ from ncalm import train
 from ncalm.data import feeds
 from ncalm.eval import compare
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Every run of the experiment goes under it; '
-                               'rerun the same command to resume.')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only rewrite the tables and plots '
-                                 'from the runs that have finished.')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
@@ -249,11 +242,24 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bo
   logging.info('Experiment tables: %s', os.path.join(workdir, 'comparison.md'))
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  run_experiment(_CONFIG.value, _WORKDIR.value, _REPORT_ONLY.value)
+def main() -> None:
+  """`python -m ncalm.experiment`: the flags are defined here, not at import, so that the
+  module can be imported beside other entry points (tests import it with ncalm.main)."""
+  config = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                           lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None, 'Every run of the experiment goes under it; '
+                                'rerun the same command to resume.')
+  report_only = flags.DEFINE_bool('report_only', False, 'Only rewrite the tables and plots '
+                                  'from the runs that have finished.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def run_main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    run_experiment(config.value, workdir.value, report_only.value)
+
+  cli.run(run_main)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  main()

@@ -61,8 +61,8 @@ class Plan:
   num_layers: int
   scan_layers: bool
 
-  def layer_mask(self, groups) -> np.ndarray:
-    """bool [num_layers]: the layers a per-layer group in `groups` touches."""
+  def layer_mask(self) -> np.ndarray:
+    """bool [num_layers]: the layers the per-layer groups act on."""
     mask = np.zeros(self.num_layers, bool)
     mask[self.layers[0]:self.layers[1]] = True
     return mask
@@ -299,7 +299,8 @@ def check_stage1(p: Plan, stage2_params, workdir: str = '') -> None:
 
 
 def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, int]:
-  """({per-layer name: array in stage 2's sharding}, step) of what stage 2 takes.
+  """({stage-1 name: array}, step) of what stage 2 takes, in the stage-1 layout (stacked
+  or per layer), each placed as stage 2 places that parameter.
 
   Nothing is written to the stage-1 workdir: its manager is opened read-only, and a damaged
   checkpoint is reported (and an older one used when no step was named), never moved."""
@@ -331,10 +332,7 @@ def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, 
         logging.error('Stage-1 checkpoint of step %d in %s cannot be used (%s); trying an '
                       'older one.', step, directory, str(e).strip()[:300])
         continue
-      canon, _, _ = _canonical(params)
-      out = {n: (v[0][v[1]] if isinstance(v, tuple) else v) for n, v in canon.items()
-             if n in needed}
-      return out, step
+      return params, step
   finally:
     manager.close()
   raise errors.CheckpointError(f'init.from_run={p.from_run!r}: none of its checkpoints '
@@ -373,15 +371,28 @@ def framework_init(key: jax.Array, name: str, shape, dtype) -> jax.Array:
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def _stage1_value(stage1: dict[str, jax.Array], name: str) -> jax.Array:
+  """Stage 1's tensor for a stage-2 name, in either layout ('layers/x' is stacked)."""
+  if name in stage1:
+    return stage1[name]
+  layer, rest = _split_layer(name)
+  if layer is None:   # stacked in stage 2, per layer in stage 1
+    count = sum(1 for n in stage1 if n.startswith('layers_') and n.split('/', 1)[1] == rest)
+    return jnp.stack([stage1[f'layers_{i}/{rest}'] for i in range(count)])
+  return stage1[f'layers/{rest}'][layer]   # per layer in stage 2, stacked in stage 1
+
+
 def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
-  """The stage-2 parameters from fresh ones (this run's init) and stage 1's.
+  """The stage-2 parameters from fresh ones (this run's init) and stage 1's (either layout),
+  assembled in one jitted function straight into the fresh parameters' shardings (no
+  eager op on arrays that span hosts).
 
   Returns (params, {name: 'kept' | 'new' | 'reinit' | 'mixed'}); 'mixed' marks a stacked
   tensor with some layers kept and some re-initialised."""
-  layer_mask = p.layer_mask(p.reinit)
+  layer_mask = p.layer_mask()
   how = {}
 
-  def pick(path, fresh_value):
+  def pick(path, fresh_value, stage1, key):
     name = _name(path)
     if name in ('embedding', 'head'):
       if p.embedding == 'keep':
@@ -390,28 +401,26 @@ def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
       how[name] = 'new'
       if p.embedding == 'framework':
         sub = jax.random.fold_in(key, 0 if name == 'embedding' else 1)
-        return jax.jit(framework_init, static_argnums=(1, 2, 3),
-                       out_shardings=fresh_value.sharding)(sub, name, fresh_value.shape,
-                                                           fresh_value.dtype)
+        return framework_init(sub, name, fresh_value.shape, fresh_value.dtype)
       return fresh_value
     layer, rest = _split_layer(name)
-    groups = [g for g in p.reinit if (g in LAYER_GROUPS and rest in LAYER_GROUPS[g])
-              or (g in GLOBAL_GROUPS and name == GLOBAL_GROUPS[g])]
-    if layer is None:  # stacked: [num_layers, ...]
-      kept = jnp.stack([stage1[f'layers_{i}/{rest}'] for i in range(p.num_layers)])
-      if not groups:
-        how[name] = 'kept'
-        return jax.device_put(kept, fresh_value.sharding)
-      how[name] = 'reinit' if layer_mask.all() else 'mixed'
+    reinit = any((g in LAYER_GROUPS and rest in LAYER_GROUPS[g])
+                 or (g in GLOBAL_GROUPS and name == GLOBAL_GROUPS[g]) for g in p.reinit)
+    if not reinit or (layer is not None and layer >= 0 and not layer_mask[layer]):
+      how[name] = 'kept'
+      return _stage1_value(stage1, name)
+    if layer is None and not layer_mask.all():  # stacked: [num_layers, ...], some layers
+      how[name] = 'mixed'
       select = jnp.asarray(layer_mask).reshape((-1,) + (1,) * (fresh_value.ndim - 1))
-      return jax.jit(jnp.where, out_shardings=fresh_value.sharding)(select, fresh_value, kept)
-    if groups and (layer < 0 or layer_mask[layer]):
-      how[name] = 'reinit'
-      return fresh_value
-    how[name] = 'kept'
-    return stage1[name]
+      return jnp.where(select, fresh_value, _stage1_value(stage1, name))
+    how[name] = 'reinit'
+    return fresh_value
 
-  params = jax.tree_util.tree_map_with_path(pick, fresh)
+  def assemble(fresh, stage1, key):
+    return jax.tree_util.tree_map_with_path(lambda path, v: pick(path, v, stage1, key), fresh)
+
+  shardings = jax.tree.map(lambda x: x.sharding, fresh)
+  params = jax.jit(assemble, out_shardings=shardings)(fresh, stage1, key)
   return params, how
 
 

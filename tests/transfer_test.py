@@ -141,6 +141,23 @@ class TransferTest(absltest.TestCase):
     self.assertIn('layers_0/mlp/up', report['reinitialised'])
     self.assertIn('layers_1/mlp/up', report['kept'])
 
+  def test_per_layer_stage1_into_stacked_stage2(self):
+    cfg = self.config()
+    setup = train.create_setup(cfg, BYTES_VOCAB)
+    fresh = train.create_state(setup, jax.random.PRNGKey(0)).params
+    per_layer = {'final_norm/scale': self.stage1['final_norm/scale']}
+    for name, value in self.stage1.items():
+      if name.startswith('layers/'):
+        for i in range(2):
+          per_layer[f'layers_{i}/{name[7:]}'] = value[i]
+    params, how = transfer.build_params(transfer.plan(cfg), fresh, per_layer,
+                                        jax.random.PRNGKey(1))
+    params = flat(params)
+    for name, value in self.stage1.items():
+      if name not in ('embedding', 'head'):
+        self.assertTrue(same_bits(params[name], value), name)
+        self.assertEqual(how[name], 'kept')
+
   def test_frozen_parameters_are_bitwise_unchanged_and_have_no_optimizer_state(self):
     cfg = self.config(freeze='attention,norms', layer_start=0, layer_stop=1)
     cfg.model.scan_layers = False
