@@ -180,22 +180,15 @@ def _stage1_steps(run: str, workdir: str) -> list[int]:
   return steps
 
 
-def stage1_config(run: str) -> dict:
-  """The flattened config a stage-1 workdir was made with."""
-  with open(os.path.join(run, workdir_lib.RUN_CONFIG_NAME)) as f:
-    return json.load(f)['config']
-
-
-def _canonical(flat: dict[str, Any]) -> tuple[dict[str, Any], int | None, bool]:
-  """Per-layer names ('layers_i/...') for either layout: (items, layers, was_stacked).
+def _canonical(flat: dict[str, Any]) -> tuple[dict[str, Any], int]:
+  """Per-layer names ('layers_i/...') for either layout: (items, number of layers).
 
   Values are whatever the dict holds (metadata or arrays); stacked entries become
   (value, i) pairs, to be sliced later."""
-  out, stacked, count = {}, False, 0
+  out, count = {}, 0
   for name, value in flat.items():
     layer, rest = _split_layer(name)
     if layer is None:
-      stacked = True
       count = value.shape[0]
       for i in range(count):
         out[f'layers_{i}/{rest}'] = (value, i)
@@ -203,7 +196,7 @@ def _canonical(flat: dict[str, Any]) -> tuple[dict[str, Any], int | None, bool]:
       if layer >= 0:
         count = max(count, layer + 1)
       out[name] = value
-  return out, count, stacked
+  return out, count
 
 
 def _layer_shape(value) -> tuple[int, ...]:
@@ -292,7 +285,7 @@ def check_stage1(p: Plan, stage2_params, workdir: str = '') -> None:
   run with a checkpoint, and its parameters fit this model (shapes only; nothing read)."""
   manager, steps = _open(p, workdir)
   try:
-    canon_meta, layers1, _ = _canonical(_params_metadata(manager, steps[0], p.from_run))
+    canon_meta, layers1 = _canonical(_params_metadata(manager, steps[0], p.from_run))
     _check_shapes(canon_meta, _canonical(_flat(stage2_params))[0], p, p.from_run, layers1)
   finally:
     manager.close()
@@ -306,7 +299,7 @@ def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, 
   checkpoint is reported (and an older one used when no step was named), never moved."""
   manager, steps = _open(p, workdir)
   directory = manager.directory
-  stage2_canon, _, _ = _canonical(_flat(stage2_params))
+  stage2_canon, _ = _canonical(_flat(stage2_params))
   needed = {n for n in stage2_canon
             if n not in ('embedding', 'head') or p.embedding == 'keep'}
   specs = {}  # per-layer name → stage 2's partition spec of one layer's tensor
@@ -318,7 +311,7 @@ def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, 
   try:
     for step in steps:
       meta_flat = _params_metadata(manager, step, p.from_run)
-      canon_meta, layers1, _ = _canonical(meta_flat)
+      canon_meta, layers1 = _canonical(meta_flat)
       _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
       target = _restore_target(meta_flat, specs, mesh)
       try:

@@ -77,6 +77,7 @@ def run_config(mesh: dict[str, int], rules=(), global_batch: int = GLOBAL_BATCH)
   cfg.mesh.update(data=1, fsdp=1, tensor=1)
   cfg.mesh.update(**mesh)
   cfg.logical_axis_rules = rules
+  cfg.probe_sequences = 8           # divides over every mesh's data-parallel devices
   return cfg
 
 
@@ -141,13 +142,19 @@ def startup_error(cfg, workdir: str) -> dict | None:
   return None
 
 
+def probe_config(probe_sequences: int, mesh: dict[str, int]):
+  cfg = run_config(mesh)
+  cfg.probe_sequences = probe_sequences
+  return cfg
+
+
 def startup_errors(workdir: str) -> dict:
   return {
       'batch_4_on_8_data': startup_error(run_config({'data': -1}, global_batch=4), workdir),
       'batch_4_on_2x4_data_fsdp': startup_error(
           run_config({'data': 2, 'fsdp': 4}, global_batch=4), workdir),
       'mesh_3_slots': startup_error(run_config({'data': 3}), workdir),
-      'probe_2_on_8_data': startup_error(run_config({'data': 8}), workdir),
+      'probe_2_on_8_data': startup_error(probe_config(2, {'data': 8}), workdir),
       'mesh_16_slots': startup_error(run_config({'data': 2, 'fsdp': 2, 'tensor': 4}), workdir),
       'vocab_over_tensor4': startup_error(run_config({'data': 2, 'tensor': 4}), workdir),
   }
