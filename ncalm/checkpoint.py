@@ -234,10 +234,16 @@ class Checkpoints:
     self.manager.reload()
 
 
-def has_checkpoints(workdir: str) -> bool:
-  """Whether a workdir holds at least one finished checkpoint step."""
+def finished_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps of a workdir, newest first, read from the directory
+  alone (orbax renames a step into place only once it is complete)."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted((int(d) for d in names if d.isdigit()), reverse=True)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  return bool(finished_steps(workdir))
 
 
 def load_latest(workdir: str, cfg: ml_collections.ConfigDict, setup):

@@ -170,10 +170,9 @@ def _stage1_steps(run: str, workdir: str) -> list[int]:
     raise errors.UserError(
         f'init.from_run={run!r} is not an ncalm workdir (no {workdir_lib.RUN_CONFIG_NAME}): '
         'name the directory a `python -m ncalm.main ... --workdir=DIR` stage-1 run wrote.')
-  directory = os.path.join(run, checkpoint.CHECKPOINT_DIR)
-  steps = sorted((int(d) for d in (os.listdir(directory) if os.path.isdir(directory) else [])
-                  if d.isdigit()), reverse=True)
+  steps = checkpoint.finished_steps(run)
   if not steps:
+    directory = os.path.join(run, checkpoint.CHECKPOINT_DIR)
     raise errors.UserError(
         f'init.from_run={run!r} has no finished checkpoint in {directory} (the stage-1 run '
         'stopped before its first save): resume it with its own command until it saves one.')
