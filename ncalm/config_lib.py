@@ -85,8 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
                                   # work; 0 = auto: 4 on CPU (~1.8x faster there), 1 elsewhere
 
   c.init = ml_collections.ConfigDict()  # where the parameters start (ncalm/transfer.py)
-  c.init.from_run = ''            # stage-1 workdir to start from; '' = from scratch. The
-                                  # run's own checkpoint always wins (a rerun resumes itself)
+  c.init.from_run = ''            # stage-1 workdir to start from, or 'hf:DIR' (a Hugging Face
+                                  # Llama checkpoint; with embedding='keep' to load all of it);
+                                  # '' = from scratch. The run's own checkpoint always wins
+                                  # (a rerun resumes itself)
   c.init.from_step = 0            # its checkpoint step; 0 = the newest intact one
   c.init.embedding = 'normal'     # new embedding and head: 'normal' (N(0, 0.02)), 'framework'
                                   # (published code: PyTorch's N(0,1) / Kaiming-uniform), or

@@ -1,7 +1,8 @@
 """Stage 2 from stage 1: which parameters are kept, re-drawn, re-initialised or frozen.
 
-`init.from_run` names a finished (or checkpointed) stage-1 workdir. As in the published
-code (docs/method.md §5), every transformer block and norm is kept, the final norm too,
+`init.from_run` names a finished (or checkpointed) stage-1 workdir, or `hf:DIR`, a
+Hugging Face Llama checkpoint (ncalm/hf_llama.py; `init.embedding='keep'` loads all of it).
+As in the published code (docs/method.md §5), every transformer block and norm is kept, the final norm too,
 and the input embedding and output head are drawn anew for the new vocabulary. The
 ablations re-initialise or freeze module groups over a half-open layer range:
 
@@ -34,6 +35,7 @@ import orbax.checkpoint as ocp
 from ncalm import checkpoint
 from ncalm import errors
 from ncalm import files
+from ncalm import hf_llama
 from ncalm import workdir as workdir_lib
 
 LAYER_GROUPS = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),
@@ -44,6 +46,7 @@ REINIT_GROUPS = ('attention', 'mlp', 'norms', 'final_norm')
 FREEZE_GROUPS = (*LAYER_GROUPS, *GLOBAL_GROUPS)
 EMBEDDINGS = ('normal', 'framework', 'keep')
 REPORT_FILE = 'transfer.json'
+HF_PREFIX = 'hf:'   # init.from_run='hf:DIR': a Hugging Face Llama checkpoint (ncalm/hf_llama.py)
 
 
 # ------------------------------------------------------------------- the plan
@@ -60,6 +63,11 @@ class Plan:
   layers: tuple[int, int]     # [start, stop) of the per-layer groups
   num_layers: int
   scan_layers: bool
+  model: dict = dataclasses.field(default_factory=dict, compare=False)  # cfg.model, for hf:
+
+  @property
+  def from_hf(self) -> bool:
+    return self.from_run.startswith(HF_PREFIX)
 
   def layer_mask(self) -> np.ndarray:
     """bool [num_layers]: the layers the per-layer groups act on."""
@@ -91,7 +99,10 @@ def plan(cfg: ml_collections.ConfigDict) -> Plan:
   p = Plan(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
            reinit=_groups(init.reinit, 'reinit', REINIT_GROUPS),
            freeze=_groups(init.freeze, 'freeze', FREEZE_GROUPS), layers=(init.layer_start, stop),
-           num_layers=layers, scan_layers=cfg.model.scan_layers)
+           num_layers=layers, scan_layers=cfg.model.scan_layers, model=cfg.model.to_dict())
+  if p.from_hf and p.from_step:
+    raise errors.UserError(f'init.from_step={p.from_step} with init.from_run={p.from_run!r}: a '
+                           'Hugging Face checkpoint has no steps; set init.from_step=0.')
   if not p.from_run and (p.reinit or p.embedding != 'normal' or p.from_step):
     raise errors.UserError(
         'init.reinit, init.embedding and init.from_step describe a transfer, but init.from_run '
@@ -158,24 +169,34 @@ def _flat(tree) -> dict[str, Any]:
 # ----------------------------------------------------------- reading stage 1
 
 
-def _stage1_steps(run: str, workdir: str) -> list[int]:
-  """The checkpoint steps of a stage-1 workdir, newest first; refuses what is not one."""
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+  """A run's checkpoints to read, and the flags that named them (for the messages)."""
+  run: str
+  step: int = 0                     # 0 = the newest intact checkpoint
+  field: str = 'init.from_run'
+  step_field: str = 'init.from_step'
+
+
+def _run_steps(ref: RunRef, workdir: str) -> list[int]:
+  """The checkpoint steps of an ncalm workdir, newest first; refuses what is not one."""
+  run, field = ref.run, ref.field
   if not os.path.isdir(run):
-    raise errors.UserError(f'init.from_run={run!r} does not exist: name the workdir of a '
-                           'stage-1 run (the --workdir it was trained with).')
+    raise errors.UserError(f'{field}={run!r} does not exist: name the workdir of a '
+                           'training run (the --workdir it was trained with).')
   if workdir and os.path.realpath(run) == os.path.realpath(workdir):
-    raise errors.UserError(f'init.from_run={run!r} is this run\'s own --workdir: stage 2 needs '
+    raise errors.UserError(f'{field}={run!r} is this run\'s own --workdir: stage 2 needs '
                            'its own workdir (a rerun of it resumes by itself).')
   if not os.path.exists(os.path.join(run, workdir_lib.RUN_CONFIG_NAME)):
     raise errors.UserError(
-        f'init.from_run={run!r} is not an ncalm workdir (no {workdir_lib.RUN_CONFIG_NAME}): '
-        'name the directory a `python -m ncalm.main ... --workdir=DIR` stage-1 run wrote.')
+        f'{field}={run!r} is not an ncalm workdir (no {workdir_lib.RUN_CONFIG_NAME}): '
+        'name the directory a `python -m ncalm.main ... --workdir=DIR` run wrote.')
   steps = checkpoint.finished_steps(run)
   if not steps:
     directory = os.path.join(run, checkpoint.CHECKPOINT_DIR)
     raise errors.UserError(
-        f'init.from_run={run!r} has no finished checkpoint in {directory} (the stage-1 run '
-        'stopped before its first save): resume it with its own command until it saves one.')
+        f'{field}={run!r} has no finished checkpoint in {directory} (the run stopped before '
+        'its first save): resume it with its own command until it saves one.')
   return steps
 
 
@@ -242,49 +263,90 @@ def _restore_target(meta_flat: dict[str, Any], specs: dict[str, tuple], mesh) ->
   return target
 
 
-def _nest(flat: dict[str, Any]) -> dict:
+def nest(flat: dict[str, Any], separator: str = '/') -> dict:
+  """{'a/b': x} → {'a': {'b': x}}."""
   tree: dict = {}
   for name, value in flat.items():
     node = tree
-    *parents, leaf = name.split('/')
+    *parents, leaf = name.split(separator)
     for part in parents:
       node = node.setdefault(part, {})
     node[leaf] = value
   return tree
 
 
-def _open(p: Plan, workdir: str):
-  """(read-only manager, steps to try newest first) of the stage-1 run."""
-  steps = _stage1_steps(p.from_run, workdir)
-  if p.from_step and p.from_step not in steps:
-    raise errors.UserError(f'init.from_step={p.from_step}: {p.from_run!r} has checkpoints of '
+def _open(ref: RunRef, workdir: str = ''):
+  """(read-only manager, steps to try newest first) of a run."""
+  steps = _run_steps(ref, workdir)
+  if ref.step and ref.step not in steps:
+    raise errors.UserError(f'{ref.step_field}={ref.step}: {ref.run!r} has checkpoints of '
                            f'steps {sorted(steps)}; name one of them or 0 (the newest).')
-  directory = os.path.join(os.path.abspath(p.from_run), checkpoint.CHECKPOINT_DIR)
+  directory = os.path.join(os.path.abspath(ref.run), checkpoint.CHECKPOINT_DIR)
   manager = ocp.CheckpointManager(
       directory, item_handlers={'state': ocp.PyTreeCheckpointHandler(),
                                 'checksum': ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                            enable_async_checkpointing=False))
-  return manager, ([p.from_step] if p.from_step else steps)
+  return manager, ([ref.step] if ref.step else steps)
 
 
-def _params_metadata(manager, step: int, run: str) -> dict[str, Any]:
+def _params_metadata(manager, step: int, ref: RunRef) -> dict[str, Any]:
   """{name: shape/dtype metadata} of a checkpoint's parameters (nothing restored)."""
   meta = manager.item_metadata(step)['state']
   flat = {k[len('params/'):]: v for k, v in _flat(_tree_of(meta)).items()
           if k.startswith('params/')}
   if not flat:
-    raise errors.UserError(f'init.from_run={run!r}: the checkpoint of step {step} holds no '
+    raise errors.UserError(f'{ref.field}={ref.run!r}: the checkpoint of step {step} holds no '
                            'model parameters: it is not an ncalm training state.')
   return flat
+
+
+def _restore_newest(ref: RunRef, workdir: str, mesh, target_for) -> tuple[dict, int]:
+  """({name: array}, step) of the newest intact checkpoint (or the named one): the params
+  `target_for(params metadata)` asks for, checked against their checksums.
+
+  Nothing is written to the run: its manager is opened read-only, and a damaged checkpoint
+  is reported (and an older one used when no step was named), never moved."""
+  manager, steps = _open(ref, workdir)
+  try:
+    for step in steps:
+      target = target_for(_params_metadata(manager, step, ref))
+      try:
+        return _restore_verified(manager, step, target, mesh), step
+      except Exception as e:  # pylint: disable=broad-except
+        if ref.step:
+          raise errors.CheckpointError(
+              f'{ref.field}={ref.run!r}: the checkpoint of step {step} cannot be used '
+              f'({type(e).__name__}: {str(e).strip()[:300]}). Name another {ref.step_field} '
+              f'(it has {sorted(steps)}) or 0 for the newest intact one.') from None
+        logging.error('Checkpoint of step %d in %s cannot be used (%s); trying an older one.',
+                      step, manager.directory, str(e).strip()[:300])
+  finally:
+    manager.close()
+  raise errors.CheckpointError(f'{ref.field}={ref.run!r}: none of its checkpoints '
+                               f'(steps {steps}) is intact; see the errors above.')
+
+
+def read_run_params(ref: RunRef, mesh) -> tuple[dict[str, jax.Array], int]:
+  """({name: array}, step): every parameter of a run's checkpoint, replicated on `mesh`, in
+  the layout it was saved in (for tools: export)."""
+  def everything(meta_flat):
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return {n: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated)
+            for n, m in meta_flat.items()}
+  return _restore_newest(ref, '', mesh, everything)
 
 
 def check_stage1(p: Plan, stage2_params, workdir: str = '') -> None:
   """Start-up check of init.from_run against this config: the directory is a stage-1
   run with a checkpoint, and its parameters fit this model (shapes only; nothing read)."""
-  manager, steps = _open(p, workdir)
+  if p.from_hf:
+    hf_llama.match_llama(p.from_run, _wanted_shapes(p, stage2_params), p.model)
+    return
+  ref = RunRef(p.from_run, p.from_step)
+  manager, steps = _open(ref, workdir)
   try:
-    canon_meta, layers1 = _canonical(_params_metadata(manager, steps[0], p.from_run))
+    canon_meta, layers1 = _canonical(_params_metadata(manager, steps[0], ref))
     _check_shapes(canon_meta, _canonical(_flat(stage2_params))[0], p, p.from_run, layers1)
   finally:
     manager.close()
@@ -294,41 +356,36 @@ def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, 
   """({stage-1 name: array}, step) of what stage 2 takes, in the stage-1 layout (stacked
   or per layer), each placed as stage 2 places that parameter.
 
-  Nothing is written to the stage-1 workdir: its manager is opened read-only, and a damaged
-  checkpoint is reported (and an older one used when no step was named), never moved."""
-  manager, steps = _open(p, workdir)
-  directory = manager.directory
+  The stage-1 run is only read (`_restore_newest`). From `hf:DIR` the tensors come per
+  layer, step 0."""
   stage2_canon, _ = _canonical(_flat(stage2_params))
-  needed = {n for n in stage2_canon
-            if n not in ('embedding', 'head') or p.embedding == 'keep'}
   specs = {}  # per-layer name → stage 2's partition spec of one layer's tensor
-  for n in needed:
+  for n in _wanted_shapes(p, stage2_params):
     value = stage2_canon[n]
     stacked = isinstance(value, tuple)
     spec = tuple((value[0] if stacked else value).sharding.spec)[1 if stacked else 0:]
     specs[n] = spec + (None,) * (len(_layer_shape(value)) - len(spec))
-  try:
-    for step in steps:
-      meta_flat = _params_metadata(manager, step, p.from_run)
-      canon_meta, layers1 = _canonical(meta_flat)
-      _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
-      target = _restore_target(meta_flat, specs, mesh)
-      try:
-        params = _restore_verified(manager, step, target, mesh)
-      except Exception as e:  # pylint: disable=broad-except
-        if p.from_step:
-          raise errors.CheckpointError(
-              f'init.from_run={p.from_run!r}: the checkpoint of step {step} cannot be used '
-              f'({type(e).__name__}: {str(e).strip()[:300]}). Name another init.from_step '
-              f'(it has {sorted(steps)}) or 0 for the newest intact one.') from None
-        logging.error('Stage-1 checkpoint of step %d in %s cannot be used (%s); trying an '
-                      'older one.', step, directory, str(e).strip()[:300])
-        continue
-      return params, step
-  finally:
-    manager.close()
-  raise errors.CheckpointError(f'init.from_run={p.from_run!r}: none of its checkpoints '
-                               f'(steps {steps}) is intact; see the errors above.')
+  if p.from_hf:
+    arrays = hf_llama.read_llama(p.from_run, _wanted_shapes(p, stage2_params), p.model)
+    return {n: _placed(x, mesh, specs[n]) for n, x in arrays.items()}, 0
+
+  def target_for(meta_flat):
+    canon_meta, layers1 = _canonical(meta_flat)
+    _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
+    return _restore_target(meta_flat, specs, mesh)
+  return _restore_newest(RunRef(p.from_run, p.from_step), workdir, mesh, target_for)
+
+
+def _wanted_shapes(p: Plan, stage2_params) -> dict[str, tuple[int, ...]]:
+  """{per-layer name: shape of one layer's tensor} of what stage 2 takes from its source."""
+  return {n: _layer_shape(v) for n, v in _canonical(_flat(stage2_params))[0].items()
+          if n not in ('embedding', 'head') or p.embedding == 'keep'}
+
+
+def _placed(x: np.ndarray, mesh, spec: tuple) -> jax.Array:
+  """A host array placed on the mesh; each process puts only its own shards."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def _tree_of(meta):
@@ -337,7 +394,7 @@ def _tree_of(meta):
 
 def _restore_verified(manager, step: int, target: dict, mesh) -> dict[str, jax.Array]:
   """Restores the target's params from `step` and checks them against the saved digests."""
-  item = {'params': _nest(target)}
+  item = {'params': nest(target)}
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                    partial_restore=True),
@@ -423,7 +480,7 @@ def report(p: Plan, params, how: dict[str, str], mask, step: int) -> dict:
   count = lambda names: int(sum(sizes[n] for n in names))
   by = lambda kind: sorted(n for n, k in how.items() if k == kind)
   return dict(
-      from_run=os.path.abspath(p.from_run), from_step=step, embedding=p.embedding,
+      from_run=source_name(p.from_run), from_step=step, embedding=p.embedding,
       reinit=list(p.reinit), freeze=list(p.freeze), layers=list(p.layers),
       kept=by('kept'), new=by('new'), reinitialised=by('reinit'), mixed=by('mixed'),
       frozen=sorted(frozen),
@@ -432,10 +489,19 @@ def report(p: Plan, params, how: dict[str, str], mask, step: int) -> dict:
                   frozen=count(frozen), trainable=count(set(sizes) - frozen)))
 
 
+def source_name(run: str) -> str:
+  """init.from_run as an absolute path, keeping its 'hf:' prefix."""
+  if run.startswith(HF_PREFIX):
+    return HF_PREFIX + os.path.abspath(run[len(HF_PREFIX):])
+  return os.path.abspath(run)
+
+
 def summary_line(r: dict) -> str:
   c = r['counts']
   layers = f' over layers [{r["layers"][0]}, {r["layers"][1]})' if (r['reinit'] or r['freeze']) else ''
-  return (f'Stage 2 from {r["from_run"]} step {r["from_step"]}: kept {c["kept"]:,} parameters '
+  source = r['from_run'] if r['from_run'].startswith(HF_PREFIX) else (
+      f'{r["from_run"]} step {r["from_step"]}')
+  return (f'Stage 2 from {source}: kept {c["kept"]:,} parameters '
           f'({len(r["kept"])} tensors), new embedding and head {c["new"]:,} '
           f'({r["embedding"]}), re-initialised {c["reinitialised"] + c["mixed"]:,} '
           f'({",".join(r["reinit"]) or "none"}{layers if r["reinit"] else ""}), frozen '

@@ -1,0 +1,311 @@
+"""ncalm's Transformer as Hugging Face's `LlamaForCausalLM`: tensor names, layouts, config.
+
+ncalm and Llama compute the same function (docs/method.md §4): pre-norm RMSNorm blocks,
+rotary embeddings in rotate-half form, SwiGLU, no biases, untied embedding and head. Only
+the layouts differ. Per layer i, with E = d_model, H heads of size D, M = mlp_dim:
+
+  ncalm (per-layer name)        shape        Hugging Face tensor                          shape
+  layers_i/attn/query           [E, H, D]    model.layers.i.self_attn.q_proj.weight       [H·D, E]
+  layers_i/attn/key, value      [E, H, D]    ... k_proj.weight, v_proj.weight             [H·D, E]
+  layers_i/attn/out             [H, D, E]    ... o_proj.weight                            [E, H·D]
+  layers_i/mlp/gate, up         [E, M]       model.layers.i.mlp.gate_proj/up_proj.weight  [M, E]
+  layers_i/mlp/down             [M, E]       model.layers.i.mlp.down_proj.weight          [E, M]
+  layers_i/attn_norm/scale      [E]          model.layers.i.input_layernorm.weight        [E]
+  layers_i/mlp_norm/scale       [E]          model.layers.i.post_attention_layernorm.weight
+  final_norm/scale              [E]          model.norm.weight
+  embedding                     [V, E]       model.embed_tokens.weight                    [V, E]
+  head                          [E, V]       lm_head.weight                               [V, E]
+
+Every conversion is a reshape and a transpose: exact in both directions. Safetensors files
+are read here (`read_safetensors`) rather than through the `safetensors` package, whose
+NumPy reader has no bfloat16, the dtype most published Llama checkpoints use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from ncalm import errors
+from ncalm import model as model_lib
+
+CONFIG_FILE = 'config.json'
+WEIGHTS_FILE = 'model.safetensors'
+INDEX_FILE = 'model.safetensors.index.json'   # a checkpoint sharded over several files
+SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'BF16': ml_dtypes.bfloat16}
+
+_LAYER = 'model.layers.{}.'
+# per-layer ncalm name → (Hugging Face name after 'model.layers.i.', kind of conversion)
+LAYER_TENSORS = {
+    'attn/query': ('self_attn.q_proj.weight', 'in_heads'),
+    'attn/key': ('self_attn.k_proj.weight', 'in_heads'),
+    'attn/value': ('self_attn.v_proj.weight', 'in_heads'),
+    'attn/out': ('self_attn.o_proj.weight', 'out_heads'),
+    'mlp/gate': ('mlp.gate_proj.weight', 'transpose'),
+    'mlp/up': ('mlp.up_proj.weight', 'transpose'),
+    'mlp/down': ('mlp.down_proj.weight', 'transpose'),
+    'attn_norm/scale': ('input_layernorm.weight', 'same'),
+    'mlp_norm/scale': ('post_attention_layernorm.weight', 'same'),
+}
+GLOBAL_TENSORS = {
+    'final_norm/scale': ('model.norm.weight', 'same'),
+    'embedding': ('model.embed_tokens.weight', 'same'),
+    'head': ('lm_head.weight', 'transpose'),
+}
+
+
+def hf_name(name: str) -> str:
+  """The Hugging Face tensor of an ncalm per-layer parameter name."""
+  if name in GLOBAL_TENSORS:
+    return GLOBAL_TENSORS[name][0]
+  layer, rest = name.split('/', 1)
+  return _LAYER.format(int(layer[len('layers_'):])) + LAYER_TENSORS[rest][0]
+
+
+def _kind(name: str) -> str:
+  return GLOBAL_TENSORS[name][1] if name in GLOBAL_TENSORS else LAYER_TENSORS[name.split('/', 1)[1]][1]
+
+
+def to_hf(name: str, x: np.ndarray) -> np.ndarray:
+  """ncalm layout → Hugging Face layout (a new contiguous array)."""
+  kind = _kind(name)
+  if kind == 'in_heads':             # [E, H, D] → [H·D, E]
+    x = x.reshape(x.shape[0], -1).T
+  elif kind == 'out_heads':          # [H, D, E] → [E, H·D]
+    x = x.reshape(-1, x.shape[-1]).T
+  elif kind == 'transpose':
+    x = x.T
+  return np.ascontiguousarray(x)
+
+
+def from_hf(name: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """Hugging Face layout → ncalm layout of `shape` (the inverse of `to_hf`)."""
+  kind = _kind(name)
+  if kind == 'in_heads':
+    x = x.T.reshape(shape)
+  elif kind == 'out_heads':
+    x = x.T.reshape(shape)
+  elif kind == 'transpose':
+    x = x.T
+  return np.ascontiguousarray(x)
+
+
+def hf_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The Hugging Face shape of an ncalm parameter of `shape`."""
+  kind = _kind(name)
+  if kind == 'in_heads':
+    return (shape[1] * shape[2], shape[0])
+  if kind == 'out_heads':
+    return (shape[2], shape[0] * shape[1])
+  if kind == 'transpose':
+    return tuple(reversed(shape))
+  return tuple(shape)
+
+
+def per_layer_names(num_layers: int) -> list[str]:
+  return [*GLOBAL_TENSORS, *(f'layers_{i}/{rest}' for i in range(num_layers) for rest in LAYER_TENSORS)]
+
+
+# ------------------------------------------------------------------------ config
+
+
+def model_fields(model: dict) -> dict:
+  """A config's model section with ModelConfig's defaults for the fields it leaves out
+  (rope_theta, norm_eps, ...)."""
+  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.ModelConfig)}
+  return {**defaults, **model}
+
+
+def llama_config(model: dict, vocab_size: int, eot_id: int | None = None) -> dict:
+  """config.json of `LlamaForCausalLM` for an ncalm model section (a dict of the config's
+  `model` fields, plus max_len)."""
+  model = model_fields(model)
+  heads = model['num_heads']
+  return {
+      'architectures': ['LlamaForCausalLM'],
+      'model_type': 'llama',
+      'vocab_size': vocab_size,
+      'hidden_size': model['d_model'],
+      'intermediate_size': model['mlp_dim'],
+      'num_hidden_layers': model['num_layers'],
+      'num_attention_heads': heads,
+      'num_key_value_heads': heads,          # ncalm has no grouped-query attention
+      'head_dim': model['d_model'] // heads,
+      'hidden_act': 'silu',
+      'max_position_embeddings': model['max_len'],
+      'rms_norm_eps': model['norm_eps'],
+      'rope_theta': model['rope_theta'],     # transformers 4.x; 5.x reads rope_parameters
+      'rope_parameters': {'rope_type': 'default', 'rope_theta': model['rope_theta']},
+      'rope_scaling': None,
+      'attention_bias': False,
+      'mlp_bias': False,
+      'attention_dropout': 0.0,
+      'tie_word_embeddings': False,
+      'initializer_range': model.get('init_std', 0.02),
+      'bos_token_id': eot_id,
+      'eos_token_id': eot_id,
+      'pad_token_id': None,
+      'torch_dtype': 'float32',
+      'use_cache': True,
+  }
+
+
+def check_config(source: str, hf: dict, model: dict) -> None:
+  """Refuses a Hugging Face config that ncalm's model cannot compute as written."""
+  model = model_fields(model)
+  def refuse(what: str, fix: str):
+    raise errors.UserError(f'init.from_run={source!r}: {what}; {fix}.')
+
+  if hf.get('model_type') not in ('llama', None):
+    refuse(f'model_type is {hf.get("model_type")!r}', 'only Llama checkpoints load into ncalm')
+  heads = hf.get('num_attention_heads')
+  if heads != model['num_heads']:
+    refuse(f'num_attention_heads={heads} there but model.num_heads={model["num_heads"]}',
+           f'set model.num_heads={heads}')
+  kv = hf.get('num_key_value_heads', heads)
+  if kv != heads:
+    refuse(f'num_key_value_heads={kv} (grouped-query attention)',
+           'ncalm has one key/value head per query head, so it cannot load this model')
+  for field, want in (('hidden_act', 'silu'), ('attention_bias', False), ('mlp_bias', False)):
+    if hf.get(field, want) != want:
+      refuse(f'{field}={hf.get(field)!r}', f'ncalm computes {field}={want!r} only')
+  rope = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
+  if rope.get('rope_type', rope.get('type', 'default')) != 'default':
+    refuse(f'rope scaling {rope}', 'ncalm computes plain rotary embeddings only')
+  theta = rope.get('rope_theta', hf.get('rope_theta', 10_000.0))
+  if float(theta) != float(model['rope_theta']):
+    refuse(f'rope_theta={theta} there but model.rope_theta={model["rope_theta"]}',
+           f'set model.rope_theta={theta}')
+  eps = hf.get('rms_norm_eps', 1e-6)
+  if float(eps) != float(model['norm_eps']):
+    refuse(f'rms_norm_eps={eps} there but model.norm_eps={model["norm_eps"]}',
+           f'set model.norm_eps={eps}')
+
+
+# ------------------------------------------------------------------ safetensors
+
+
+def _header(path: str) -> tuple[dict, int]:
+  with open(path, 'rb') as f:
+    (size,) = struct.unpack('<Q', f.read(8))
+    header = json.loads(f.read(size))
+  header.pop('__metadata__', None)
+  return header, 8 + size
+
+
+def tensor_files(directory: str) -> dict[str, str]:
+  """{tensor name: file} of a Hugging Face checkpoint directory (one file or an index)."""
+  index = os.path.join(directory, INDEX_FILE)
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f)['weight_map']
+    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
+  single = os.path.join(directory, WEIGHTS_FILE)
+  if not os.path.exists(single):
+    raise errors.UserError(f'{directory!r} holds neither {WEIGHTS_FILE} nor {INDEX_FILE}: '
+                           'name a Hugging Face checkpoint directory (as save_pretrained or '
+                           '`python -m ncalm.export_hf` write it).')
+  return {name: single for name in _header(single)[0]}
+
+
+def shapes(files: dict[str, str]) -> dict[str, tuple[int, ...]]:
+  """{tensor name: shape} from the files' headers alone."""
+  out, headers = {}, {}
+  for name, path in files.items():
+    if path not in headers:
+      headers[path] = _header(path)[0]
+    out[name] = tuple(headers[path][name]['shape'])
+  return out
+
+
+def read_safetensors(path: str, names=None) -> dict[str, np.ndarray]:
+  """{name: array} of the tensors `names` (all if None) in one safetensors file, memory-mapped
+  (F32, F16, BF16, F64)."""
+  header, offset = _header(path)
+  data = np.memmap(path, np.uint8, mode='r')
+  out = {}
+  for name in (names if names is not None else header):
+    entry = header[name]
+    if entry['dtype'] not in SAFETENSORS_DTYPES:
+      raise errors.UserError(f'{path}: tensor {name!r} has dtype {entry["dtype"]}; ncalm reads '
+                             f'{list(SAFETENSORS_DTYPES)}.')
+    start, end = entry['data_offsets']
+    out[name] = data[offset + start:offset + end].view(
+        SAFETENSORS_DTYPES[entry['dtype']]).reshape(entry['shape'])
+  return out
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  safetensors_numpy.save_file(tensors, path, metadata={'format': 'pt'})
+
+
+# --------------------------------------------------------------------- reading
+
+
+def match_llama(source: str, want: dict[str, tuple[int, ...]], model: dict):
+  """(tensor files, {ncalm name: Hugging Face tensor}, tied) for the names in `want` (their
+  ncalm shapes) in the checkpoint `hf:DIR`, from its config and file headers alone; refuses
+  a config or a tensor that does not match, naming the tensor and both shapes."""
+  model = model_fields(model)
+  directory = source[len('hf:'):]
+  if not os.path.isdir(directory):
+    raise errors.UserError(f'init.from_run={source!r}: {directory!r} is not a directory; name a '
+                           'Hugging Face checkpoint directory after "hf:".')
+  config_path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise errors.UserError(f'init.from_run={source!r} has no {CONFIG_FILE}: name a Hugging '
+                           'Face checkpoint directory.')
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  check_config(source, hf_config, model)
+  files = tensor_files(directory)
+  got = shapes(files)
+  layers = hf_config.get('num_hidden_layers')
+  if layers != model['num_layers']:
+    raise errors.UserError(
+        f'init.from_run={source!r} has {layers} layers but model.num_layers='
+        f'{model["num_layers"]}: set model.num_layers={layers}.')
+  tied = hf_config.get('tie_word_embeddings', False) and 'lm_head.weight' not in got
+  plan = {}
+  for name, shape in sorted(want.items()):
+    tensor = 'model.embed_tokens.weight' if (name == 'head' and tied) else hf_name(name)
+    expected = tuple(reversed(shape)) if (name == 'head' and tied) else hf_shape(name, shape)
+    if tensor not in got:
+      raise errors.UserError(f'init.from_run={source!r} has no tensor {tensor!r} (for ncalm\'s '
+                             f'{name}): it is not a Llama checkpoint of this layout.')
+    if got[tensor] != expected:
+      raise errors.UserError(
+          f'init.from_run={source!r}: tensor {tensor!r} has shape {got[tensor]} there but this '
+          f'config needs {expected} (model: d_model={model["d_model"]}, num_heads='
+          f'{model["num_heads"]}, mlp_dim={model["mlp_dim"]}, vocab {want.get("embedding", ("?",))[0]}); '
+          'set the model section to the checkpoint\'s (and, for the embedding and head, '
+          'model.vocab_size), or keep init.embedding="normal" to draw them anew.')
+    plan[name] = tensor
+  return files, plan, tied
+
+
+def read_llama(source: str, want: dict[str, tuple[int, ...]], model: dict) -> dict[str, np.ndarray]:
+  """{ncalm per-layer name: float32 array} for the names in `want` (`match_llama` checks)."""
+  files, plan, tied = match_llama(source, want, model)
+  out = {}
+  for path in sorted(set(files[t] for t in plan.values())):
+    names = [t for t in set(plan.values()) if files[t] == path]
+    arrays = read_safetensors(path, names)
+    for name, tensor in plan.items():
+      if tensor in arrays:
+        x = arrays[tensor].astype(np.float32)
+        tied_head = name == 'head' and tied   # the embedding [V, E] read as the head [E, V]
+        out[name] = np.ascontiguousarray(x.T) if tied_head else from_hf(name, x, want[name])
+  return out
+
+
+def export_tensors(params: dict[str, Any]) -> dict[str, np.ndarray]:
+  """{Hugging Face name: float32 array} of ncalm params given by per-layer names."""
+  return {hf_name(name): to_hf(name, np.asarray(x, np.float32)) for name, x in params.items()}

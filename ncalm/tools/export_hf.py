@@ -1,0 +1,143 @@
+"""Export a run's model as a Hugging Face `LlamaForCausalLM` checkpoint.
+
+    python -m ncalm.export_hf --workdir=RUN [--step=N] --out=DIR
+
+DIR gets `config.json`, `model.safetensors` (float32), the tokeniser files where the run
+reads text with a tokeniser it can find (ncalm/hf_tokenizer.py), and `ncalm_export.json`
+(the run, step and config it came from). `transformers`, vLLM and lm-evaluation-harness
+read DIR as a Llama model:
+
+    LlamaForCausalLM.from_pretrained(DIR)        # same logits as ncalm, float32
+
+and ncalm reads it back with `--config.init.from_run=hf:DIR --config.init.embedding=keep`.
+The checkpoint is restored read-only and checked against its checksums; the newest intact
+one is used unless --step names one. The files are written beside DIR and renamed into
+place when all are complete, so a killed export leaves no half-written DIR.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from ncalm import cli
+from ncalm import errors
+from ncalm import files
+from ncalm import hf_llama
+from ncalm import hf_tokenizer
+from ncalm import transfer
+from ncalm import workdir as workdir_lib
+from ncalm.data import prepare
+from ncalm.data import tokenizers
+
+EXPORT_INFO = 'ncalm_export.json'
+
+
+def run_config(workdir: str) -> dict:
+  """The config a run was made with (its run_config.json)."""
+  path = os.path.join(workdir, workdir_lib.RUN_CONFIG_NAME)
+  if not os.path.exists(path):
+    raise errors.UserError(f'--workdir={workdir!r} is not an ncalm workdir (no '
+                           f'{workdir_lib.RUN_CONFIG_NAME}): name the --workdir of a '
+                           '`python -m ncalm.main` run.')
+  with open(path) as f:
+    return transfer.nest(json.load(f)['config'], '.')   # {'model.d_model': 32, ...}
+
+
+def per_layer(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Stacked ('layers/...', [L, ...]) parameters split into per-layer names."""
+  out = {}
+  for name, x in params.items():
+    if name.startswith('layers/'):
+      rest = name[len('layers/'):]
+      out.update({f'layers_{i}/{rest}': x[i] for i in range(x.shape[0])})
+    else:
+      out[name] = x
+  return out
+
+
+def tokenizer_spec(config: dict) -> str | None:
+  """The run's tokeniser spec, or None (not a text run, or its dataset is gone)."""
+  text = config['data']['text']
+  if config['data']['source'] != 'text':
+    return None
+  if text.get('tokenizer'):
+    return text['tokenizer']
+  try:
+    return prepare.read_meta(text['path'])['tokenizer']
+  except errors.UserError:
+    return None
+
+
+def export(workdir: str, out: str, step: int = 0) -> dict:
+  """Writes the Hugging Face checkpoint of `workdir` into `out`; returns the export info."""
+  config = run_config(workdir)
+  if os.path.exists(out) and os.listdir(out):
+    raise errors.UserError(f'--out={out!r} exists and is not empty: name a new directory (an '
+                           'export never overwrites one).')
+  mesh = jax.make_mesh((1,), ('replica',), devices=jax.devices()[:1])
+  params, step = transfer.read_run_params(
+      transfer.RunRef(workdir, step, field='--workdir', step_field='--step'), mesh)
+  params = per_layer({name: np.asarray(jax.device_get(x)) for name, x in params.items()})
+  model = dict(config['model'], max_len=config['seq_len'])
+  vocab = params['embedding'].shape[0]
+  spec = tokenizer_spec(config)
+  tok = None
+  if spec:
+    try:
+      tok = tokenizers.load(spec)
+    except errors.UserError as e:
+      logging.warning('The tokeniser is not exported: %s', e)
+      spec = None
+  staging = out.rstrip('/') + files.TMP_SUFFIX
+  shutil.rmtree(staging, ignore_errors=True)   # left by a killed export
+  os.makedirs(staging)
+  try:
+    hf_llama.write_safetensors(os.path.join(staging, hf_llama.WEIGHTS_FILE),
+                               hf_llama.export_tensors(params))
+    with open(os.path.join(staging, hf_llama.CONFIG_FILE), 'w') as f:
+      json.dump(hf_llama.llama_config(model, vocab, tok.eot_id if tok else None), f, indent=1)
+    tokenizer_files = hf_tokenizer.write(spec, staging, config['seq_len']) if spec else []
+    info = dict(workdir=os.path.abspath(workdir), step=step, tokenizer=spec,
+                tokenizer_files=tokenizer_files, vocab_size=vocab, config=config,
+                data=('text' if spec else config['data']['source']))
+    with open(os.path.join(staging, EXPORT_INFO), 'w') as f:
+      json.dump(info, f, indent=1)
+    if os.path.exists(out):
+      os.rmdir(out)   # empty (checked above)
+    os.replace(staging, out)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return info
+
+
+# ---------------------------------------------------------------------------- CLI
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The run to export (its --workdir).')
+_STEP = flags.DEFINE_integer('step', 0, 'Checkpoint step; 0 = the newest intact one.')
+_OUT = flags.DEFINE_string('out', None, 'New directory for the Hugging Face checkpoint.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
+  info = export(_WORKDIR.value, _OUT.value, _STEP.value)
+  tok = (f'tokeniser {info["tokenizer"]} ({", ".join(info["tokenizer_files"])})'
+         if info['tokenizer'] else f'no tokeniser (a {info["data"]} run)')
+  print(f'Exported {info["workdir"]} step {info["step"]} to {os.path.abspath(_OUT.value)}: '
+        f'LlamaForCausalLM, vocabulary {info["vocab_size"]}, {tok}.')
+
+
+def command() -> None:
+  flags.mark_flags_as_required(['workdir', 'out'])
+  cli.run(main)
+
+
+if __name__ == '__main__':
+  command()
