@@ -296,6 +296,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
     transfer.check_stage1(transfer.plan(cfg), setup.abstract_state.params, workdir)
   is_host0 = jax.process_index() == 0
   workdir_lib.check_writable(workdir)
+  workdir_lib.check_shared(workdir)
   lock = workdir_lib.Lock(workdir, enabled=is_host0)
   _on_process_0(lock.acquire)
   try:

@@ -1,7 +1,7 @@
 """A run's workdir: writable, used by one run at a time, and bound to one experiment.
 
   * `check_writable` fails at start-up, before any work, if the workdir cannot be made
-    or written.
+    or written; `check_shared`, in a multi-host run, if the hosts do not all see it.
   * `Lock` lets one run use a workdir at a time: `.ncalm.lock` is created exclusively
     at start (by process 0, on storage every host sees) and removed at exit. A lock
     left by a process that died on this host is recognised and taken over with a
@@ -25,7 +25,10 @@ import sys
 import time
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from ncalm import config_lib
 from ncalm import errors
@@ -57,6 +60,32 @@ def check_writable(workdir: str) -> None:
     raise errors.UserError(
         f'workdir {workdir!r} cannot be written ({e.strerror or e}): choose a --workdir '
         'this user can create and write, or fix its permissions.') from None
+
+
+def check_shared(workdir: str) -> None:
+  """In a multi-process run, proves that every process sees the same workdir: process 0
+  writes a file named by a token all processes share, and each looks for it. A workdir on
+  each host's own disk would give each host its own checkpoints, and a resume that differs
+  per host."""
+  if jax.process_count() == 1:
+    return
+  token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.randint(2**31 - 1))))
+  probe = os.path.join(workdir, f'.shared_check.{token}')
+  if jax.process_index() == 0:
+    with open(probe, 'w') as f:
+      f.write(socket.gethostname())
+  multihost_utils.sync_global_devices('ncalm_shared_check_written')
+  seen = multihost_utils.process_allgather(np.int32(os.path.exists(probe)))
+  multihost_utils.sync_global_devices('ncalm_shared_check_read')
+  if jax.process_index() == 0:
+    os.remove(probe)
+  blind = [i for i, s in enumerate(np.asarray(seen).reshape(-1)) if not s]
+  if blind:
+    raise errors.UserError(
+        f'workdir {workdir!r} is not shared: process(es) {blind} of {jax.process_count()} do not '
+        f'see the file process 0 ({socket.gethostname() if jax.process_index() == 0 else "another host"}) '
+        'wrote there. A multi-host run needs a --workdir on storage every host sees: a bucket '
+        'mounted on every host (gcsfuse) or an NFS share (launch/README.md).')
 
 
 # ---------------------------------------------------------------------- the lock

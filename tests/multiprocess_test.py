@@ -175,5 +175,24 @@ class TwoProcessTest(absltest.TestCase):
       np.testing.assert_array_equal(gate, reference['layers']['mlp']['gate'])
 
 
+class UnsharedWorkdirTest(absltest.TestCase):
+
+  def test_processes_that_do_not_share_the_workdir_are_refused(self):
+    root = self.create_tempdir().full_path
+    coordinator = [f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
+    logs = [os.path.join(root, f'process_{i}.log') for i in (0, 1)]
+    procs = {i: start_main(os.path.join(root, f'own_{i}'), logs[i], 1,
+                           [*coordinator, f'--process_id={i}']) for i in (0, 1)}
+    self.addCleanup(lambda: [p.kill() for p in procs.values() if p.poll() is None])
+    codes = {i: proc.wait(timeout=TIMEOUT_S) for i, proc in procs.items()}  # both refuse
+    self.assertEqual(codes, {0: 2, 1: 2})
+    for log in logs:
+      with open(log) as f:
+        self.assertRegex(' '.join(f.read().split()), r"workdir '.*own_\d' is not shared: process\(es\) \[1\] of 2 "
+                         r'do not see the file process 0')
+    for i in (0, 1):   # refused before anything was written
+      self.assertEqual(os.listdir(os.path.join(root, f'own_{i}')), [])
+
+
 if __name__ == '__main__':
   absltest.main()
