@@ -166,6 +166,35 @@ class MeshOverrideTest(absltest.TestCase):
       dryrun.check_config(cfg, 'configs/nca_164m.py')
 
 
+class RequireFitTest(absltest.TestCase):
+  """--require_fit: the config's own mesh must fit; the error names the mesh that would."""
+
+  def test_the_config_mesh_must_fit_and_the_error_names_the_fix(self):
+    cfg = paper_config()
+    self.assertEqual(dryrun.fit_problem(cfg, 'v5p-32'), '')
+    self.assertEqual(dryrun.fit_problem(cfg, 'h100x8'), '')
+    self.assertEqual(
+        dryrun.fit_problem(cfg, 'v4-32'),   # 91% of HBM: 'tight' is not enough
+        'TPU v4-32: config.mesh data=16 fsdp=1 tensor=1 needs 91% of HBM per device (fits: '
+        'tight; yes is <= 90%); this mesh fits: --config.mesh.data=8 --config.mesh.fsdp=2 '
+        '--config.mesh.tensor=1 (the "use" row, 49% of HBM).')
+    cfg.mesh.update(data=-1, fsdp=2)        # ... and with that mesh it passes
+    self.assertEqual(dryrun.fit_problem(cfg, 'v4-32'), '')
+
+  def test_a_mesh_that_cannot_lay_out_or_run(self):
+    cfg = paper_config()
+    cfg.mesh.update(data=4, fsdp=4)
+    self.assertEqual(dryrun.fit_problem(cfg, 'h100x8'),
+                     '8xH100-80GB: config.mesh data=4 fsdp=4 tensor=1 needs 16 devices; '
+                     '8xH100-80GB has 8; this mesh fits: --config.mesh.data=8 '
+                     '--config.mesh.fsdp=1 --config.mesh.tensor=1 (the "use" row, 38% of HBM).')
+    self.assertRegex(dryrun.fit_problem(paper_config(), 'v5p-128'),
+                     r'^TPU v5p-128: config.mesh data=64 fsdp=1 tensor=1 cannot run: .* not '
+                     r'divisible by the 64 data-parallel devices .*; this mesh fits: '
+                     r'--config.mesh.data=16 --config.mesh.fsdp=1 --config.mesh.tensor=4 '
+                     r'--config.model.vocab_size=10112 \(')
+
+
 class ChecksTest(absltest.TestCase):
 
   def test_lowering_the_train_step_allocates_nothing(self):

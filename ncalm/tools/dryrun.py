@@ -3,6 +3,7 @@
     python -m ncalm.dryrun --config=configs/nca_164m.py
     python -m ncalm.dryrun --config=configs/nca_164m.py --targets=h100x1,v5p-32
     python -m ncalm.dryrun --config=configs/nca_164m.py --aot=v4-32 --libtpu=/path/libtpu.so
+    python -m ncalm.dryrun --config=configs/nca_164m.py --targets=v5p-32 --nolower --require_fit
 
 Nothing is allocated. For each target the table shows the config's own mesh, the
 all-fsdp mesh and, when the config's mesh does not fit, the mesh to use instead;
@@ -10,6 +11,9 @@ all-fsdp mesh and, when the config's mesh does not fit, the mesh to use instead;
 ncalm/footprint.py says what is counted per device. A config mesh of fixed sizes
 (e.g. --config.mesh.data=4 --config.mesh.fsdp=4) lays out only on targets with that many
 devices: on the others its row says so and is skipped (the fsdp and use rows remain).
+`--require_fit` (for launch/tpu.sh --check_fit, before paying for a slice) exits 2 unless
+the config, with its own mesh, runs and fits on every target; the one-paragraph error names
+the mesh that would (`fit_problem`).
 
 Checks: the real train step is lowered on this host's devices with abstract inputs
 (`lower_train_step`), and, given libtpu, compiled ahead of time for a TPU topology from
@@ -233,6 +237,38 @@ def mesh_mismatch(cfg: ml_collections.ConfigDict, target: perf.Target | str) -> 
           f'{target.num_devices}')
 
 
+def _mesh_text(mesh: dict, prefix: str = '') -> str:
+  return ' '.join(f'{prefix}{a}={n}' for a, n in mesh.items())
+
+
+def fit_problem(cfg: ml_collections.ConfigDict, target: perf.Target | str,
+                mfu: float = 0.4) -> str:
+  """'' when the config runs on the target with its own mesh (the mesh the run will use)
+  within footprint.FIT_FRACTION of HBM ('yes' in the fits column), else one sentence:
+  what is wrong and the flags of the mesh to use instead (the 'use' row), if any fits."""
+  target = perf.TARGETS[target] if isinstance(target, str) else target
+  rows = {row: (p, note) for row, p, note in target_rows(cfg, target, mfu)}
+  own, why = rows['config']
+  if own is None:
+    problem = why.removeprefix('skipped: ')
+  elif own['problems']:
+    problem = f'config.mesh {_mesh_text(own["mesh"])} cannot run: ' + '; '.join(
+        q.rstrip('.') for q in own['problems'])
+  elif own['fits'] != 'yes':
+    problem = (f'config.mesh {_mesh_text(own["mesh"])} needs {own["hbm_fraction"]:.0%} of HBM '
+               f'per device (fits: {own["fits"]}; yes is <= {footprint.FIT_FRACTION:.0%})')
+  else:
+    return ''
+  use, note = rows.get('use', (None, ''))
+  if use is None:
+    return f'{target.label}: {problem}; no mesh of its devices fits ({note or "see the table"}).'
+  fix = _mesh_text(use['mesh'], '--config.mesh.')
+  if use['vocab_size'] != footprint.model_config(cfg).vocab_size:
+    fix += f' --config.model.vocab_size={use["vocab_size"]}'
+  return (f'{target.label}: {problem}; this mesh fits: {fix} (the "use" row, '
+          f'{use["hbm_fraction"]:.0%} of HBM).')
+
+
 def target_rows(cfg: ml_collections.ConfigDict, target: perf.Target | str,
                 mfu: float = 0.4) -> list[tuple[str, dict | None, str]]:
   """`footprint.target_rows`, except that a config mesh the target's devices cannot hold
@@ -381,6 +417,10 @@ _COMPILE = flags.DEFINE_bool('compile', False, 'Also compile the lowered step fo
                               'and report the compile time (minutes for the paper\'s size).')
 _AOT = flags.DEFINE_string('aot', '', 'TPU targets to compile the train step for ahead of '
                            'time, target[:config|fsdp|use]; needs libtpu (see --libtpu).')
+_REQUIRE_FIT = flags.DEFINE_bool('require_fit', False, 'Exit 2 after the table unless the '
+                                  'config with its own mesh runs and fits ("yes", not "tight") '
+                                  'on every target; the error names the mesh that would '
+                                  '(launch/tpu.sh --check_fit).')
 _LIBTPU = flags.DEFINE_string('libtpu', '', 'libtpu.so, or a folder holding it (default: '
                               '$TPU_LIBRARY_PATH, then the libtpu package).')
 
@@ -411,6 +451,10 @@ def main(argv):
         'nothing allocated\n')
   print(format_table(cfg, _TARGETS.value, _MFU.value))
   print(flush=True)
+  if _REQUIRE_FIT.value:
+    problems = [p for p in (fit_problem(cfg, t, _MFU.value) for t in _TARGETS.value) if p]
+    if problems:
+      raise errors.UserError('--require_fit: ' + ' '.join(problems))
   if _LOWER.value:
     r = lower_train_step(cfg, compile_step=_COMPILE.value)
     mesh = ' '.join(f'{a}={n}' for a, n in r['mesh'].items())
