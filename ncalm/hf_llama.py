@@ -87,9 +87,7 @@ def to_hf(name: str, x: np.ndarray) -> np.ndarray:
 def from_hf(name: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """Hugging Face layout → ncalm layout of `shape` (the inverse of `to_hf`)."""
   kind = _kind(name)
-  if kind == 'in_heads':
-    x = x.T.reshape(shape)
-  elif kind == 'out_heads':
+  if kind in ('in_heads', 'out_heads'):
     x = x.T.reshape(shape)
   elif kind == 'transpose':
     x = x.T
@@ -106,10 +104,6 @@ def hf_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   if kind == 'transpose':
     return tuple(reversed(shape))
   return tuple(shape)
-
-
-def per_layer_names(num_layers: int) -> list[str]:
-  return [*GLOBAL_TENSORS, *(f'layers_{i}/{rest}' for i in range(num_layers) for rest in LAYER_TENSORS)]
 
 
 # ------------------------------------------------------------------------ config
@@ -283,10 +277,9 @@ def match_llama(source: str, want: dict[str, tuple[int, ...]], model: dict):
     if got[tensor] != expected:
       raise errors.UserError(
           f'init.from_run={source!r}: tensor {tensor!r} has shape {got[tensor]} there but this '
-          f'config needs {expected} (model: d_model={model["d_model"]}, num_heads='
-          f'{model["num_heads"]}, mlp_dim={model["mlp_dim"]}, vocab {want.get("embedding", ("?",))[0]}); '
-          'set the model section to the checkpoint\'s (and, for the embedding and head, '
-          'model.vocab_size), or keep init.embedding="normal" to draw them anew.')
+          f'config needs {expected}; set the model section (d_model, mlp_dim; model.vocab_size '
+          'for the embedding and head) to the checkpoint\'s, or, for the embedding and head, '
+          'keep init.embedding="normal" to draw them anew.')
     plan[name] = tensor
   return files, plan, tied
 

@@ -80,7 +80,7 @@ def export(workdir: str, out: str, step: int = 0) -> dict:
   if os.path.exists(out) and os.listdir(out):
     raise errors.UserError(f'--out={out!r} exists and is not empty: name a new directory (an '
                            'export never overwrites one).')
-  mesh = jax.make_mesh((1,), ('replica',), devices=jax.devices()[:1])
+  mesh = jax.make_mesh((1,), ('replica',), devices=jax.devices('cpu')[:1])  # host memory
   params, step = transfer.read_run_params(
       transfer.RunRef(workdir, step, field='--workdir', step_field='--step'), mesh)
   params = per_layer({name: np.asarray(jax.device_get(x)) for name, x in params.items()})
