@@ -119,23 +119,32 @@ def export(workdir: str, out: str, step: int = 0) -> dict:
 
 # ---------------------------------------------------------------------------- CLI
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run to export (its --workdir).')
-_STEP = flags.DEFINE_integer('step', 0, 'Checkpoint step; 0 = the newest intact one.')
-_OUT = flags.DEFINE_string('out', None, 'New directory for the Hugging Face checkpoint.')
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The command's flags (defined when it runs, so its module imports anywhere)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('workdir', None, 'The run to export (its --workdir).', **fv)
+  flags.DEFINE_integer('step', 0, 'Checkpoint step; 0 = the newest intact one.', **fv)
+  flags.DEFINE_string('out', None, 'New directory for the Hugging Face checkpoint.', **fv)
 
 
-def main(argv):
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  fv = flag_values
   if len(argv) > 1:
     raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
-  info = export(_WORKDIR.value, _OUT.value, _STEP.value)
+  for name in ('workdir', 'out'):
+    if fv[name].value is None:
+      raise errors.UserError(f'--{name} is missing: python -m ncalm.export_hf --workdir=RUN '
+                             '[--step=N] --out=DIR.')
+  info = export(fv.workdir, fv.out, fv.step)
   tok = (f'tokeniser {info["tokenizer"]} ({", ".join(info["tokenizer_files"])})'
          if info['tokenizer'] else f'no tokeniser (a {info["data"]} run)')
-  print(f'Exported {info["workdir"]} step {info["step"]} to {os.path.abspath(_OUT.value)}: '
+  print(f'Exported {info["workdir"]} step {info["step"]} to {os.path.abspath(fv.out)}: '
         f'LlamaForCausalLM, vocabulary {info["vocab_size"]}, {tok}.')
 
 
 def command() -> None:
-  flags.mark_flags_as_required(['workdir', 'out'])
+  """`python -m ncalm.export_hf` (or `-m ncalm.tools.export_hf`)."""
+  define_flags()
   cli.run(main)
 
 
