@@ -32,34 +32,14 @@ from ncalm import config_lib
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  c = config_lib.base_config()      # every field, commented
-  c.data.source = 'text'
-  c.data.text.path = ''             # set on the command line: the prepared DATA_DIR
-  c.data.text.tokenizer = 'tiktoken:gpt2'  # the paper's GPT-2 BPE (50,257 ids → 50,304)
-  c.train_steps = 17_200            # 17.2k × 512 × 1,024 = 9.0B tokens
-  c.global_batch = 512
-  c.model.update(d_model=2048, num_layers=24, num_heads=32, mlp_dim=8192, dtype='bfloat16')
-  c.optim.update(name='adamw', lr=5e-4, weight_decay=1e-4, clip_norm=1.0,
-                 schedule='warmup_cosine', warmup_steps=1720, final_lr=0.0)  # warmup 10%
-  c.grad_accum = 16                 # 32 sequences per micro-batch
-  c.eval_every = 1000
-  c.eval_batches = 8
-  c.checkpoint_every = 1000
-
+  if variant not in ('', 'cpu'):
+    raise ValueError(f'Unknown variant {variant!r} of text_web: use "" or "cpu".')
+  c = config_lib.load_file(f'text_code.py{":" + variant if variant else ""}', __file__)
+  c.optim.weight_decay = 1e-4       # as code's otherwise: model, batch, data format, schedule
   if variant == 'cpu':
     c.data.text.path = '/tmp/ncalm_data/kjv'
     c.data.text.tokenizer = '/tmp/ncalm_data/kjv_bpe4096.json'
-    c.seq_len = 256
-    c.train_steps = 300
-    c.global_batch = 8
-    c.grad_accum = 1
-    c.model.update(d_model=128, num_layers=2, num_heads=4, mlp_dim=512, dtype='float32',
-                   remat='none', attn_dropout=0.0)
-    c.optim.update(lr=3e-3, warmup_steps=30)
-    c.log_every = 10
-    c.eval_every = 100
-    c.eval_batches = 8
-    c.checkpoint_every = 100
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r} of text_web: use "" or "cpu".')
+  else:
+    c.train_steps = 17_200            # 17.2k × 512 × 1,024 = 9.0B tokens
+    c.optim.update(lr=5e-4, warmup_steps=1720)  # warmup 10%
   return c
