@@ -69,7 +69,9 @@ def hf_name(name: str) -> str:
 
 
 def _kind(name: str) -> str:
-  return GLOBAL_TENSORS[name][1] if name in GLOBAL_TENSORS else LAYER_TENSORS[name.split('/', 1)[1]][1]
+  if name in GLOBAL_TENSORS:
+    return GLOBAL_TENSORS[name][1]
+  return LAYER_TENSORS[name.split('/', 1)[1]][1]
 
 
 def to_hf(name: str, x: np.ndarray) -> np.ndarray:

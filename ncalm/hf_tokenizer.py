@@ -92,8 +92,9 @@ def byte_level_bpe(ranks: dict[bytes, int], special: dict[str, int], pattern: st
 
 def from_tiktoken(encoding):
   """The byte-level BPE `tokenizers.Tokenizer` equivalent to a `tiktoken.Encoding`."""
-  return byte_level_bpe(encoding._mergeable_ranks, dict(encoding._special_tokens),  # pylint: disable=protected-access
-                        encoding._pat_str)  # pylint: disable=protected-access
+  # pylint: disable=protected-access  (tiktoken has no public accessors for these)
+  return byte_level_bpe(encoding._mergeable_ranks, dict(encoding._special_tokens),
+                        encoding._pat_str)
 
 
 def write(spec: str, out_dir: str, max_length: int) -> list[str]:
@@ -115,8 +116,9 @@ def write(spec: str, out_dir: str, max_length: int) -> list[str]:
       byte_level_bpe({bytes([b]): b for b in range(256)}, {eot: tokenizers.BYTES_EOT_ID},
                      None).save(os.path.join(out_dir, TOKENIZER_JSON))
     else:
-      encoding = tokenizers._import('tiktoken').get_encoding(spec.split(':', 1)[1])  # pylint: disable=protected-access
-      from_tiktoken(encoding).save(os.path.join(out_dir, TOKENIZER_JSON))
+      tiktoken = tokenizers._import('tiktoken')  # pylint: disable=protected-access
+      from_tiktoken(tiktoken.get_encoding(spec.split(':', 1)[1])).save(
+          os.path.join(out_dir, TOKENIZER_JSON))
     config = {'tokenizer_class': 'PreTrainedTokenizerFast'}
     written = [TOKENIZER_JSON]
   config.update(bos_token=eot, eos_token=eot, model_max_length=max_length,

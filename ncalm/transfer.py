@@ -2,9 +2,10 @@
 
 `init.from_run` names a finished (or checkpointed) stage-1 workdir, or `hf:DIR`, a
 Hugging Face Llama checkpoint (ncalm/hf_llama.py; `init.embedding='keep'` loads all of it).
-As in the published code (docs/method.md §5), every transformer block and norm is kept, the final norm too,
-and the input embedding and output head are drawn anew for the new vocabulary. The
-ablations re-initialise or freeze module groups over a half-open layer range:
+As in the published code (docs/method.md §5), every transformer block and norm is kept,
+the final norm too, and the input embedding and output head are drawn anew for the new
+vocabulary. The ablations re-initialise or freeze module groups over a half-open layer
+range:
 
   attention   attn/{query,key,value,out}   per layer
   mlp         mlp/{gate,up,down}           per layer
