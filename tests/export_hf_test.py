@@ -25,15 +25,11 @@ from ncalm.data import tokenizers
 from ncalm.tools import export_hf
 import text_train_test
 import tokenizers_test
+from transfer_test import flat   # {name: numpy array} of a params tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The model of configs/nca_164m.py:cpu, on a small text corpus with the bytes tokeniser.
 CPU_MODEL = dict(d_model=128, num_layers=2, num_heads=4, mlp_dim=512)
-
-
-def flat(tree) -> dict[str, np.ndarray]:
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
-  return {jax.tree_util.keystr(p, simple=True, separator='/'): np.asarray(v) for p, v in leaves}
 
 
 def run_config(data_dir, **model):
@@ -101,7 +97,7 @@ class ExportImportTest(absltest.TestCase):
     return flat(train.transferred_state(setup, jax.random.PRNGKey(0), workdir).params)
 
   def stacked(self):
-    return {k: v for k, v in flat(self.params).items()}
+    return flat(self.params)
 
   def test_export_then_import_is_the_identity(self):
     self.assertEqual(
