@@ -1,13 +1,13 @@
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))  # test helpers: published_reference, testdata
 
-# JAX's persistent compilation cache, for this process and the runs it starts: the suite
-# compiles the same tiny programs many times (each run of the loop makes new jitted
-# functions), and a hit costs milliseconds where a compile costs seconds. Set before any
-# test module imports jax; entries are keyed by the program, the flags and the devices.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), 'ncalm_test_jax_cache'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+import xla_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Set before any test module imports jax; the runs the tests start inherit them.
+for _name, _value in xla_env.compilation_cache_env().items():
+  os.environ.setdefault(_name, _value)
+_flags = os.environ.get('XLA_FLAGS', '')
+if xla_env.OPT_LEVEL_FLAG not in _flags:
+  os.environ['XLA_FLAGS'] = f'{_flags} {xla_env.OPT_LEVEL_FLAG}={xla_env.SUITE_OPT_LEVEL}'.strip()

@@ -25,18 +25,11 @@ from ncalm import checkpoint
 from ncalm import metrics
 from ncalm import train
 import tiny_config
+import xla_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'tests', 'tiny_config.py')
 TIMEOUT_S = 600
-
-
-def compilation_cache_env() -> dict[str, str]:
-  """JAX's persistent compilation cache, kept between test runs (entries are keyed by
-  program and jax version); set JAX_COMPILATION_CACHE_DIR to choose the folder."""
-  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-      tempfile.gettempdir(), 'ncalm_test_jax_cache')
-  return {'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
 
 
 def free_port() -> int:
@@ -48,10 +41,7 @@ def free_port() -> int:
 def start_main(workdir: str, log: str, local_devices: int, extra=()) -> subprocess.Popen:
   """`python -m ncalm.main` on the tiny config with `local_devices` CPU devices; its
   output goes to the file `log`."""
-  env = {**os.environ, **compilation_cache_env(), 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)
-  if local_devices > 1:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={local_devices}'
+  env = xla_env.child_env(local_devices)
   cmd = [sys.executable, '-m', 'ncalm.main', f'--config={CONFIG}', f'--workdir={workdir}',
          *extra]
   with open(log, 'w') as f:

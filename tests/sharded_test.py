@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 
+import xla_env
+
 CHILD_FLAG = '--child'
 DEVICE_COUNT = 8
-XLA_FLAGS = f'--xla_force_host_platform_device_count={DEVICE_COUNT}'
 if __name__ == '__main__' and CHILD_FLAG in sys.argv:
-  os.environ['XLA_FLAGS'] = XLA_FLAGS  # before jax is imported
+  os.environ['XLA_FLAGS'] = xla_env.xla_flags(DEVICE_COUNT)  # before jax is imported
 
 from absl.testing import absltest  # pylint: disable=g-import-not-at-top
 import flax.linen as nn
@@ -58,14 +59,6 @@ SHARDED = ('data', 'fsdp', 'data_fsdp_tensor', 'data_tensor4')
 # One child per core; the compile work is about even.
 CHILD_TASKS = (('single', 'single_other_data', 'data', 'errors'),
                ('fsdp', 'data_fsdp_tensor', 'data_tensor4', 'splash'))
-
-
-def compilation_cache_env() -> dict[str, str]:
-  """JAX's persistent compilation cache, kept between test runs (entries are keyed by
-  program and jax version); set JAX_COMPILATION_CACHE_DIR to choose the folder."""
-  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-      tempfile.gettempdir(), 'ncalm_test_jax_cache')
-  return {'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
 
 
 # ------------------------------------------------------------------- the child
@@ -204,7 +197,7 @@ def child_main(out_dir: str, tasks: list[str]) -> None:
 
 def run_children(out_dir: str) -> None:
   """Runs the child tasks, one process per group of CHILD_TASKS, all at once."""
-  env = {**os.environ, **compilation_cache_env(), 'XLA_FLAGS': XLA_FLAGS, 'JAX_PLATFORMS': 'cpu'}
+  env = xla_env.child_env(DEVICE_COUNT)
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), CHILD_FLAG, out_dir,
                              *tasks], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -11,13 +11,15 @@ import subprocess
 import sys
 import tempfile
 
+import xla_env
+
 CHILD_FLAG = '--child'
 GLOBAL_BATCH = 6
 SEQ_LEN = 32
 STEPS = (0, 1, 7)
 
 if __name__ == '__main__' and CHILD_FLAG in sys.argv:
-  os.environ.pop('XLA_FLAGS', None)
+  os.environ['XLA_FLAGS'] = xla_env.xla_flags(1)  # one device, before jax is imported
   os.environ['JAX_PLATFORMS'] = 'cpu'
 
 from absl.testing import absltest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -67,7 +69,7 @@ class TwoProcessTextFeedTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp()
     cls.data_dir = text_train_test.make_corpus(os.path.join(cls.tmp, 'corpus'))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env = xla_env.child_env(1)
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), CHILD_FLAG, cls.tmp,
                                cls.data_dir, str(i), str(port)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

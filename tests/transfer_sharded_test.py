@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 
+import xla_env
+
 CHILD_FLAG = '--child'
-XLA_FLAGS = '--xla_force_host_platform_device_count=8'
+DEVICE_COUNT = 8
 if __name__ == '__main__' and CHILD_FLAG in sys.argv:
-  os.environ['XLA_FLAGS'] = XLA_FLAGS  # before jax is imported
+  os.environ['XLA_FLAGS'] = xla_env.xla_flags(DEVICE_COUNT)  # before jax is imported
 
 from absl.testing import absltest  # pylint: disable=g-import-not-at-top
 import jax
@@ -82,8 +84,7 @@ class TransferAcrossDeviceCountsTest(absltest.TestCase):
     super().setUpClass()
     cls.out_dir = tempfile.mkdtemp()
     cls.addClassCleanup(shutil.rmtree, cls.out_dir, ignore_errors=True)
-    env = {**os.environ, **sharded_test.compilation_cache_env(), 'XLA_FLAGS': XLA_FLAGS,
-           'JAX_PLATFORMS': 'cpu'}
+    env = xla_env.child_env(DEVICE_COUNT)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), CHILD_FLAG, cls.out_dir],
                           env=env, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode:
