@@ -13,14 +13,31 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import tensorboardX
-from tensorboardX.proto import event_pb2
 
 from ncalm import files
+
+
+def _import_tensorboardx():
+  """tensorboardX without PyTorch: its writer imports torch whenever torch is installed
+  (2.5 s a process), only to accept torch tensors, which ncalm never passes."""
+  hide_torch = 'torch' not in sys.modules
+  if hide_torch:
+    sys.modules['torch'] = None  # `import torch` raises ImportError
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  finally:
+    if hide_torch:
+      del sys.modules['torch']
+  return tensorboardX, event_pb2
+
+
+tensorboardX, event_pb2 = _import_tensorboardx()
 
 JSONL_NAME = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
