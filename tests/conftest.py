@@ -8,6 +8,4 @@ import xla_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Set before any test module imports jax; the runs the tests start inherit them.
 for _name, _value in xla_env.compilation_cache_env().items():
   os.environ.setdefault(_name, _value)
-_flags = os.environ.get('XLA_FLAGS', '')
-if xla_env.OPT_LEVEL_FLAG not in _flags:
-  os.environ['XLA_FLAGS'] = f'{_flags} {xla_env.OPT_LEVEL_FLAG}={xla_env.SUITE_OPT_LEVEL}'.strip()
+os.environ['XLA_FLAGS'] = xla_env.xla_flags(device_count=None)
