@@ -26,8 +26,9 @@ from ncalm import hashing
 
 # Attention without dropout (evaluation, or model.attn_dropout=0): 'plain' is
 # `causal_attention` below; 'dot_product' is jax.nn.dot_product_attention (cuDNN's fused
-# kernel on GPU, XLA elsewhere); 'splash' is the Pallas splash-attention kernel (TPU; run
-# in interpret mode on other backends, for tests). Training with dropout is always plain.
+# kernel on GPU in bf16/fp16, see `dot_product_implementation`; XLA elsewhere); 'splash' is
+# the Pallas splash-attention kernel (TPU; run in interpret mode on other backends, for
+# tests). Training with dropout is always plain.
 ATTENTION_KINDS = ('plain', 'dot_product', 'splash')
 
 REMAT_POLICIES = {
@@ -182,6 +183,27 @@ def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: 
   return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
 
 
+def _platform() -> str:
+  """The platform the current computation is placed on: the mesh's devices, else the
+  default backend ('cpu', 'gpu', 'tpu')."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
+
+def dot_product_implementation(q_BLHD: jax.Array, mask) -> str | None:
+  """`implementation` for jax.nn.dot_product_attention: 'cudnn' (the fused flash kernel) on
+  a GPU for bf16/fp16 inputs without a document mask, else None (XLA's composition).
+
+  None never picks cuDNN by itself (jax's default is XLA), so it is asked for by name;
+  cuDNN takes only half-precision inputs and head dims up to 128, multiples of 8.
+  """
+  head_dim = q_BLHD.shape[-1]
+  if (_platform() in ('gpu', 'cuda') and mask is None
+      and q_BLHD.dtype in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0):
+    return 'cudnn'
+  return None
+
+
 def _splash_kernel(heads: int, length: int, interpret: bool):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
   block = min(512, length)
@@ -202,8 +224,7 @@ def splash_attention(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL=None):
   """
   head_dim = q_BLHD.shape[-1]
   mesh = jax.sharding.get_abstract_mesh()
-  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
-  interpret = platform != 'tpu'
+  interpret = _platform() != 'tpu'
 
   def local(q, k, v, segments):
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
@@ -240,7 +261,8 @@ class Attention(nn.Module):
     if cfg.attention == 'dot_product' and not dropout:
       mask = None if segment_ids_BL is None else (
           segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)  # cuDNN on GPU
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                         implementation=dot_product_implementation(q, mask))
     elif cfg.attention == 'splash' and not dropout:
       out = splash_attention(q, k, v, segment_ids_BL)
     else:

@@ -52,6 +52,9 @@ class Target:
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target('h100x1', '1xH100-80GB', 'H100', 'NVIDIA H100 80GB HBM3', 1, 79.6, 8),
     Target('h100x8', '8xH100-80GB', 'H100', 'NVIDIA H100 80GB HBM3', 8, 79.6, 8),
+    Target('h200x1', '1xH200-141GB', 'H200', 'NVIDIA H200', 1, 140.4, 8,
+           note='143,771 MiB as nvidia-smi reads it; JAX takes 75% unless '
+                'XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise'),
     Target('v4-32', 'TPU v4-32', 'v4', 'TPU v4', 16, 32, 4, 'v4:2x2x4', True,
            '32 TensorCores = 16 chips; a device is a chip (megacore)'),
     Target('v5e-16', 'TPU v5e-16', 'v5e', 'TPU v5 lite', 16, 16, 4, 'v5e:4x4', False,

@@ -116,8 +116,8 @@ class MeshOverrideTest(absltest.TestCase):
     skipped = [line for line in table.splitlines() if 'skipped' in line]
     self.assertEqual(skipped, [
         f'    ! skipped: config.mesh data=4 fsdp=4 tensor=1 needs 16 devices; {label} has {n}'
-        for label, n in (('1xH100-80GB', 1), ('8xH100-80GB', 8), ('TPU v5e-256', 256),
-                         ('TPU v5p-128', 64))])
+        for label, n in (('1xH100-80GB', 1), ('8xH100-80GB', 8), ('1xH200-141GB', 1),
+                         ('TPU v5e-256', 256), ('TPU v5p-128', 64))])
     for target in perf.TARGETS.values():
       for row in ('config', 'fsdp'):
         self.assertRegex(table, re.compile(

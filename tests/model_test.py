@@ -1,4 +1,6 @@
 """The Llama-style decoder: shapes, causality, RoPE, scan/remat equivalence, counts."""
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import flax.linen as nn
@@ -171,6 +173,24 @@ class ModelTest(parameterized.TestCase):
       ('dot_product', 'tpu', 'dot_product'))
   def test_attention_choice_per_backend(self, choice, backend, kind):
     self.assertEqual(config_lib.attention_kind(choice, backend), kind)
+
+  @parameterized.parameters(
+      ('cpu', 1024, 4), ('gpu', 1024, 4), ('tpu', 1024, 1), ('gpu', 76, 1), ('cpu', 128, 1))
+  def test_attention_blocks_per_backend(self, backend, seq_len, blocks):
+    self.assertEqual(config_lib.default_attention_blocks(seq_len, backend), blocks)
+
+  def test_dot_product_asks_for_cudnn_on_gpu_in_half_precision(self):
+    # jax.nn.dot_product_attention's default implementation is XLA's, never cuDNN's: the
+    # model must ask for cuDNN by name where it applies (bf16/fp16, no document mask).
+    q_bf16 = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
+    mask = jnp.ones((1, 1, 8, 8), bool)
+    with mock.patch.object(model_lib, '_platform', return_value='gpu'):
+      self.assertEqual(model_lib.dot_product_implementation(q_bf16, None), 'cudnn')
+      self.assertIsNone(model_lib.dot_product_implementation(q_bf16.astype(jnp.float32), None))
+      self.assertIsNone(model_lib.dot_product_implementation(q_bf16, mask))
+      self.assertIsNone(model_lib.dot_product_implementation(
+          jnp.zeros((1, 8, 2, 256), jnp.bfloat16), None))
+    self.assertIsNone(model_lib.dot_product_implementation(q_bf16, None))  # on this CPU
 
   def test_logits_at(self):
     model = model_lib.Transformer(CFG)

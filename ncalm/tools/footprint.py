@@ -215,7 +215,7 @@ def plan(cfg: ml_collections.ConfigDict, target: perf.Target | str, mesh: dict |
   flops = perf.flops_per_token(m, cfg.seq_len)
   tokens = cfg.global_batch * cfg.seq_len
   peak = perf.peak_flops(target.device_kind)
-  step_s = flops * tokens / (target.num_devices * peak * mfu)
+  step_s = flops * tokens / (target.num_devices * peak * mfu) if peak else math.nan
   fraction = total / hbm
   return dict(
       target=target.name, label=target.label, num_devices=target.num_devices,
