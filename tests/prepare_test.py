@@ -5,6 +5,7 @@ code, copied into a temporary directory so that the truth is known), a byte-leve
 on them with `ncalm.tools.tokenizer.train_bpe`, and synthetic files for the bad cases.
 """
 import collections
+import errno
 import glob
 import io
 import json
@@ -22,6 +23,7 @@ from absl.testing import absltest
 import numpy as np
 
 from ncalm import errors
+from ncalm import workdir
 from ncalm.data import prepare
 from ncalm.data import tokenizers
 from ncalm.tools import prepare as prepare_cli
@@ -41,6 +43,22 @@ def _write(path: str, data: bytes | str) -> str:
 def _read_split(out: str, split: str) -> tuple[list[np.ndarray], dict]:
   source, meta = prepare.open_split(out, split)
   return [source[i]['tokens'] for i in range(len(source))], meta
+
+
+def _descendants(pid: int) -> set[int]:
+  """The processes started by process `pid` and by them, from /proc."""
+  parents = {}
+  for entry in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        parents[int(entry)] = int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+      continue
+  found, level = set(), {pid}
+  while level:
+    level = {child for child, parent in parents.items() if parent in level} - found
+    found |= level
+  return found
 
 
 class PrepareTest(absltest.TestCase):
@@ -70,6 +88,29 @@ class PrepareTest(absltest.TestCase):
   def assertNothingLeft(self, out: str):
     self.assertFalse(os.path.exists(out))
     self.assertEqual(glob.glob(glob.escape(out) + '.*'), [])
+
+  def start_prepare_reading_fifo(self, inputs: str, out: str, *flags: str):
+    """`python -m ncalm.prepare` on `inputs` and then a new FIFO, once it reads the FIFO (whose
+    writing end stays open until the test ends: prepare waits there)."""
+    fifo = os.path.join(self.dir, 'fifo.txt')
+    os.mkfifo(fifo)
+    self.addCleanup(os.remove, fifo)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'ncalm.prepare', f'--input={inputs},{fifo}', '--tokenizer=bytes',
+         f'--out={out}', '--validation_fraction=0.2', *flags],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:  # opening the FIFO for writing succeeds once prepare opens it to read
+      try:
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, writer)
+        return proc
+      except OSError:
+        if proc.poll() is not None:
+          self.fail(f'prepare ended before reading the FIFO: {proc.communicate()}')
+        if time.monotonic() > deadline:  # a hang guard, not a speed check
+          self.fail('prepare never opened the FIFO for reading')
+        time.sleep(0.01)
 
   def test_corpus_is_there(self):
     self.assertGreater(len(self.paths), 30)
@@ -235,6 +276,8 @@ class PrepareTest(absltest.TestCase):
     _write(os.path.join(self.dir, 'empty', 'b.txt'), b'')
     _write(os.path.join(self.dir, 'binary', 'a.bin'), b'\x00\x01\x02')
     os.makedirs(os.path.join(self.dir, 'nothing'))
+    link = os.path.join(self.dir, 'link')
+    os.symlink(os.path.join(self.dir, 'nothing'), link)
     few = os.path.join(self.dir, 'few')
     for i in range(3):
       _write(os.path.join(few, f'{i}.txt'), f'text {i}')
@@ -265,6 +308,8 @@ class PrepareTest(absltest.TestCase):
         (dict(inputs=few, out=self.corpus, overwrite=True),
          f"--out='{self.corpus}' is not a dataset made by ncalm.prepare"),
         (dict(inputs=few, out=few + '/0.txt'), 'is a file'),
+        (dict(inputs=few, out=link), f"--out='{link}' is a symbolic link; give the folder it "
+                                     f"points to, --out='{os.path.realpath(self.dir)}/nothing'."),
     ]
     for kwargs, message in cases:
       kwargs = {'tokenizer': 'bytes', 'out': out, 'workers': 1, **kwargs}
@@ -361,29 +406,12 @@ class PrepareTest(absltest.TestCase):
     self.assertNothingLeft(out)
 
     # SIGKILL while the dataset is half written: prepare blocks reading a FIFO after the corpus.
-    fifo = os.path.join(self.dir, 'fifo.txt')
-    os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'ncalm.prepare', f'--input={self.corpus},{fifo}',
-         '--tokenizer=bytes', f'--out={out}', '--workers=1', '--validation_fraction=0.2'],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while True:  # opening the FIFO for writing succeeds once prepare opens it to read
-      try:
-        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # held open: prepare waits to read
-        break
-      except OSError:
-        if proc.poll() is not None:
-          self.fail(f'prepare ended before reading the FIFO: {proc.communicate()}')
-        if time.monotonic() > deadline:  # a hang guard, not a speed check
-          self.fail('prepare never opened the FIFO for reading')
-        time.sleep(0.01)
+    proc = self.start_prepare_reading_fifo(self.corpus, out, '--workers=1')
     left = glob.glob(out + '.incomplete-*')
     self.assertLen(left, 1)
     self.assertTrue(glob.glob(os.path.join(left[0], 'ncalm_text-train.array_record-*')))
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    os.close(writer)
     self.assertFalse(os.path.exists(out))
     self.assertEqual(glob.glob(out + '.incomplete-*'), left)
     with self.assertRaises(errors.UserError) as raised:
@@ -399,11 +427,134 @@ class PrepareTest(absltest.TestCase):
       prepare.prepare(self.corpus, 'bytes', out, workers=1)
     self.assertIn(f'{alive!r} belongs to another prepare', str(raised.exception))
     os.rename(alive, left[0])
-    os.remove(fifo)
     report = prepare.prepare(self.corpus, 'bytes', out, workers=1, validation_fraction=0.2)
     self.assertEqual(glob.glob(out + '.*'), [])
     self.assertEqual(sum(s['documents'] for s in report.meta['splits'].values()),
                      sum(1 for t in self.texts if t))
+
+  def test_a_killed_prepare_leaves_no_process_behind(self):
+    # Two workers (the input is over CHUNK_BYTES), one of them waiting on the FIFO.
+    big = _write(os.path.join(self.dir, 'big.txt'), ''.join(self.texts) * 3)
+    self.assertGreater(os.path.getsize(big), prepare.CHUNK_BYTES)
+    proc = self.start_prepare_reading_fifo(big, os.path.join(self.dir, 'out'), '--workers=2')
+    children = _descendants(proc.pid)  # the workers and multiprocessing's resource tracker
+    self.assertGreaterEqual(len(children), 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()  # not communicate(): workers left running would hold its pipes open
+    deadline = time.monotonic() + 10
+    while any(map(workdir.process_alive, children)) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    alive = [p for p in children if workdir.process_alive(p)]
+    for pid in alive:  # not left to the rest of the suite
+      os.kill(pid, signal.SIGKILL)
+    self.assertEqual(alive, [])
+    proc.communicate()
+
+  def test_out_filled_while_preparing_is_not_replaced_without_overwrite(self):
+    first = os.path.join(self.dir, 'first')
+    prepare.prepare(self.paths[:10], 'bytes', first, validation_fraction=0.3, workers=1)
+    out = os.path.join(self.dir, 'out')
+    claim = prepare._claim_temp_dir
+
+    def claim_then_fill(out_dir):  # another prepare into --out finishes first
+      tmp = claim(out_dir)
+      shutil.copytree(first, out_dir)
+      return tmp
+
+    with mock.patch.object(prepare, '_claim_temp_dir', claim_then_fill):
+      with self.assertRaises(errors.UserError) as raised:
+        prepare.prepare(self.paths[10:20], 'bytes', out, validation_fraction=0.3, workers=1)
+    kept = glob.glob(out + '.*')
+    self.assertLen(kept, 1)
+    self.assertEqual(str(raised.exception),
+                     f"--out='{out}' was filled while this prepare ran (by another prepare into "
+                     'it?) and --overwrite was not given: it is left as it is, and the dataset '
+                     f"this prepare made is in '{kept[0]}'; use it from there, move it, or "
+                     'delete it.')
+    self.assertEqual(prepare.read_meta(out), prepare.read_meta(first))
+    self.assertEqual(_read_split(kept[0], 'train')[1]['inputs'], self.paths[10:20])
+
+  def test_a_killed_overwrite_is_undone_by_the_next_prepare(self):
+    out = os.path.join(self.dir, 'out')
+    old = prepare.prepare(self.paths[:10], 'bytes', out, validation_fraction=0.3, workers=1)
+    # Killed between the two renames of --overwrite (no handler runs, as with SIGKILL).
+    killed = subprocess.run([sys.executable, '-c', f"""if True:
+        import os
+        from ncalm.data import prepare
+        rename = os.rename
+        def rename_or_die(src, dst):
+          if dst == {out!r} and {prepare.INCOMPLETE!r} in src and not os.path.exists(dst):
+            os._exit(9)
+          rename(src, dst)
+        os.rename = rename_or_die
+        prepare.prepare({self.paths[10:20]!r}, 'bytes', {out!r}, validation_fraction=0.3,
+                        workers=1, overwrite=True)
+        """], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    self.assertEqual(killed.returncode, 9, killed.stderr)
+    self.assertFalse(os.path.exists(out))
+    aside, new = glob.glob(out + '.old-*'), glob.glob(out + '.incomplete-*')
+    self.assertEqual((len(aside), len(new)), (1, 1))
+    with self.assertRaisesRegex(errors.UserError, 'a prepare that replaced it was killed: the '
+                                f"previous dataset is in '{aside[0]}', and the next prepare"):
+      prepare.read_meta(out)
+    # The next prepare, even one that is refused, puts the old dataset back first ...
+    missing = os.path.join(self.dir, 'missing.txt')
+    with self.assertRaisesRegex(errors.UserError, 'no such file'):
+      prepare.prepare(missing, 'bytes', out, workers=1, overwrite=True)
+    self.assertEqual(prepare.read_meta(out), old.meta)
+    self.assertEqual(glob.glob(out + '.*'), [])
+    # ... and, killed after the new dataset was in place, deletes the old one moved aside.
+    shutil.copytree(out, aside[0])
+    with self.assertRaisesRegex(errors.UserError, 'no such file'):
+      prepare.prepare(missing, 'bytes', out, workers=1, overwrite=True)
+    self.assertEqual(prepare.read_meta(out), old.meta)
+    self.assertEqual(glob.glob(out + '.*'), [])
+
+  def test_an_out_that_cannot_be_renamed_is_refused_before_the_work(self):
+    out = os.path.join(self.dir, 'out')
+    os.makedirs(out)
+    rename = os.rename
+
+    def rename_but_out(src, dst):  # as for a mount point
+      if src == out:
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src)
+      rename(src, dst)
+
+    # An immutable folder, which not even root may rename, where chattr +i can be set.
+    immutable = shutil.which('chattr') and not subprocess.run(
+        ['chattr', '+i', out], capture_output=True, check=False).returncode
+    if immutable:
+      self.addCleanup(subprocess.run, ['chattr', '-i', out], check=True)
+    progress = []
+    with mock.patch.object(os, 'rename', rename if immutable else rename_but_out):
+      with self.assertRaises(errors.UserError) as raised:
+        prepare.prepare(self.paths[:10], 'bytes', out, validation_fraction=0.3, workers=1,
+                        progress=lambda *args: progress.append(args))
+    self.assertStartsWith(str(raised.exception), f"--out='{out}': renaming '{out}' failed (")
+    self.assertIn('not a mount point', str(raised.exception))
+    self.assertEqual(progress, [])  # nothing was encoded
+    self.assertEqual(os.listdir(out), [])
+    self.assertEqual(glob.glob(out + '.*'), [])
+
+  def test_fingerprint(self):
+    fingerprints = {}
+    for name, paths, shard_mb in (('a', self.paths[:20], 512), ('same', self.paths[:20], 0.001),
+                                  ('other', self.paths[20:40], 512)):
+      out = os.path.join(self.dir, name)
+      meta = prepare.prepare(paths, self.bpe, out, validation_fraction=0.3, workers=1,
+                             shard_mb=shard_mb).meta
+      fingerprints[name] = prepare.dataset_fingerprint(out)
+      self.assertEqual(fingerprints[name], meta['fingerprint'])
+    self.assertRegex(fingerprints['a'], '^[0-9a-f]{64}$')
+    self.assertEqual(fingerprints['same'], fingerprints['a'])  # other paths and shards
+    self.assertNotEqual(fingerprints['other'], fingerprints['a'])
+    # A dataset prepared before fingerprints were written: computed from its records.
+    same = os.path.join(self.dir, 'same')
+    self.assertGreater(len(glob.glob(f'{same}/ncalm_text-train.array_record-*')), 1)
+    meta = prepare.read_meta(same)
+    del meta['fingerprint']
+    _write(os.path.join(same, prepare.META_FILE), json.dumps(meta))
+    self.assertEqual(prepare.dataset_fingerprint(same), fingerprints['a'])
 
   def test_readers_refuse_what_is_not_a_finished_dataset(self):
     out = os.path.join(self.dir, 'out')
@@ -491,6 +642,8 @@ class PrepareTest(absltest.TestCase):
                      rf'^read {len(self.paths)} files, 0.4 MB in [0-9.]+ s \([0-9.]+ MB/s, '
                      r'[0-9,]+ documents/s\) with 1 worker$')
     self.assertStartsWith(good.stdout.splitlines()[3], 'skipped 1 empty (no text) (e.g. ')
+    self.assertEqual(good.stdout.splitlines()[-1],
+                     f'dataset fingerprint {prepare.dataset_fingerprint(out)}')
     self.assertEqual(meta['tokenizer'], self.bpe)
     self.assertEqual(bad.returncode, errors.EXIT_USER_ERROR, bad.stderr)
     self.assertEqual(' '.join(bad.stderr.split()),

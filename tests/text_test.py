@@ -1,11 +1,16 @@
 """The text feed: windows of the document stream, per-epoch shuffling as a pure function of
-(seed, row), this process's rows, global batches, and the feed inside a training run."""
+(seed, row), this process's rows, global batches, a damaged dataset file, and the feed inside a
+training run."""
+import glob
+import os
 
 from absl.testing import absltest
 import jax
 import numpy as np
 
+from ncalm import errors
 from ncalm import sharding
+from ncalm.data import prepare
 from ncalm.data import text
 
 EOT = 99
@@ -102,6 +107,38 @@ class WindowsTest(absltest.TestCase):
         self.assertEqual(sorted(prefetcher.pending), [step + 1, step + 2])
     finally:
       prefetcher.close()
+
+
+class DamagedDatasetTest(absltest.TestCase):
+
+  def test_a_damaged_file_is_a_user_error_naming_it_from_the_prefetch_thread(self):
+    corpus = self.create_tempdir('corpus')
+    for i in range(12):
+      corpus.create_file(f'{i:02d}.txt', f'document {i}: ' + 'lorem ipsum dolor ' * 10)
+    damages = {'truncated': lambda data: data[:-1],  # an interrupted copy
+               'bit-flipped': lambda data: data[:120] + bytes([data[120] ^ 4]) + data[121:]}
+    for damage, change in damages.items():  # byte 120: in the first record (after 64 of header)
+      with self.subTest(damage):
+        data_dir = os.path.join(self.create_tempdir(damage).full_path, 'data')
+        prepare.prepare(corpus.full_path, 'bytes', data_dir, validation_fraction=0.3, workers=1)
+        shard, = glob.glob(os.path.join(data_dir, 'ncalm_text-train.array_record-*'))
+        with open(shard, 'rb') as f:
+          data = f.read()
+        with open(shard, 'wb') as f:
+          f.write(change(data))
+        feed = text.open_feed(data_dir, 'train', 16, 0, shuffle=False)  # window 0: record 0
+        mesh = sharding.make_mesh(dict(data=1), jax.devices()[:1])
+        prefetcher = text.Prefetcher(feed, sharding.batch_sharding(mesh), 4)
+        try:
+          with self.assertRaises(errors.UserError) as raised:
+            prefetcher.batch(0)
+        finally:
+          prefetcher.close()
+        message = str(raised.exception)
+        self.assertStartsWith(message, f'{shard!r} of the dataset {data_dir!r} cannot be read (')
+        self.assertIn('it is damaged', message)
+        self.assertEndsWith(message, f'prepare it again with '
+                                     f'`{prepare.PREPARE_HINT.format(data_dir)}`.')
 
 
 if __name__ == '__main__':

@@ -39,7 +39,20 @@ and a SentencePiece BPE trained with SENTENCEPIECE_LOSSLESS_OPTIONS). A stretch 
 without such a space is cut where it ends; ids there may differ, the decoded text does not.
 
 The dataset is written into a sibling `DIR.incomplete-HOST-PID` and renamed onto DIR once
-complete; a folder left by a killed prepare on this host is removed by the next one.
+complete. That rename is refused when DIR has been filled since start-up (another prepare
+into it finished first) unless `overwrite`; the dataset made is then kept in
+`DIR.prepared-HOST-PID` and named in the error. `overwrite` moves the old dataset aside to
+`DIR.old-HOST-PID`, renames the new one onto DIR, then deletes the old (its meta first, so a
+half-deleted one never looks complete). Every prepare first repairs what a killed prepare of
+DIR on this host left (`_repair`): an old dataset moved aside while DIR is missing is put
+back, the rest is removed. Before the work, prepare checks that DIR can be renamed (a mount
+point cannot). Workers end with the prepare that started them, even one killed by SIGKILL.
+
+`meta['fingerprint']` (`dataset_fingerprint`) is a SHA-256 of what defines the dataset: the
+tokeniser's fingerprint, the vocabulary, the counts per split and every record in order,
+digested as the records are written; it does not depend on paths, shards or options, so
+the same content always has the same fingerprint. A damaged ArrayRecord file (truncated,
+flipped bits) is reported when read as a UserError naming it.
 """
 from __future__ import annotations
 
@@ -47,7 +60,9 @@ import codecs
 import collections
 from concurrent import futures
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -58,9 +73,11 @@ import shutil
 import signal
 import socket
 import stat
+import threading
 import time
 from typing import Callable, Iterator, Sequence
 
+from absl import logging
 import numpy as np
 
 from ncalm import errors
@@ -89,6 +106,10 @@ SKIP_REASONS = {           # reason → what it means, for the summary
 }
 INCOMPLETE = '.incomplete-'
 REPLACED_OLD = '.old-'
+KEPT = '.prepared-'        # a finished dataset whose --out was filled by someone else meanwhile
+FINGERPRINTED = ('format', 'tokenizer_fingerprint', 'vocab_size', 'eot_id', 'token_dtype',
+                 'splits')  # the meta that, with the records, defines a dataset
+PR_SET_PDEATHSIG = 1       # linux/prctl.h
 PREPARE_HINT = 'python -m ncalm.prepare --input=FILES --tokenizer=SPEC --out={}'
 _GLOB_CHARS = re.compile(r'[*?[]')
 _CUT = re.compile(r'(?<=\S) (?=\S)')
@@ -112,9 +133,11 @@ def read_meta(data_dir: str) -> dict:
   """`DATA_DIR/ncalm_dataset.json`, once the directory is known to be a finished dataset."""
   make = PREPARE_HINT.format(data_dir)
   if not os.path.isdir(data_dir):
-    left = _leftovers(data_dir, INCOMPLETE)
-    why = (f' (a prepare into it did not finish: {left[0]!r} is left; run it again)'
-           if left else '')
+    old, left = _leftovers(data_dir, REPLACED_OLD), _leftovers(data_dir, INCOMPLETE)
+    why = (f' (a prepare that replaced it was killed: the previous dataset is in {old[0]!r}, '
+           'and the next prepare into it puts it back)' if old else
+           f' (a prepare into it did not finish: {left[0]!r} is left; run it again)' if left
+           else '')
     raise errors.UserError(f'data directory {data_dir!r} does not exist{why}; make it with '
                            f'`{make}`.')
   path = os.path.join(data_dir, META_FILE)
@@ -158,7 +181,81 @@ def open_split(data_dir: str, split: str):
             else f'its {split} files hold {info.num_examples:,} records, not {expected:,}')
     raise errors.UserError(f'data directory {data_dir!r} is incomplete: {what}; prepare it '
                            f'again with `{make}`.')
-  return builder.as_data_source(split=split), meta
+  return _Records(builder.as_data_source(split=split), data_dir,
+                  [os.fspath(p) for p in info.filepaths], info.shard_lengths), meta
+
+
+class _Records:
+  """A split's records (`records[i]['tokens']`); a damaged file is a UserError naming it."""
+
+  def __init__(self, source, data_dir: str, paths: list[str], shard_lengths: list[int]):
+    self.source, self.data_dir, self.paths = source, data_dir, paths
+    self.ends = np.cumsum(shard_lengths)  # record i is in the first shard whose end is > i
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    try:
+      return self.source[index]
+    except RuntimeError as error:  # Riegeli: a truncated file, a hash mismatch
+      shard = int(np.searchsorted(self.ends, index, side='right'))
+      raise _damaged(self.paths[min(shard, len(self.paths) - 1)], self.data_dir,
+                     error) from None
+
+
+def _damaged(path: str, data_dir: str, error: Exception) -> errors.UserError:
+  return errors.UserError(
+      f'{path!r} of the dataset {data_dir!r} cannot be read ('
+      f'{" ".join(str(error).split())[:200]}): it is damaged (truncated, e.g. by a full disk or '
+      'an interrupted copy, or with flipped bits) or was removed; prepare it again with '
+      f'`{PREPARE_HINT.format(data_dir)}`.')
+
+
+def dataset_fingerprint(data_dir: str) -> str:
+  """SHA-256 (hex) of the dataset's content: `meta['fingerprint']`, written by prepare; for a
+  dataset prepared before prepare wrote it, computed the same way by reading every record."""
+  meta = read_meta(data_dir)
+  if 'fingerprint' in meta:
+    return meta['fingerprint']
+  return _fingerprint(meta, {split: _split_digest(data_dir, split, meta['splits'][split])
+                             for split in meta['splits']})
+
+
+def _fingerprint(meta: dict, record_digests: dict[str, str]) -> str:
+  content = {**{key: meta[key] for key in FINGERPRINTED}, 'records': record_digests}
+  return hashlib.sha256(json.dumps(content, sort_keys=True).encode('utf-8')).hexdigest()
+
+
+def _add_record(digest, record: bytes) -> None:
+  """Adds a record to a split's digest (length-prefixed: records are not self-delimiting)."""
+  digest.update(len(record).to_bytes(8, 'little'))
+  digest.update(record)
+
+
+def _split_digest(data_dir: str, split: str, counts: dict, batch: int = 1024) -> str:
+  """The digest of a split's records in order, read back from its ArrayRecord files."""
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+  digest, read = hashlib.sha256(), 0
+  pattern = os.path.join(glob.escape(data_dir), f'{DATASET_NAME}-{split}.array_record-*-of-*')
+  for path in sorted(glob.glob(pattern)):
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      try:
+        count = reader.num_records()
+        for start in range(0, count, batch):
+          for record in reader.read(start, min(start + batch, count)):
+            _add_record(digest, record)
+      finally:
+        reader.close()
+    except RuntimeError as error:
+      raise _damaged(path, data_dir, error) from None
+    read += count
+  if read != counts['documents']:
+    raise errors.UserError(f'data directory {data_dir!r} is incomplete: its {split} files hold '
+                           f'{read:,} records, not {counts["documents"]:,}; prepare it again '
+                           f'with `{PREPARE_HINT.format(data_dir)}`.')
+  return digest.hexdigest()
 
 
 def document_lengths(data_dir: str, split: str) -> np.ndarray:
@@ -263,7 +360,7 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: str = '') -> list[_Inpu
     for path in _expand(entry):
       real = os.path.realpath(path)
       if real in seen or (exclude and (real == exclude or real.startswith(
-          (exclude + os.sep, exclude + INCOMPLETE, exclude + REPLACED_OLD)))):
+          (exclude + os.sep, exclude + INCOMPLETE, exclude + REPLACED_OLD, exclude + KEPT)))):
         continue
       seen.add(real)
       kind = 'jsonl' if path.endswith('.jsonl') else 'text'
@@ -588,11 +685,30 @@ class _Encoder:
 _WORKER: _Encoder | None = None
 
 
-def _init_worker(encoder: _Encoder) -> None:
+def _init_worker(encoder: _Encoder, parent: int) -> None:
   global _WORKER  # pylint: disable=global-statement
+  _end_with(parent)
   os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread per process: the pool is the
   signal.signal(signal.SIGINT, signal.SIG_IGN)    # parallelism; Ctrl-C is the parent's
   _WORKER = encoder
+
+
+def _end_with(parent: int) -> None:
+  """Ends this process when process `parent` ends, even by SIGKILL (which leaves a pool's
+  workers waiting for work forever, and with them multiprocessing's resource tracker)."""
+  # Linux sends SIGKILL once the thread that started this process ends (prepare's pool is
+  # started and shut down by one thread); elsewhere a thread looks every second.
+  prctl = getattr(ctypes.CDLL(None), 'prctl', None)
+  if prctl is None or prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL)) != 0:
+    threading.Thread(target=_end_when_orphaned, args=(parent,), daemon=True).start()
+  if os.getppid() != parent:  # it ended before prctl
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _end_when_orphaned(parent: int) -> None:
+  while os.getppid() == parent:
+    time.sleep(1)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def _work(chunk: _Chunk) -> _Result:
@@ -605,7 +721,7 @@ def _results(chunks: Iterator[_Chunk], encoder: _Encoder, workers: int) -> Itera
     yield from map(encoder, chunks)
     return
   context = multiprocessing.get_context('spawn')  # no fork of a process that has threads
-  pool = futures.ProcessPoolExecutor(workers, context, _init_worker, (encoder,))
+  pool = futures.ProcessPoolExecutor(workers, context, _init_worker, (encoder, os.getpid()))
   pending, finished = collections.deque(), False
   try:
     for chunk in chunks:
@@ -634,6 +750,7 @@ class _SplitWriter:
     self.directory, self.split, self.shard_bytes = directory, split, shard_bytes
     self.shard_lengths: list[int] = []
     self.documents = self.tokens = self.text_bytes = self.num_bytes = 0
+    self.digest = hashlib.sha256()  # of the records in order (`_fingerprint`)
     self._writer, self._shard_size = None, 0
     self._lengths = open(  # pylint: disable=consider-using-with
         self._path(f'lengths-{self.split}.tmp'), 'wb')
@@ -654,6 +771,7 @@ class _SplitWriter:
       self.shard_lengths.append(0)
       self._shard_size = 0
     self._writer.write(record)
+    _add_record(self.digest, record)
     self.shard_lengths[-1] += 1
     self._shard_size += len(record)
     self.num_bytes += len(record)
@@ -705,7 +823,7 @@ def prepare(inputs: str | Sequence[str], tokenizer: str, out_dir: str, *,
       or hf:NAME (module docstring).
     tokenizer: a spec of `tokenizers.load`.
     out_dir: the dataset directory; must not exist or be empty, unless `overwrite` (which
-      replaces only a dataset made by prepare).
+      replaces only a dataset made by prepare), when prepare starts and when it ends.
     text_field: the field holding the text in .jsonl lines and remote datasets.
     validation_fraction: the expected share of documents in validation, in (0, 1).
     seed: decides, with each document's text, which documents are in validation.
@@ -716,6 +834,8 @@ def prepare(inputs: str | Sequence[str], tokenizer: str, out_dir: str, *,
       input bytes in all, 0 when unknown).
   """
   start = time.perf_counter()
+  out_dir = os.path.normpath(out_dir)
+  _repair(out_dir)
   if not 0 < validation_fraction < 1:
     raise errors.UserError(f'--validation_fraction={validation_fraction} must be > 0 and < 1 '
                            '(e.g. 0.01): the dataset needs both a train and a validation split.')
@@ -726,7 +846,6 @@ def prepare(inputs: str | Sequence[str], tokenizer: str, out_dir: str, *,
     raise errors.UserError('--text_field is empty; name the field of the text in .jsonl lines.')
   workers = workers or default_workers()
   tok = tokenizers.load(tokenizer)
-  out_dir = os.path.normpath(out_dir)
   _check_out_dir(out_dir, overwrite)
   items = resolve_inputs(inputs, exclude=out_dir)
   remotes = {i.path: _Remote(i.path, text_field) for i in items if i.kind in ('tfds', 'hf')}
@@ -783,9 +902,10 @@ def prepare(inputs: str | Sequence[str], tokenizer: str, out_dir: str, *,
             'documents': len(replaced), 'replaced': sum(n for _, n in replaced),
             'examples': [{'where': p, 'replaced': n} for p, n in replaced[:EXAMPLES]]},
     }
+    meta['fingerprint'] = _fingerprint(meta, {w.split: w.digest.hexdigest() for w in writers})
     with open(os.path.join(tmp, META_FILE), 'w', encoding='utf-8') as f:
       f.write(json.dumps(meta, indent=2) + '\n')
-    _move_into_place(tmp, out_dir)
+    _move_into_place(tmp, out_dir, overwrite)
   except BaseException:
     for writer in writers:
       writer.abandon()
@@ -825,6 +945,9 @@ def _write_tfds_metadata(directory: str, vocab_size: int, writers: list[_SplitWr
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+  if os.path.islink(out_dir):  # the final rename would replace the link, not fill its target
+    raise errors.UserError(f'--out={out_dir!r} is a symbolic link; give the folder it points '
+                           f'to, --out={os.path.realpath(out_dir)!r}.')
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise errors.UserError(f'--out={out_dir!r} is a file; give a directory for the dataset.')
   if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -835,47 +958,98 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
       raise errors.UserError(f'--out={out_dir!r} is not a dataset made by ncalm.prepare (no '
                              f'{META_FILE}), so --overwrite will not delete it; give another '
                              '--out or empty it yourself.')
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  try:
-    os.makedirs(parent, exist_ok=True)
-  except OSError as error:
-    raise errors.UserError(f'--out={out_dir!r}: cannot create {parent!r} ({error.strerror}).'
-                           ) from None
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise errors.UserError(f'--out={out_dir!r}: {parent!r} is not writable; give another '
-                           '--out.')
 
 
 def _leftovers(out_dir: str, kind: str) -> list[str]:
   return sorted(glob.glob(glob.escape(out_dir) + kind + '*'))
 
 
-def _claim_temp_dir(out_dir: str) -> str:
-  """A fresh `out_dir.incomplete-HOST-PID`, once those of dead prepares here are removed."""
-  host = socket.gethostname()
-  for path in _leftovers(out_dir, INCOMPLETE) + _leftovers(out_dir, REPLACED_OLD):
-    owner = path[len(out_dir):].split('-', 1)[1]
-    owner_host, _, pid = owner.rpartition('-')
+def _sibling(out_dir: str, kind: str) -> str:
+  """`out_dir{kind}HOST-PID`: a folder beside `out_dir` that belongs to this prepare."""
+  return f'{out_dir}{kind}{socket.gethostname()}-{os.getpid()}'
+
+
+def _repair(out_dir: str) -> None:
+  """Undoes what killed prepares of `out_dir` on this host left: puts back the dataset an
+  --overwrite moved aside when `out_dir` holds none, and removes the rest; refuses while
+  another prepare of `out_dir` runs. Every prepare does this first, whatever follows."""
+  for path in _leftovers(out_dir, REPLACED_OLD) + _leftovers(out_dir, INCOMPLETE):
+    kind = REPLACED_OLD if path.startswith(out_dir + REPLACED_OLD) else INCOMPLETE
+    owner_host, _, pid = path[len(out_dir + kind):].rpartition('-')
     mine = pid.isdigit() and int(pid) == os.getpid()  # left by an earlier call here
-    if owner_host == host and pid.isdigit() and (mine or not workdir.process_alive(int(pid))):
-      shutil.rmtree(path, ignore_errors=True)  # left by a prepare that was killed
-    else:
+    if owner_host != socket.gethostname() or not pid.isdigit() or not (
+        mine or not workdir.process_alive(int(pid))):
+      fix = (f'rename it back to {out_dir!r} if {out_dir!r} is missing, else delete it'
+             if kind == REPLACED_OLD else 'delete the folder')
       raise errors.UserError(f'{path!r} belongs to another prepare of {out_dir!r} (process '
-                             f'{pid} on {owner_host}); wait for it to finish, or delete the '
-                             'folder if that prepare is no longer running.')
-  tmp = f'{out_dir}{INCOMPLETE}{host}-{os.getpid()}'
-  os.makedirs(tmp)
+                             f'{pid} on {owner_host}); wait for it to finish, or {fix} if that '
+                             'prepare is no longer running.')
+    if kind == REPLACED_OLD and os.path.exists(os.path.join(path, META_FILE)) and not \
+        os.path.exists(os.path.join(out_dir, META_FILE)):
+      try:
+        os.rename(path, out_dir)  # the swap did not finish: the old dataset goes back
+      except FileNotFoundError:  # put back by another prepare just now
+        continue
+      except OSError as error:
+        raise errors.UserError(
+            f'{path!r} holds the dataset that a killed prepare --overwrite moved aside from '
+            f'{out_dir!r}, and it cannot be put back ({error.strerror}): move {out_dir!r} '
+            f'away and rename {path!r} to {out_dir!r}.') from None
+      logging.warning('Put back the dataset %s, which a prepare --overwrite that was killed '
+                      'had moved aside to %s.', out_dir, path)
+    else:
+      _discard(path)
+
+
+def _discard(path: str) -> None:
+  """Deletes a folder, its meta first: a half-deleted dataset never looks complete."""
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(path, META_FILE))
+  shutil.rmtree(path, ignore_errors=True)
+
+
+def _claim_temp_dir(out_dir: str) -> str:
+  """A fresh `out_dir.incomplete-HOST-PID`, once it is known that the rename at the end can
+  replace `out_dir` (it cannot if it is a mount point or immutable, or its folder is read-only)."""
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  tmp, aside = _sibling(out_dir, INCOMPLETE), _sibling(out_dir, REPLACED_OLD)
+  step = f'creating {parent!r}'
+  try:
+    os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(out_dir):  # what the end does to it, now: moved aside (and back)
+      step = f'renaming {out_dir!r}'
+      os.rename(out_dir, aside)  # a kill here leaves it to `_repair`
+      os.rename(aside, out_dir)
+    step = f'creating {tmp!r}'
+    os.makedirs(tmp)
+  except OSError as error:
+    raise errors.UserError(
+        f'--out={out_dir!r}: {step} failed ({error.strerror}). prepare writes the dataset '
+        'beside --out and renames it onto --out once complete, so the folder holding --out '
+        'must be writable and --out, if it exists, renamable (not a mount point, not '
+        f'immutable); give another --out (e.g. a new folder inside {out_dir!r}).') from None
   return tmp
 
 
-def _move_into_place(tmp: str, out_dir: str) -> None:
-  """Renames the finished `tmp` onto `out_dir` (replacing a dataset there)."""
-  if os.path.isdir(out_dir) and os.listdir(out_dir):
-    old = f'{out_dir}{REPLACED_OLD}{socket.gethostname()}-{os.getpid()}'
-    os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
+def _move_into_place(tmp: str, out_dir: str, overwrite: bool) -> None:
+  """Renames the finished `tmp` onto `out_dir`; one filled since start-up is replaced only if
+  `overwrite` and a dataset, else left as it is, `tmp` kept beside it (UserError)."""
+  try:
+    os.rename(tmp, out_dir)  # atomic: replaces nothing or an empty folder, else fails
+    return
+  except OSError as error:
+    if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+      raise
+  if not overwrite or not os.path.exists(os.path.join(out_dir, META_FILE)):
+    kept = _sibling(out_dir, KEPT)
+    os.rename(tmp, kept)
+    why = ('--overwrite was not given' if not overwrite else
+           f'it holds no {META_FILE}, so it is not a dataset --overwrite may replace')
+    raise errors.UserError(
+        f'--out={out_dir!r} was filled while this prepare ran (by another prepare into it?) '
+        f'and {why}: it is left as it is, and the dataset this prepare made is in {kept!r}; '
+        'use it from there, move it, or delete it.')
+  old = _sibling(out_dir, REPLACED_OLD)
+  os.rename(out_dir, old)  # a kill from here ...
+  os.rename(tmp, out_dir)  # ... to here leaves `old` to be put back by `_repair`
+  _discard(old)

@@ -145,7 +145,8 @@ def to_global_batch(rows: np.ndarray, sharding, batch_size: int,
 
 
 class Prefetcher:
-  """Makes the host's rows of step t+1, t+2, ... in a background thread while step t runs."""
+  """Makes the host's rows of step t+1, t+2, ... in a background thread while step t runs;
+  what reading them raises (a damaged dataset file: a UserError) is raised by `batch`."""
 
   def __init__(self, feed: TextFeed, sharding, batch_size: int, depth: int = 2,
                document_masking: bool = False):

@@ -6,7 +6,9 @@
 
 Writes a tensorflow-datasets ArrayRecord dataset (splits train and validation, one record of
 token ids per document) that reads without TensorFlow, and `ncalm_dataset.json` with the
-tokeniser's fingerprint and the counts per split; `--out` appears complete or not at all.
+tokeniser's fingerprint, the counts per split and the dataset's content fingerprint; `--out`
+appears complete or not at all, is replaced only with `--overwrite` (even if another prepare
+fills it meanwhile), and a killed `--overwrite` is undone by the next prepare into it.
 `--input` takes comma-separated files, globs (quote them), directories and .jsonl files (the
 text in `--text_field`), and where there is network `tfds:NAME[@SPLIT]` or
 `hf:PATH[:CONFIG][@SPLIT]` (untested offline). Empty and binary files are skipped and invalid
@@ -109,6 +111,7 @@ def summary(report: prepare_lib.Report) -> list[str]:
     examples = ', '.join(f'{e["where"]} ({e["replaced"]})' for e in invalid['examples'][:3])
     lines.append(f'invalid UTF-8 in {_count(invalid["documents"], "document")}: '
                  f'{_count(invalid["replaced"], "sequence")} replaced by U+FFFD (e.g. {examples})')
+  lines.append(f'dataset fingerprint {meta["fingerprint"]}')
   return lines
 
 
