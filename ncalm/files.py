@@ -11,6 +11,8 @@ import contextlib
 import os
 from typing import Iterator
 
+from ncalm import errors
+
 TMP_SUFFIX = '.tmp'
 
 
@@ -41,3 +43,17 @@ def atomic_open(path: str, mode: str = 'w', **kwargs):
   with atomic_path(path) as tmp:
     with open(tmp, mode, **kwargs) as f:
       yield f
+
+
+def check_can_create(path: str, flag: str = '--out') -> None:
+  """Refuses a `path` this user could not create: its nearest existing ancestor must be a
+  folder this user may write in (missing folders below it are made when writing)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise errors.UserError(f'{flag}={path!r} cannot be made: {folder!r} is a file, not a '
+                           'folder. Give a path elsewhere.')
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise errors.UserError(f'{flag}={path!r} cannot be made: this user may not write in '
+                           f'{folder!r}. Give a path in a folder you can write.')

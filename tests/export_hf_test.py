@@ -4,11 +4,15 @@ exported files, its tokeniser gives ncalm's ids, and export → import is the id
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 import ml_dtypes
 import numpy as np
@@ -20,6 +24,7 @@ from ncalm import errors
 from ncalm import hf_llama
 from ncalm import hf_tokenizer
 from ncalm import train
+from ncalm import transfer
 from ncalm.data import feeds
 from ncalm.data import tokenizers
 from ncalm.tools import export_hf
@@ -40,7 +45,68 @@ def run_config(data_dir, **model):
   return cfg
 
 
-class ExportImportTest(absltest.TestCase):
+WEIGHTS = 'model.safetensors'
+
+
+def tensor_bytes(directory):
+  """{tensor name: its bytes} of an export's model.safetensors."""
+  tensors = hf_llama.read_safetensors(os.path.join(directory, WEIGHTS))
+  return {name: x.tobytes() for name, x in tensors.items()}
+
+
+def data_span(path, name):
+  """(first byte, end) of tensor `name`'s data in a safetensors file."""
+  with open(path, 'rb') as f:
+    (length,) = struct.unpack('<Q', f.read(8))
+    start, end = json.loads(f.read(length))[name]['data_offsets']
+  return 8 + length + start, 8 + length + end
+
+
+def truncate(path, size):
+  with open(path, 'r+b') as f:
+    f.truncate(size)
+
+
+def overwrite(path, offset, data):
+  with open(path, 'r+b') as f:
+    f.seek(offset)
+    f.write(data)
+
+
+def shard_with_a_missing_file(directory):
+  """Turns model.safetensors into the first of two shards whose second is missing."""
+  names = sorted(tensor_bytes(directory))
+  os.rename(os.path.join(directory, WEIGHTS),
+            os.path.join(directory, 'model-00001-of-00002.safetensors'))
+  weight_map = {name: f'model-0000{1 + i % 2}-of-00002.safetensors'
+                for i, name in enumerate(names)}
+  with open(os.path.join(directory, 'model.safetensors.index.json'), 'w') as f:
+    json.dump({'metadata': {}, 'weight_map': weight_map}, f)
+
+
+# Damaged hf: checkpoints: (what is done to a copy of an export, what the refusal says).
+DAMAGES = {
+    'file_of_4_bytes': (lambda d: truncate(os.path.join(d, WEIGHTS), 4),
+                        r'model\.safetensors is not a whole safetensors file: it has 4 bytes'),
+    'data_cut_short': (lambda d: truncate(os.path.join(d, WEIGHTS),
+                                          os.path.getsize(os.path.join(d, WEIGHTS)) - 1000),
+                       r'tensor .* ends at byte .* of the data but the file holds .* \(it is '
+                       r'truncated\)'),
+    'header_length_2_62': (lambda d: overwrite(os.path.join(d, WEIGHTS), 0,
+                                               struct.pack('<Q', 2**62)),
+                           r'its header would be 4,611,686,018,427,387,904 bytes long'),
+    'garbage_header': (lambda d: overwrite(os.path.join(d, WEIGHTS), 40, b'\x00garbage}{'),
+                       r'its header is not JSON'),
+    'truncated_config': (lambda d: truncate(os.path.join(d, 'config.json'), 50),
+                         r'config\.json cannot be read as JSON \(.*\): copy the checkpoint '
+                         r'directory again'),
+    'index_names_a_missing_shard': (shard_with_a_missing_file,
+                                    r'index\.json names 1 file\(s\) that are not in .*: '
+                                    r'model-00002-of-00002\.safetensors'),
+}
+
+
+class ExportImportTest(parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -153,6 +219,50 @@ class ExportImportTest(absltest.TestCase):
     shutil.copy(os.path.join(self.out, 'config.json'), config_only)
     self.assert_refused(r'neither model\.safetensors nor', source=config_only)
 
+  def damaged_copy(self):
+    """A copy of the export, to damage."""
+    copy = os.path.join(self.create_tempdir().full_path, 'hf')
+    shutil.copytree(self.out, copy)
+    return copy
+
+  def test_flipped_bytes_are_refused_naming_the_tensor(self):
+    copy = self.damaged_copy()
+    weights = os.path.join(copy, WEIGHTS)
+    start, end = data_span(weights, 'model.layers.1.mlp.down_proj.weight')
+    with open(weights, 'r+b') as f:
+      f.seek((start + end) // 2)
+      data = f.read(4)
+      f.seek((start + end) // 2)
+      f.write(bytes(b ^ 1 for b in data))   # low mantissa bits: still finite values
+    with self.assertRaisesRegex(
+        errors.CheckpointError,
+        rf"^init\.from_run='hf:{copy}': {weights}: tensor "
+        r"'model\.layers\.1\.mlp\.down_proj\.weight' differs from the SHA-256 written with it"):
+      self.import_params(copy)
+
+  def test_a_non_finite_tensor_is_refused(self):
+    """Also from a file without checksums (not made by ncalm)."""
+    plain = self.create_tempdir().full_path
+    shutil.copy(os.path.join(self.out, 'config.json'), plain)
+    tensors = {k: np.array(v) for k, v in
+               hf_llama.read_safetensors(os.path.join(self.out, WEIGHTS)).items()}
+    tensors['model.layers.0.self_attn.q_proj.weight'][3, 5] = np.nan
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    safetensors_numpy.save_file(tensors, os.path.join(plain, WEIGHTS), metadata={'format': 'pt'})
+    with self.assertRaisesRegex(errors.UserError, r"tensor 'model\.layers\.0\.self_attn\.q_proj"
+                                r"\.weight' holds 1 NaN or infinite value\(s\) \(of 16,384\)"):
+      self.import_params(plain)
+
+  @parameterized.named_parameters(*((name, *damage) for name, damage in DAMAGES.items()))
+  def test_a_damaged_checkpoint_is_one_paragraph(self, damage, message):
+    copy = self.damaged_copy()
+    damage(copy)
+    with self.assertRaises(errors.UserError) as raised:
+      self.import_params(copy)
+    self.assertNotIsInstance(raised.exception, errors.CheckpointError)   # exit 2
+    self.assertRegex(str(raised.exception), rf"^init\.from_run='hf:{copy}': .*{message}")
+    self.assertNotIn('\n', str(raised.exception))
+
   def test_export_refusals(self):
     empty_run = self.create_tempdir().full_path
     shutil.copy(os.path.join(self.run_dir, 'run_config.json'), empty_run)
@@ -165,6 +275,66 @@ class ExportImportTest(absltest.TestCase):
     with self.assertRaisesRegex(errors.UserError, r'--step=2: .* has checkpoints of steps \[3\]'):
       export_hf.export(self.run_dir, os.path.join(self.tmp, 'x'), step=2)
     self.assertFalse(os.path.exists(os.path.join(self.tmp, 'x')))
+
+  def test_out_and_run_config_refusals_come_before_the_checkpoint_is_read(self):
+    tmp = self.create_tempdir().full_path
+    a_file = os.path.join(tmp, 'file')
+    open(a_file, 'w').close()
+    truncated_run = os.path.join(tmp, 'run')
+    os.makedirs(truncated_run)
+    with open(os.path.join(self.run_dir, 'run_config.json'), 'rb') as f:
+      head = f.read(100)
+    with open(os.path.join(truncated_run, 'run_config.json'), 'wb') as f:
+      f.write(head)
+    cases = [
+        ((self.run_dir, a_file), rf"--out='{a_file}' is a file: name a new directory"),
+        ((self.run_dir, os.path.join(a_file, 'sub', 'hf')),
+         rf"--out='{a_file}/sub/hf' cannot be made: '{a_file}' is a file, not a folder"),
+        ((truncated_run, os.path.join(tmp, 'hf')),
+         rf'{truncated_run}/run_config\.json cannot be read as JSON \(.*\): '
+         rf"--workdir='{truncated_run}' cannot be exported without the config"),
+    ]
+    read = mock.patch.object(transfer, 'read_run_params', side_effect=AssertionError('read'))
+    with read:
+      for (workdir, out), message in cases:
+        with self.subTest(out=out):
+          with self.assertRaisesRegex(errors.UserError, '^' + message):
+            export_hf.export(workdir, out)
+      # Root writes anywhere whatever the permission bits, so the refusal is made here as the
+      # kernel would make it for another user: os.access says the folder is not writable.
+      with mock.patch.object(os, 'access', lambda path, mode: path != tmp):
+        with self.assertRaisesRegex(errors.UserError, rf"--out='{tmp}/hf' cannot be made: this "
+                                    rf"user may not write in '{tmp}'"):
+          export_hf.export(self.run_dir, os.path.join(tmp, 'hf'))
+    self.assertCountEqual(os.listdir(tmp), ['file', 'run'])
+
+  def test_two_exports_into_one_out(self):
+    """Each stages in its own folder; the first to finish gets --out, the other is refused
+    and removes its folder; an export that died on this host leaves a folder the next removes."""
+    tmp = self.create_tempdir().full_path
+    out = os.path.join(tmp, 'hf')
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    left_by_dead = f'{out}.tmp-{socket.gethostname()}-{dead.pid}-0badc0de'
+    left_by_live = f'{out}.tmp-{socket.gethostname()}-1-0badc0de'   # pid 1 runs
+    for path in (left_by_dead, left_by_live):
+      os.makedirs(path)
+    staged, write = [], hf_tokenizer.write
+
+    def write_then_export_meanwhile(spec, staging, seq_len):
+      staged.append(staging)
+      if len(staged) == 1:   # the first export, before it renames: another one finishes
+        export_hf.export(self.run_dir, out)
+      return write(spec, staging, seq_len)
+
+    with mock.patch.object(hf_tokenizer, 'write', write_then_export_meanwhile):
+      with self.assertRaisesRegex(errors.UserError, rf"^--out='{out}' was filled by another "
+                                  'export .* while this one ran; that export is left as it is'):
+        export_hf.export(self.run_dir, out)
+    self.assertLen(set(staged), 2)
+    self.assertCountEqual(os.listdir(tmp), ['hf', os.path.basename(left_by_live)])
+    self.assertCountEqual(os.listdir(out), os.listdir(self.out))
+    self.assertEqual(tensor_bytes(out), tensor_bytes(self.out))
 
   def test_a_failed_export_leaves_nothing(self):
     out = os.path.join(self.tmp, 'failed')
@@ -184,9 +354,7 @@ class ExportImportTest(absltest.TestCase):
                            f'--out={out}'], cwd=ROOT, capture_output=True, text=True)
     self.assertEqual(done.returncode, 0, done.stderr)
     self.assertIn('step 3', done.stdout)
-    a = hf_llama.read_safetensors(os.path.join(out, 'model.safetensors'))
-    b = hf_llama.read_safetensors(os.path.join(self.out, 'model.safetensors'))
-    self.assertEqual({k: v.tobytes() for k, v in a.items()}, {k: v.tobytes() for k, v in b.items()})
+    self.assertEqual(tensor_bytes(out), tensor_bytes(self.out))
     done = subprocess.run([sys.executable, '-m', 'ncalm.export_hf', f'--workdir={self.data_dir}',
                            f'--out={out}2'], cwd=ROOT, capture_output=True, text=True)
     self.assertEqual(done.returncode, errors.EXIT_USER_ERROR)

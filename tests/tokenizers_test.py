@@ -321,7 +321,7 @@ class TokenizersTest(absltest.TestCase):
     empty_file = os.path.join(self.tmp, 'empty.txt')
     open(empty_file, 'w').close()
     out = os.path.join(self.tmp, 'out.json')
-    nowhere = os.path.join(self.tmp, 'no_such_dir', 'out.json')
+    nowhere = os.path.join(binary, 'out.json')   # under a file
     corpus = CORPUS_GLOBS[0]
     cases = [
         ((f'{self.tmp}/nothing/*.txt', 600, out),
@@ -331,7 +331,7 @@ class TokenizersTest(absltest.TestCase):
         ((' , ', 600, out), '--input is empty'),
         ((corpus, 257, out), '--vocab_size=257 is too small'),
         ((corpus, 0, out), '--vocab_size >= 258'),
-        ((corpus, 600, nowhere), f"its folder '{os.path.dirname(nowhere)}' does not exist"),
+        ((corpus, 600, nowhere), f"cannot be made: {binary!r} is a file, not a folder"),
         ((corpus, 600, os.path.join(self.tmp, 'out.txt')), 'give a path ending in .json'),
         ((binary, 600, out), f'--input: {binary!r} is not UTF-8 text (byte 11: invalid start '
                              'byte); is it a binary file?'),
@@ -360,6 +360,78 @@ class TokenizersTest(absltest.TestCase):
         tokenizer_cli.train_bpe(unreadable, 600, os.path.join(self.tmp, 'out.json'))
     self.assertEqual(str(raised.exception),
                      f'--input: cannot read {unreadable!r} (Permission denied).')
+
+  def test_train_refuses_an_out_it_cannot_write_before_training(self):
+    folder = os.path.join(self.tmp, 'unwritable')
+    a_directory = os.path.join(self.tmp, 'a_directory.json')
+    os.makedirs(folder)
+    os.makedirs(a_directory)
+    access = os.access
+
+    def folder_not_writable(path, mode):
+      # Root writes anywhere whatever the permission bits, so the refusal is made here as the
+      # kernel would make it for another user: os.access says the folder is not writable.
+      return path != folder and access(path, mode)
+
+    in_folder = os.path.join(folder, 'tok.json')
+    cases = [
+        (a_directory, access, f'--out={a_directory!r} is a directory; give the path of the file '
+                              'to write'),
+        (in_folder, folder_not_writable,
+         f'--out={in_folder!r} cannot be made: this user may not write in {folder!r}'),
+    ]
+    for out, access_now, text in cases:
+      with self.subTest(out=out):
+        with mock.patch.object(os, 'access', access_now), \
+             mock.patch.object(tokenizer_cli, 'read_text', side_effect=AssertionError('trained')):
+          with self.assertRaises(errors.UserError) as raised:
+            tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, out)
+        self.assertStartsWith(str(raised.exception), text)
+    self.assertEqual((os.listdir(folder), os.listdir(a_directory)), ([], []))
+    self.assertEqual([n for n in os.listdir(self.tmp) if '.tmp' in n], [])
+
+  def test_train_makes_the_folders_of_out(self):
+    out = os.path.join(self.tmp, 'new', 'deeper', 'tok.json')
+    report = tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, out)
+    self.assertEqual((report.out_path, tokenizers.load(out).vocab_size), (out, 300))
+
+  def test_train_write_failure_leaves_no_temp_file(self):
+    out = os.path.join(self.tmp, 'disk_full.json')
+    with mock.patch.object(os, 'replace', side_effect=OSError(28, 'No space left on device')):
+      with self.assertRaisesRegex(errors.UserError, rf'^--out={re.escape(repr(out))} could not '
+                                  r'be written \(No space left on device\); nothing was written'):
+        tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, out)
+    self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith('disk_full')], [])
+
+  def test_training_pieces_keep_every_pre_token(self):
+    import tokenizers as hf  # pylint: disable=import-outside-toplevel
+    pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    def pre_tokens(texts):
+      return [token for text in texts for token, _ in pre_tokenizer.pre_tokenize_str(text)]
+    short = [t for t in NASTY_TEXTS if len(t) < 2048]   # no stretch that must be cut anyway
+    texts = self.corpus_texts + [''.join(short) * 10, ' \t\n'.join(short) * 10]
+    for text in texts:
+      pieces = tokenizer_cli.training_pieces(text)
+      self.assertEqual(''.join(pieces), text)
+      self.assertLessEqual(max(map(len, pieces)), tokenizer_cli.TRAIN_PIECE_CHARS)
+      self.assertEqual(pre_tokens(pieces), pre_tokens([text]))
+    self.assertGreater(len(tokenizer_cli.training_pieces(''.join(self.corpus_texts))), 20)
+
+  def test_train_on_one_very_long_word(self):
+    """8 MB of one letter: the trainer sees it in pieces (whole, one word of 1 MB took minutes)."""
+    one_word = os.path.join(self.tmp, 'one_word.txt')
+    with open(one_word, 'w') as f:
+      f.write('a' * (8 << 20))
+    out = os.path.join(self.tmp, 'one_word.json')
+    train = subprocess.run(
+        [sys.executable, '-m', 'ncalm.tokenizer', 'train', f'--input={one_word}',
+         '--vocab_size=300', f'--out={out}'],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    self.assertEqual(train.returncode, 0, train.stderr)
+    tokenizer = tokenizers.load(out)
+    self.assertEqual(tokenizer.encode('a' * 4096).tolist(), [tokenizer.vocab_size - 1])
+    for text in NASTY_TEXTS + ['a' * 100_000]:
+      self.assertEqual(tokenizer.decode(tokenizer.encode(text)), text)
 
   def test_main_bad_commands(self):
     cases = [

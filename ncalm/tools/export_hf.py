@@ -11,14 +11,24 @@ read DIR as a Llama model:
 
 and ncalm reads it back with `--config.init.from_run=hf:DIR --config.init.embedding=keep`.
 The checkpoint is restored read-only and checked against its checksums; the newest intact
-one is used unless --step names one. The files are written beside DIR and renamed into
-place when all are complete, so a killed export leaves no half-written DIR.
+one is used unless --step names one. `model.safetensors` carries the SHA-256 of each tensor
+in its header, which the import checks (ncalm/hf_llama.py).
+
+DIR must be new or an empty directory, in a folder this user can write (checked before the
+checkpoint is read). Each export writes into its own folder beside DIR,
+`DIR.tmp-HOST-PID-RANDOM`, and renames it onto DIR when every file is complete: a killed
+export leaves no half-written DIR (its folder is removed by the next export into DIR on
+this host), and two exports into one DIR at once never mix their files. The first to finish
+gets DIR; the other is refused when it finds DIR filled meanwhile (an export never replaces
+or adds to a finished one) and removes its own folder.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
 
 from absl import flags
 from absl import logging
@@ -45,8 +55,54 @@ def run_config(workdir: str) -> dict:
     raise errors.UserError(f'--workdir={workdir!r} is not an ncalm workdir (no '
                            f'{workdir_lib.RUN_CONFIG_NAME}): name the --workdir of a '
                            '`python -m ncalm.main` run.')
-  with open(path) as f:
-    return transfer.nest(json.load(f)['config'], '.')   # {'model.d_model': 32, ...}
+  fix = (f'--workdir={workdir!r} cannot be exported without the config the run was made '
+         'with, which this file holds; restore it from a copy of the workdir')
+  config = hf_llama.read_json(path, fix).get('config')
+  if not isinstance(config, dict):
+    raise errors.UserError(f'{path} has no "config" object: {fix}.')
+  return transfer.nest(config, '.')   # {'model.d_model': 32, ...}
+
+
+def check_out(out: str) -> None:
+  """Refuses an --out that cannot become the export: a file, a directory with files in it,
+  or a place in a folder this user cannot write (its nearest existing ancestor)."""
+  if not out:
+    raise errors.UserError('--out is empty: name a new directory for the export.')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise errors.UserError(f'--out={out!r} is a file: name a new directory (an export never '
+                           'overwrites anything).')
+  if os.path.isdir(out) and os.listdir(out):
+    raise errors.UserError(f'--out={out!r} exists and is not empty: name a new directory (an '
+                           'export never overwrites one).')
+  files.check_can_create(out)
+
+
+def _staging_folder(out: str) -> str:
+  """A new `OUT.tmp-HOST-PID-RANDOM` beside `out`, once the folders of exports that died on
+  this host are removed (those of live ones are left alone)."""
+  prefix = f'{out}{files.TMP_SUFFIX}-'
+  host = socket.gethostname()
+  for path in glob.glob(glob.escape(prefix) + '*'):
+    owner_host, pid, _ = (path[len(prefix):].rsplit('-', 2) + ['', ''])[:3]
+    if owner_host == host and pid.isdigit() and not workdir_lib.process_alive(int(pid)):
+      shutil.rmtree(path, ignore_errors=True)
+  staging = f'{prefix}{host}-{os.getpid()}-{os.urandom(4).hex()}'   # unique in this process too
+  os.makedirs(staging)
+  return staging
+
+
+def _move_into_place(staging: str, out: str) -> None:
+  """Renames the complete `staging` onto `out` (absent, or an empty directory): one atomic
+  rename, which fails rather than replace a directory another export filled meanwhile."""
+  try:
+    os.rename(staging, out)
+  except OSError as e:
+    if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
+      raise   # not a race: a real failure to report as it is
+    raise errors.UserError(
+        f'--out={out!r} was filled by another export (or process) while this one ran; that '
+        'export is left as it is and this one\'s files were removed. Name a new --out to '
+        f'export again ({e.strerror}).') from None
 
 
 def per_layer(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,9 +133,8 @@ def tokenizer_spec(config: dict) -> str | None:
 def export(workdir: str, out: str, step: int = 0) -> dict:
   """Writes the Hugging Face checkpoint of `workdir` into `out`; returns the export info."""
   config = run_config(workdir)
-  if os.path.exists(out) and os.listdir(out):
-    raise errors.UserError(f'--out={out!r} exists and is not empty: name a new directory (an '
-                           'export never overwrites one).')
+  out = out.rstrip('/') or out
+  check_out(out)
   mesh = jax.make_mesh((1,), ('replica',), devices=jax.devices('cpu')[:1])  # host memory
   params, step = transfer.read_run_params(
       transfer.RunRef(workdir, step, field='--workdir', step_field='--step'), mesh)
@@ -94,9 +149,7 @@ def export(workdir: str, out: str, step: int = 0) -> dict:
     except errors.UserError as e:
       logging.warning('The tokeniser is not exported: %s', e)
       spec = None
-  staging = out.rstrip('/') + files.TMP_SUFFIX
-  shutil.rmtree(staging, ignore_errors=True)   # left by a killed export
-  os.makedirs(staging)
+  staging = _staging_folder(out)
   try:
     hf_llama.write_safetensors(os.path.join(staging, hf_llama.WEIGHTS_FILE),
                                hf_llama.export_tensors(params))
@@ -108,9 +161,7 @@ def export(workdir: str, out: str, step: int = 0) -> dict:
                 data=('text' if spec else config['data']['source']))
     with open(os.path.join(staging, EXPORT_INFO), 'w') as f:
       json.dump(info, f, indent=1)
-    if os.path.exists(out):
-      os.rmdir(out)   # empty (checked above)
-    os.replace(staging, out)
+    _move_into_place(staging, out)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
