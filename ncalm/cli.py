@@ -11,6 +11,7 @@ is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from typing import Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from ncalm import errors
 
@@ -57,7 +59,7 @@ def _config_file_problem(name: str, flag_values: flags.FlagValues, error: BaseEx
   if inside:
     where = f' (line {inside[-1].lineno})'
   return (f'--{name}: the config file {path!r} failed to load{where}: '
-          f'{type(cause).__name__}: {_sentence(_first_line(cause))}')
+          f'{type(cause).__name__}: {_sentence(first_line(cause))}')
 
 
 def _sentence(text: str) -> str:
@@ -80,7 +82,8 @@ def _config_parse_error(error: flags.Error) -> str | None:
           f'{_sentence(lines[-1] if lines else text)}')
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+  """The first two non-blank lines of an error's message, joined (its type if empty)."""
   text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
   lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
   return ' '.join(lines[:2]) if lines else type(error).__name__
@@ -92,7 +95,7 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     rest = flag_values(argv)
   except flags.Error as error:
     fail(_config_parse_error(error)
-         or f'{_sentence(_first_line(error))} Run with --helpshort to list the flags.')
+         or f'{_sentence(first_line(error))} Run with --helpshort to list the flags.')
   except Exception as error:  # pylint: disable=broad-except
     # A --config.a.b=value override of a field the config does not have, or a value
     # of the wrong type: ml_collections raises plain KeyError/TypeError/ValueError.
@@ -100,8 +103,8 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     if isinstance(error, SyntaxError) or not bad:  # in the config file itself
       given = [a for a in argv[1:] if a.split('=', 1)[0] in ('--config', '-config')]
       fail(f'{" ".join(given) or "--config"}: the config file failed to load: '
-           f'{type(error).__name__}: {_sentence(_first_line(error))}')
-    fail(f'{" ".join(bad) or "the flags"}: {_sentence(_first_line(error))} Check the field '
+           f'{type(error).__name__}: {_sentence(first_line(error))}')
+    fail(f'{" ".join(bad) or "the flags"}: {_sentence(first_line(error))} Check the field '
          'names against ncalm/config_lib.py:base_config().')
   for name in _config_flag_names(flag_values):
     try:  # a config file that failed to load raises on its first attribute access
@@ -109,6 +112,18 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     except Exception as error:  # pylint: disable=broad-except
       fail(_config_file_problem(name, flag_values, error))
   return rest
+
+
+class QuietLibraries(std_logging.Filter):
+  """Drops orbax's INFO chatter (a dozen lines per checkpoint) and the tracebacks of its
+  errors: ncalm reports a failed save or a damaged checkpoint itself, in one line or one
+  paragraph; orbax's error lines stay."""
+
+  def filter(self, record):
+    if 'orbax' not in record.pathname:
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def run(main: Callable[[list[str]], object]) -> None:
@@ -120,6 +135,7 @@ def run(main: Callable[[list[str]], object]) -> None:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
   def guarded(argv):
+    logging.get_absl_handler().addFilter(QuietLibraries())
     try:
       return main(argv)
     except app.UsageError as error:

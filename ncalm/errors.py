@@ -9,7 +9,8 @@ Exit codes (README, "What happens when things go wrong"):
   0   the command finished (a training run reached train_steps);
   1   a bug: a Python traceback;
   2   refused: a config value, flag, file, permission or workdir problem, named with its fix;
-  3   training stopped on a non-finite loss or gradient; the last good checkpoint is kept;
+  3   training stopped on a non-finite loss or gradient, or on a gradient of exactly 0 on
+      its first steps (a model that cannot learn); the last good checkpoint is kept;
   4   a checkpoint could not be saved (e.g. disk full) or none in the workdir is intact;
   75  stopped before train_steps by SIGTERM (preemption) after saving: rerun to resume.
 """
@@ -43,6 +44,10 @@ class Interrupted(Exit):
 class NonFiniteLoss(UserError):
   """The loss or gradient of a step was NaN/Inf; nothing after the last good step is saved."""
   exit_code = EXIT_NON_FINITE
+
+
+class DeadGradient(NonFiniteLoss):
+  """The gradient was exactly 0 on a run's first steps: the model cannot learn."""
 
 
 class CheckpointError(UserError):

@@ -9,7 +9,9 @@ changed in stage 2). Runs live in
 
     WORKDIR/seed_S/ARM/stage1    WORKDIR/seed_S/ARM/stage2    WORKDIR/seed_S/ABLATION/stage2
 
-A finished run has `experiment_run.json` and is skipped; an interrupted one resumes from its
+A finished run has `experiment_run.json` and is skipped — after checking, before anything
+runs, that the config would make it the same way (else one paragraph names the fields;
+adding seeds, arms or ablations just adds runs); an interrupted one resumes from its
 checkpoint; a run whose loss went non-finite is recorded as diverged. After every run the
 tables are rewritten from what has finished: WORKDIR/comparison.{md,csv,png} and
 WORKDIR/ablations.{md,csv,png} (docs/method.md §7). `--report_only` just rewrites them.
@@ -33,12 +35,14 @@ from ncalm import files
 from ncalm import metrics
 from ncalm import perf
 from ncalm import train
+from ncalm import workdir as workdir_lib
 from ncalm.data import feeds
 from ncalm.eval import compare
 
 
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
+CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the record
 EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations')
 
 
@@ -58,6 +62,10 @@ def check(exp: ml_collections.ConfigDict) -> None:
                            f'{list(EXPERIMENT_FIELDS)}.')
   if not exp.seeds:
     raise errors.UserError('experiment seeds=() is empty: give at least one seed.')
+  if not arms_of(exp):
+    raise errors.UserError('experiment arms is empty (--config.arms= or ()), so nothing would '
+                           f'run: name at least one of {[SCRATCH, *exp.stage1.keys()]}, e.g. '
+                           f'--config.arms={SCRATCH}.')
   if len(set(exp.seeds)) != len(exp.seeds):
     raise errors.UserError(f'experiment seeds={tuple(exp.seeds)} repeat a seed.')
   for arm in arms_of(exp):
@@ -228,11 +236,23 @@ def use_compilation_cache(workdir: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
+def check_finished(todo) -> None:
+  """Refuses, before anything runs, a config that would change a run already finished
+  (it is skipped, so its config must still describe it); new runs need no check."""
+  for run_dir, cfg in todo:
+    made = os.path.join(run_dir, workdir_lib.RUN_CONFIG_NAME)
+    if os.path.exists(os.path.join(run_dir, DONE_FILE)) and os.path.exists(made):
+      workdir_lib.check_finished_run(run_dir, cfg, feeds.content_fingerprints(cfg))
+
+
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bool = False):
   check(exp)
-  os.makedirs(workdir, exist_ok=True)
-  use_compilation_cache(workdir)
   todo = jobs(exp, workdir)
+  check_finished(todo)
+  os.makedirs(workdir, exist_ok=True)
+  with files.atomic_open(os.path.join(workdir, CONFIG_FILE)) as f:
+    f.write(exp.to_json_best_effort(indent=1, sort_keys=True))
+  use_compilation_cache(workdir)
   if not report_only:
     for index, (run_dir, cfg) in enumerate(todo):
       logging.info('Experiment: run %d of %d', index + 1, len(todo))

@@ -6,8 +6,6 @@ Exit codes (`ncalm.errors`): 0 finished; 2 refused (config, flags, workdir), one
 paragraph naming the field and the fix; 3 non-finite loss; 4 a checkpoint could not be
 saved or none is intact; 75 stopped by SIGTERM after saving (rerun to resume); 1 a bug.
 """
-import logging as std_logging
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -29,21 +27,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops orbax's INFO chatter (a dozen lines per checkpoint) and the tracebacks of its
-  errors: ncalm reports a failed save itself, in one paragraph; the error lines stay."""
-
-  def filter(self, record):
-    if 'orbax' not in record.pathname:
-      return True
-    record.exc_info, record.exc_text = None, None
-    return record.levelno >= std_logging.WARNING
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU only; harmless elsewhere
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -251,6 +251,26 @@ def _check_finite(step: int, scalars: dict, resumed_from: int | None = None,
       'optim.clip_norm or check the data, then rerun the same command to resume.')
 
 
+# A gradient norm of exactly 0 on this many steps in a row from a run's start: nothing can
+# learn (e.g. an imported checkpoint whose weights are zero or damaged), so the run stops
+# instead of training a dead model to the end.
+DEAD_GRADIENT_STEPS = 3
+
+
+def _check_gradient_alive(start: int, done: int, grad_norms: list[float],
+                          init_from: str = '') -> None:
+  """Raises DeadGradient when the first DEAD_GRADIENT_STEPS steps after `start` all had a
+  gradient norm of exactly 0; `grad_norms` holds those steps' norms in order."""
+  if done - start != DEAD_GRADIENT_STEPS or any(g != 0.0 for g in grad_norms):
+    return
+  source = (f'the parameters it starts from (init.from_run={init_from!r}: check that '
+            'checkpoint; an export\'s checksums are verified on import)' if init_from else
+            'its parameters, frozen groups (init.freeze) or loss mask')
+  raise errors.DeadGradient(
+      f'gradient norm exactly 0 on steps {start + 1}-{done}: this model cannot learn, so the '
+      f'run stops instead of training it. Look at {source}.')
+
+
 def _on_process_0(fn):
   """Runs fn on process 0; every process learns whether it succeeded (no one hangs)."""
   if jax.process_count() == 1:
@@ -300,7 +320,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
   lock = workdir_lib.Lock(workdir, enabled=is_host0)
   _on_process_0(lock.acquire)
   try:
-    _on_process_0(lambda: workdir_lib.check_identity(workdir, cfg))
+    _on_process_0(lambda: workdir_lib.check_identity(workdir, cfg,
+                                                     content=feeds.content_fingerprints(cfg)))
     store = checkpoint.Checkpoints(workdir, cfg, setup.abstract_state, setup.mesh)
     try:
       _start(cfg, workdir, store)
@@ -359,6 +380,7 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
   last: dict = {}
   pending = None  # (step number after the update, device scalars)
   stopped_at = None
+  first_norms: list[float] = []  # gradient norms of the first steps, for the dead-model check
 
   def settle(pending):
     """Fetches a finished step's scalars, checks them and logs them."""
@@ -366,6 +388,10 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
     scalars = {k: float(v) for k, v in jax.device_get(device_scalars).items()}
     _check_finite(done, scalars, resumed_from,
                   store.path(resumed_from) if resumed_from is not None else '')
+    if done - start <= DEAD_GRADIENT_STEPS:
+      first_norms.append(scalars['train/grad_norm'])
+      _check_gradient_alive(start, done, first_norms,
+                            cfg.init.from_run if resumed_from is None else '')
     progress.update(done)
     if done % cfg.log_every == 0 or done == cfg.train_steps:
       rate = progress.tokens_per_second()

@@ -34,6 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from ncalm import checkpoint
+from ncalm import cli
 from ncalm import errors
 from ncalm import files
 from ncalm import hf_llama
@@ -311,21 +312,53 @@ def _restore_newest(ref: RunRef, workdir: str, mesh, target_for) -> tuple[dict, 
   manager, steps = _open(ref, workdir)
   try:
     for step in steps:
-      target = target_for(_params_metadata(manager, step, ref))
+      try:
+        meta = _params_metadata(manager, step, ref)
+      except errors.UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        _reject(ref, manager, step, steps, e)
+        continue
+      target = target_for(meta)   # a shape that does not fit is the config's: it propagates
       try:
         return _restore_verified(manager, step, target, mesh), step
       except Exception as e:  # pylint: disable=broad-except
-        if ref.step:
-          raise errors.CheckpointError(
-              f'{ref.field}={ref.run!r}: the checkpoint of step {step} cannot be used '
-              f'({type(e).__name__}: {str(e).strip()[:300]}). Name another {ref.step_field} '
-              f'(it has {sorted(steps)}) or 0 for the newest intact one.') from None
-        logging.error('Checkpoint of step %d in %s cannot be used (%s); trying an older one.',
-                      step, manager.directory, str(e).strip()[:300])
+        _reject(ref, manager, step, steps, e)
   finally:
     manager.close()
-  raise errors.CheckpointError(f'{ref.field}={ref.run!r}: none of its checkpoints '
-                               f'(steps {steps}) is intact; see the errors above.')
+  raise _none_intact(ref, steps)
+
+
+def _reject(ref: RunRef, manager, step: int, steps: list[int], error: Exception) -> None:
+  """A damaged checkpoint: one line, then the next older one is tried; a step named by the
+  user is not replaced by another (one paragraph)."""
+  why = f'{type(error).__name__}: {cli.first_line(error)[:300]}'
+  if ref.step:
+    raise errors.CheckpointError(
+        f'{ref.field}={ref.run!r}: the checkpoint of step {step} cannot be used ({why}). Name '
+        f'another {ref.step_field} (it has {sorted(steps)}) or 0 for the newest intact one.')
+  logging.error('Checkpoint of step %d in %s cannot be used (%s); trying an older one.',
+                step, manager.directory, why)
+
+
+def _none_intact(ref: RunRef, steps: list[int]) -> errors.CheckpointError:
+  return errors.CheckpointError(
+      f'{ref.field}={ref.run!r}: none of its checkpoints (steps {steps}) is intact (each is '
+      'named above with what is wrong with it); nothing was changed there. Restore the files '
+      'from a backup, or run that stage again.')
+
+
+def _newest_metadata(ref: RunRef, manager, steps: list[int]) -> dict[str, Any]:
+  """The parameter metadata of the newest checkpoint whose metadata reads (older ones are
+  tried as a restore would)."""
+  for step in steps:
+    try:
+      return _params_metadata(manager, step, ref)
+    except errors.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      _reject(ref, manager, step, steps, e)
+  raise _none_intact(ref, steps)
 
 
 def read_run_params(ref: RunRef, mesh) -> tuple[dict[str, jax.Array], int]:
@@ -347,7 +380,7 @@ def check_stage1(p: Plan, stage2_params, workdir: str = '') -> None:
   ref = RunRef(p.from_run, p.from_step)
   manager, steps = _open(ref, workdir)
   try:
-    canon_meta, layers1 = _canonical(_params_metadata(manager, steps[0], ref))
+    canon_meta, layers1 = _canonical(_newest_metadata(ref, manager, steps))
     _check_shapes(canon_meta, _canonical(_flat(stage2_params))[0], p, p.from_run, layers1)
   finally:
     manager.close()

@@ -46,6 +46,13 @@ IDENTITY_FIELDS = ('seed', 'seq_len', 'global_batch', 'data.', 'model.', 'optim.
                    'init.')
 HARMLESS_FIELDS = ('model.remat', 'model.scan_unroll', 'model.attention',
                    'model.attention_blocks')
+# Identity keys that are fingerprints of content the config names by path.
+CONTENT_PREFIX = 'content.'
+# Config fields that cannot change what a finished run recorded (its curve, its result):
+# how often it logged and saved, how it was computed, where.
+BOOKKEEPING_FIELDS = HARMLESS_FIELDS + ('log_every', 'checkpoint_every', 'keep_checkpoints',
+                                        'peak_flops', 'data.text.prefetch', 'mesh.',
+                                        'logical_axis_rules')
 
 
 def check_writable(workdir: str) -> None:
@@ -256,14 +263,19 @@ def made_by_a_run(workdir: str) -> list[str]:
   return found
 
 
-def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = True) -> None:
+def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = True,
+                   content: dict[str, str] | None = None) -> None:
   """Refuses a config that would change the data or state of the run in `workdir`.
 
   The first run writes `run_config.json`; later runs compare against it. `write=False`
-  on processes other than 0 (they only compare).
+  on processes other than 0 (they only compare). `content` holds fingerprints of what the
+  config only names by path (a prepared dataset, `CONTENT_PREFIX` + a name → its digest):
+  a dataset prepared again in place is refused like a changed field. A workdir made before
+  fingerprints were recorded takes them on its next run.
   """
   path = os.path.join(workdir, RUN_CONFIG_NAME)
   now = _plain(cfg)
+  content = {f'{CONTENT_PREFIX}{k}': v for k, v in (content or {}).items()}
   found = made_by_a_run(workdir)
   if not os.path.exists(path) or not found:  # new, or nothing made yet (e.g. a failed start)
     if found:
@@ -273,15 +285,27 @@ def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = T
           'this run a new --workdir, or move those files away.')
     if write:
       with files.atomic_open(path) as f:
-        json.dump(dict(identity=identity(cfg), config=now), f, indent=1, sort_keys=True)
+        json.dump(dict(identity={**identity(cfg), **content}, config=now), f, indent=1,
+                  sort_keys=True)
     return
-  with open(path) as f:
-    saved = json.load(f)
-  before, after = saved['identity'], identity(cfg)
-  # A field newer than the workdir counts as unchanged while it keeps its default value.
+  saved = read_run_config(workdir)
+  before, after = saved['identity'], {**identity(cfg), **content}
+  # A field newer than the workdir counts as unchanged while it keeps its default value;
+  # a fingerprint the workdir predates is taken on.
   defaults = identity(config_lib.base_config())
   differ = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
-                  and not (k not in before and after.get(k) == defaults.get(k)))
+                  and not (k not in before and after.get(k) == defaults.get(k))
+                  and not (k not in before and k.startswith(CONTENT_PREFIX)))
+  moved = [k for k in differ if k.startswith(CONTENT_PREFIX) and k in after]
+  if moved:
+    shown = '; '.join(f'{k.removeprefix(CONTENT_PREFIX)}: {before[k]} in the workdir, '
+                      f'{after[k]} now' for k in moved)
+    raise errors.UserError(
+        f'workdir {workdir!r} was made with other data than its config now names, although '
+        f'the paths are the same (content fingerprints: {shown}): the dataset was prepared '
+        'again in place since this run started, so resuming would train and evaluate on '
+        'different data. Point the config at the data the run was made with, or give this '
+        'run a new --workdir.')
   if differ:
     shown = '; '.join(f'{k}: {_show(before.get(k, "(absent)"))} in the workdir, '
                       f'{_show(after.get(k, "(absent)"))} now' for k in differ)
@@ -296,9 +320,52 @@ def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = T
                     'neither its data nor its state): %s', '; '.join(
                         f'{k}: {_show(saved["config"].get(k))} → {_show(now.get(k))}'
                         for k in changed))
-    if write:
-      with files.atomic_open(path) as f:
-        json.dump(dict(identity=before, config=now), f, indent=1, sort_keys=True)
+  if (changed or set(after) - set(before)) and write:
+    with files.atomic_open(path) as f:
+      json.dump(dict(identity={**after, **before}, config=now), f, indent=1, sort_keys=True)
+
+
+def _is_bookkeeping(path: str) -> bool:
+  return any(path == f or (f.endswith('.') and path.startswith(f)) for f in BOOKKEEPING_FIELDS)
+
+
+def check_finished_run(workdir: str, cfg: ml_collections.ConfigDict,
+                       content: dict[str, str] | None = None) -> None:
+  """Refuses `cfg` for a finished run in `workdir` that is reused as it is (an experiment
+  skips it) unless the run was made with it: every field that could change what the run
+  recorded must match (all but `BOOKKEEPING_FIELDS`: more steps would be another run), and
+  so must the content fingerprints of its data."""
+  saved = read_run_config(workdir)
+  now = _plain(cfg)
+  fields = sorted(k for k in set(saved['config']) | set(now)
+                  if saved['config'].get(k) != now.get(k) and not _is_bookkeeping(k))
+  content = {f'{CONTENT_PREFIX}{k}': v for k, v in (content or {}).items()}
+  fields += sorted(k for k, v in content.items()
+                   if k in saved['identity'] and saved['identity'][k] != v)
+  if fields:
+    shown = '; '.join(f'{k}: {_show(saved["identity"].get(k, saved["config"].get(k, "(absent)")))}'
+                      f' in the run, {_show(now.get(k, content.get(k, "(absent)")))} now'
+                      for k in fields)
+    raise errors.UserError(
+        f'{workdir!r} holds a finished run made with another config, which would be reused '
+        f'as it is: {shown}. Set those fields back, or give the experiment a new --workdir '
+        '(changes that only add runs — seeds, arms, ablations — need neither).')
+
+
+def read_run_config(workdir: str) -> dict:
+  """{'identity': ..., 'config': ...} of `run_config.json`, or one paragraph if it is
+  damaged (a truncated write by hand, a full disk before atomic writes)."""
+  path = os.path.join(workdir, RUN_CONFIG_NAME)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict) or not {'identity', 'config'} <= set(saved):
+      raise ValueError('it lacks "identity" or "config"')
+  except (OSError, ValueError) as e:
+    raise errors.UserError(
+        f'{path} cannot be read ({e}), so what workdir {workdir!r} was made for cannot be '
+        'checked: restore it from a copy, or give this run a new --workdir.') from None
+  return saved
 
 
 # ------------------------------------------------------------------ disk space

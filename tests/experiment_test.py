@@ -77,6 +77,10 @@ class ExperimentTest(absltest.TestCase):
       experiment.check(exp)
     exp.arms = ('scratch,nca',)  # --config.arms=scratch,nca on the command line
     self.assertEqual(experiment.arms_of(exp), ('scratch', 'nca'))
+    for empty in ((), ('',)):    # () in a file; --config.arms= on the command line
+      exp.arms = empty
+      with self.assertRaisesRegex(errors.UserError, r'arms is empty .*--config.arms=scratch'):
+        experiment.check(exp)
 
   def test_tiny_experiment_killed_then_resumed_writes_tables_and_plots(self):
     tmp = self.create_tempdir().full_path
@@ -141,6 +145,29 @@ class ExperimentTest(absltest.TestCase):
     with open(os.path.join(workdir, 'seed_1', 'nca_reinit_attention', 'stage2',
                            'transfer.json')) as f:
       self.assertEqual(json.load(f)['reinit'], ['attention'])
+    with open(os.path.join(workdir, experiment.CONFIG_FILE)) as f:
+      self.assertEqual(json.load(f)['stage2']['data']['text']['path'], data)
+
+    # A rerun whose config would change finished runs is refused before anything runs;
+    # one that only adds runs (a seed) passes the check.
+    def changed(**stage2):
+      exp = config_lib.load_file(os.path.join(TESTS, 'tiny_experiment.py'))
+      exp.stage2.data.text.path = data
+      exp.stage2.update(stage2)
+      return exp
+    with self.assertRaisesRegex(errors.UserError,
+                                r"seed_0/scratch/stage2' holds a finished run made with another "
+                                r'config.*train_steps: 6 in the run, 12 now'):
+      experiment.run_experiment(changed(train_steps=12), workdir)
+    other = text_train_test.make_corpus(os.path.join(tmp, 'other'), tokenizer='bytes')
+    other_data = changed()
+    other_data.stage2.data.text.path = other
+    with self.assertRaisesRegex(errors.UserError, r'data.text.path: ".*corpus" in the run'):
+      experiment.run_experiment(other_data, workdir)
+    self.assertEqual(os.stat(first).st_mtime_ns, finished)
+    more_seeds = changed()
+    more_seeds.seeds = (0, 1, 2)
+    experiment.check_finished(experiment.jobs(more_seeds, workdir))
 
 
 if __name__ == '__main__':

@@ -113,6 +113,33 @@ class WorkdirIdentityTest(absltest.TestCase):
     saved = json.load(open(os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)))
     self.assertEqual(saved['config']['train_steps'], 60)
 
+  def test_data_prepared_again_in_place_is_refused(self):
+    workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'aaa'})
+    open(os.path.join(self.workdir, 'metrics.jsonl'), 'w').close()
+    workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'aaa'})  # same data
+    with self.assertRaisesRegex(errors.UserError, r'\(content fingerprints: dataset: aaa in '
+                                r'the workdir, bbb now\): the dataset was prepared again'):
+      workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'bbb'})
+
+  def test_a_workdir_older_than_fingerprints_takes_them_on(self):
+    workdir_lib.check_identity(self.workdir, tiny())
+    open(os.path.join(self.workdir, 'metrics.jsonl'), 'w').close()
+    workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'aaa'})
+    saved = json.load(open(os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)))
+    self.assertEqual(saved['identity']['content.dataset'], 'aaa')
+    with self.assertRaisesRegex(errors.UserError, 'prepared again in place'):
+      workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'bbb'})
+
+  def test_damaged_run_config_is_one_paragraph(self):
+    workdir_lib.check_identity(self.workdir, tiny())
+    open(os.path.join(self.workdir, 'metrics.jsonl'), 'w').close()
+    path = os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)
+    with open(path, 'r+') as f:
+      f.truncate(20)
+    with self.assertRaisesRegex(errors.UserError, r'run_config.json cannot be read \(.*\), so '
+                                'what workdir .* was made for cannot be checked'):
+      workdir_lib.check_identity(self.workdir, tiny())
+
   def test_workdir_with_nothing_made_yet_takes_the_new_config(self):
     workdir_lib.check_identity(self.workdir, tiny())  # then, say, the band had no rules
     cfg = tiny()

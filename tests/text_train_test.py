@@ -49,6 +49,20 @@ class TextTrainingTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp()
     cls.data_dir = make_corpus(os.path.join(cls.tmp, 'corpus'))
 
+  def test_resume_on_a_dataset_prepared_again_in_place_is_refused(self):
+    data_dir = make_corpus(os.path.join(self.create_tempdir().full_path, 'corpus'))
+    workdir = self.create_tempdir().full_path
+    cfg = text_config(data_dir)
+    cfg.train_steps = 3
+    train.train_and_evaluate(cfg, workdir)
+    # Another corpus prepared into the same path: same config, other data.
+    prepare.prepare([os.path.join(STDLIB, 'email', '*.py')], 'bytes', data_dir,
+                    validation_fraction=0.2, workers=1, overwrite=True)
+    cfg.train_steps = 6
+    with self.assertRaisesRegex(errors.UserError, r'dataset: \w+ in the workdir, \w+ now\): '
+                                r'the dataset was prepared again in place'):
+      train.train_and_evaluate(cfg, workdir)
+
   def test_run_reports_text_metrics_and_trains_on_the_feeds_rows(self):
     cfg = text_config(self.data_dir)
     workdir = self.create_tempdir().full_path

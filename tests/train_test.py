@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 from absl.testing import absltest
 import flax.linen as nn
@@ -159,6 +160,25 @@ class LoopTest(absltest.TestCase):
     self.assertTrue(all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params)))
     rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
     self.assertEqual(max(r['step'] for r in rows), bad_step - 1)
+
+  def test_a_model_that_cannot_learn_stops(self):
+    # All-zero weights (as a damaged import can give): every gradient is exactly 0.
+    def zero_init(*args, **kwargs):
+      state = real_init(*args, **kwargs)
+      return state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
+    real_init = train.init_state
+    cfg = tiny_config.get_config()
+    cfg.train_steps = 10
+    with mock.patch.object(train, 'init_state', zero_init):
+      with self.assertRaisesRegex(errors.DeadGradient, r'exactly 0 on steps 1-3') as caught:
+        train.train_and_evaluate(cfg, self.create_tempdir().full_path)
+    self.assertEqual(caught.exception.exit_code, errors.EXIT_NON_FINITE)
+
+  def test_gradient_alive_check(self):
+    train._check_gradient_alive(0, 3, [0.0, 0.0, 1e-9])    # one live step is enough
+    train._check_gradient_alive(5, 7, [0.0, 0.0])          # not yet three steps
+    with self.assertRaisesRegex(errors.DeadGradient, 'steps 6-8.*init.from_run=.hf:x.'):
+      train._check_gradient_alive(5, 8, [0.0, 0.0, 0.0], 'hf:x')
 
   def test_startup_errors(self):
     workdir = self.create_tempdir().full_path

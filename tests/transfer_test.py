@@ -208,6 +208,30 @@ class TransferTest(absltest.TestCase):
     self.assertEqual(step, 6)
     self.assertEqual(snapshot(workdir)[transfer.REPORT_FILE], report)  # no second transfer
 
+  def test_damaged_newest_checkpoint_falls_back_and_none_intact_is_exit_4(self):
+    stage1 = os.path.join(self.create_tempdir().full_path, 'stage1')
+    shutil.copytree(self.stage1_dir, stage1)
+    steps = os.path.join(stage1, checkpoint.CHECKPOINT_DIR)
+    shutil.copytree(os.path.join(steps, '3'), os.path.join(steps, '5'))   # a newer step ...
+    with open(os.path.join(steps, '5', 'state', '_METADATA'), 'w') as f:
+      f.write('{"tree_metadata": garbage')                               # ... whose metadata is damaged
+    cfg = self.config()
+    cfg.init.from_run = stage1
+    with self.assertLogs('absl', 'ERROR') as logs:
+      params, _, report = self.transferred(cfg)
+    self.assertEqual(report['from_step'], 3)
+    self.assertLen(logs.output, 1)                       # one line for the damaged step
+    self.assertRegex(logs.output[0], r'step 5 .* cannot be used .*trying an older one')
+    for name, value in self.stage1.items():
+      if name not in ('embedding', 'head'):
+        self.assertTrue(same_bits(params[name], value), name)
+    with open(os.path.join(steps, '3', 'state', '_METADATA'), 'w') as f:
+      f.write('')
+    with self.assertRaisesRegex(errors.CheckpointError, r'none of its checkpoints \(steps '
+                                r'\[5, 3\]\) is intact') as caught:
+      train.train_and_evaluate(cfg, self.create_tempdir().full_path)
+    self.assertEqual(caught.exception.exit_code, errors.EXIT_CHECKPOINT)
+
   def test_bad_input_fails_at_startup_and_writes_nothing_to_stage1(self):
     before = snapshot(self.stage1_dir)
     foreign = self.create_tempdir().full_path

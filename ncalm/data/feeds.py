@@ -22,6 +22,7 @@ from ncalm import config_lib
 from ncalm import files
 from ncalm.data import complexity
 from ncalm.data import device_sources
+from ncalm.data import prepare as prepare_lib
 from ncalm.data import text
 
 BANK_FILE = 'rule_bank.npz'
@@ -110,6 +111,15 @@ def load(cfg: ml_collections.ConfigDict, workdir: str) -> Feeds:
     return build(cfg)
   bank = load_or_sample_bank(cfg, workdir)
   return build(cfg, tuple(np.asarray(b.keys) for b in bank.split(cfg.data.num_val_rules)))
+
+
+def content_fingerprints(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  """Digests of the data a config names only by path, for the run's identity
+  (`workdir.check_identity`): a text run's prepared dataset (its records and metadata, the
+  tokeniser's fingerprint among them). NCA and Dyck data are functions of the config."""
+  if cfg.data.source != 'text':
+    return {}
+  return {'dataset': prepare_lib.dataset_fingerprint(cfg.data.text.path)}
 
 
 def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Feeds:
