@@ -22,6 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
 from ncalm.data import feeds
 from ncalm.data import text
@@ -43,8 +44,8 @@ def cpu_model() -> str:
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  run = feeds.prepare(cfg, tempfile.mkdtemp())
-  setup = train.create_setup(cfg, run.train_source.vocab_size)
+  run = feeds.load(cfg, tempfile.mkdtemp())
+  setup = train.create_setup(cfg, startup.check(cfg).model)
   batch_sharding = sharding.batch_sharding(setup.mesh)
   state = train.create_state(setup, jax.random.PRNGKey(0))
   step_fn = train.make_train_step_on_batch(setup)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 
 from ncalm import perf
+from ncalm import startup
 from ncalm import train
 from ncalm.data import feeds
 
@@ -56,8 +57,8 @@ def interleave(runs, setup, repeats):
 
 def data_cost(repeats: int) -> None:
   cfg = nca_164m.get_config('cpu')
-  run = feeds.prepare(cfg, _WORKDIR.value)
-  setup = train.create_setup(cfg, run.train_source.vocab_size)
+  run = feeds.load(cfg, _WORKDIR.value)
+  setup = train.create_setup(cfg, startup.check(cfg).model)
   key = jax.random.PRNGKey(0)
   inside = train.make_train_step(setup)
   fed = train.make_train_step_on_batch(setup)
@@ -93,12 +94,12 @@ def throughput(repeats: int, peak: float) -> None:
   cfg.model.update(d_model=256, num_layers=4, num_heads=4, mlp_dim=1024, dtype='float32',
                    remat='none')
   cfg.global_batch = 8
-  run = feeds.prepare(cfg, _WORKDIR.value)
+  run = feeds.load(cfg, _WORKDIR.value)
   key = jax.random.PRNGKey(0)
   runs, setups = {}, {}
   for dropout in (0.1, 0.0):
     cfg.model.attn_dropout = dropout
-    setup = train.create_setup(cfg, run.train_source.vocab_size)
+    setup = train.create_setup(cfg, startup.check(cfg).model)
     name = f'attention dropout {dropout}'
     runs[name] = timed_steps(setup, train.make_train_step(setup),
                              train.create_state(setup, key), run.train_source, key)

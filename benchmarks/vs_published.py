@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import nca_164m  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from ncalm import startup
 from ncalm import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ncalm.data import feeds
 
@@ -83,13 +84,13 @@ def main(argv):
   del argv
   workdir = tempfile.mkdtemp()
   base = shared_shape_config()
-  run = feeds.prepare(base, workdir)
+  run = feeds.load(base, workdir)
   key = jax.random.PRNGKey(0)
   runs, setup = {}, None
   for name in _VARIANTS.value:
     cfg = shared_shape_config()
     cfg.model.update(VARIANTS[name])
-    setup = train.create_setup(cfg, run.train_source.vocab_size)
+    setup = train.create_setup(cfg, startup.check(cfg).model)
     runs[name] = bench.timed_steps(setup, train.make_train_step(setup),
                                    train.create_state(setup, key), run.train_source, key)
   tokens = base.global_batch * base.seq_len

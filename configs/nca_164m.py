@@ -53,9 +53,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.model.update(d_model=128, num_layers=2, num_heads=4, mlp_dim=512, dtype='float32',
                    remat='none', attn_dropout=0.0)  # as in the README's recorded run
     c.optim.update(lr=3e-3, schedule='warmup_cosine', warmup_steps=50)
-    c.eval_every = 200
-    c.eval_batches = 4
-    c.probe_sequences = 8
+    c.evals.heldout.update(every=200, batches=4)
+    c.evals.probe.update(every=200, sequences=8)
     c.checkpoint_every = 200
   elif variant == 'decay':
     c.optim.update(schedule='warmup_cosine', warmup_steps=500)

@@ -55,7 +55,7 @@ def get_config(variant: str = 'nca_50') -> ml_collections.ConfigDict:
     c.data.source = 'text'
     c.data.text.path = ''           # set on the command line: the prepared C4 DATA_DIR
     c.data.text.tokenizer = 'tiktoken:gpt2'  # stage 2's vocabulary: init.embedding=keep works
-    c.eval_every = 1000
+    c.evals.heldout.every = 1000
     c.checkpoint_every = 1000
   if arm == 'c4_10x':
     c.train_steps = 50_000          # 1.6B tokens; warmup still 5,000 steps, then constant
@@ -72,9 +72,8 @@ def _cpu(c: ml_collections.ConfigDict, arm: str) -> None:
   c.model.update(d_model=128, num_layers=2, num_heads=4, mlp_dim=512, dtype='float32',
                  remat='none', attn_dropout=0.0)
   c.optim.update(lr=3e-3, schedule='warmup_cosine', warmup_steps=30)
-  c.eval_every = 150
-  c.eval_batches = 4
-  c.probe_sequences = 8
+  c.evals.heldout.update(every=150, batches=4)
+  c.evals.probe.update(every=150, sequences=8)
   c.checkpoint_every = 150
   c.data.num_train_rules = 2000     # a smaller bank: sampled in seconds
   c.data.num_val_rules = 200

@@ -40,8 +40,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optim.update(name='adamw', lr=2e-4, weight_decay=0.0, clip_norm=1.0,
                  schedule='warmup_cosine', warmup_steps=750, final_lr=0.0)
   c.grad_accum = 16                 # 32 sequences per micro-batch
-  c.eval_every = 1000
-  c.eval_batches = 8
+  c.evals.heldout.update(every=1000, batches=8)
   c.checkpoint_every = 1000
 
   if variant == 'cpu':
@@ -55,8 +54,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
                    remat='none', attn_dropout=0.0)
     c.optim.update(lr=3e-3, warmup_steps=30)
     c.log_every = 10
-    c.eval_every = 100
-    c.eval_batches = 8
+    c.evals.heldout.update(every=100, batches=8)
     c.checkpoint_every = 100
   elif variant:
     raise ValueError(f'Unknown variant {variant!r} of text_code: use "" or "cpu".')

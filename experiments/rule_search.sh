@@ -6,7 +6,8 @@
 set -euo pipefail
 out=${1:?usage: rule_search.sh OUT_DIR [ARM ...]}; shift || true
 common=(--config=configs/nca_164m.py:cpu --config.seq_len=512 --config.global_batch=8
-        --config.train_steps=600 --config.eval_every=300 --config.checkpoint_every=300
+        --config.train_steps=600 --config.checkpoint_every=300
+        --config.evals.heldout.every=300 --config.evals.probe.every=300
         --config.data.nca.grid=8)
 declare -A arms=(
   [s2_p1]="--config.data.nca.num_states=2 --config.data.nca.perceive_channels=1 --config.data.band=0.1,1.0"

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 
 from ncalm import errors
 from ncalm import hashing
+from ncalm import param_names
 from ncalm import sharding
 from ncalm import workdir as workdir_lib
 
@@ -73,11 +74,6 @@ def tensor_digest(x: jax.Array) -> jax.Array:
                     jnp.sum(hashing.mix32(h + jnp.uint32(0x7F4A7C15)), dtype=jnp.uint32)])
 
 
-def _leaf_names(tree) -> list[str]:
-  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [jax.tree_util.keystr(path, simple=True, separator='/') for path, _ in paths]
-
-
 @functools.lru_cache(maxsize=8)
 def _digests_fn(mesh: jax.sharding.Mesh):
   return jax.jit(lambda xs: [tensor_digest(x) for x in xs],
@@ -88,7 +84,7 @@ def state_digests(state, mesh: jax.sharding.Mesh) -> dict[str, str]:
   """{tensor path: 16 hex digits} of a (sharded) pytree; the same on every process."""
   digests = _digests_fn(mesh)(jax.tree.leaves(state))
   return {name: ''.join(f'{int(w):08x}' for w in np.asarray(d))
-          for name, d in zip(_leaf_names(state), jax.device_get(digests))}
+          for name, d in zip(param_names.flat(state), jax.device_get(digests))}
 
 
 def nbytes(abstract_state) -> int:

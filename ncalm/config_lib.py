@@ -1,27 +1,21 @@
-"""The config schema, start-up validation, and typed views of its sections.
+"""The config schema: every field a run understands, and the checks of the fields alone.
 
-`base_config()` lists every field a run understands, commented, with the published
-stage-1 values; experiment files in configs/ start from it and change what they
-change. Anything that cannot work fails here, at start-up, naming the field and the fix.
+`base_config()` lists every field, commented, with the published stage-1 values;
+experiment files in configs/ start from it and change what they change. What a field
+means for the data, the model or an evaluator is decided where that lives
+(`ncalm.startup` gathers the start-up checks); here only names and plain values.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
-import jax
 import ml_collections
 
 from ncalm import errors
-from ncalm import model as model_lib
+from ncalm import param_names
 from ncalm import sharding
-from ncalm.data import complexity
-from ncalm.data import dyck
-from ncalm.data import nca
-from ncalm.data import nca_tokens
-
-SOURCES = ('nca', 'dyck', 'text')  # data.source: nca, dyck made on the device in the step;
-                                   # text read from a prepared dataset by the host
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -34,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq_len = 1024                # model context; sequences hold seq_len + 1 tokens
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'nca'           # one of SOURCES: 'nca' | 'dyck' (made in the step) | 'text'
+  c.data.source = 'nca'           # 'nca' | 'dyck' (made in the step) | 'text' (read by the host)
   c.data.mode = 'fast'            # NCA rollout: 'fast' (same distribution) | 'reference' (bit-exact)
   c.data.band = (0.5, 1.0)        # gzip band of the rules; None = unfiltered
   c.data.num_train_rules = 16000  # rules in the training bank
@@ -121,9 +115,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.logical_axis_rules = sharding.LOGICAL_AXIS_RULES
 
   c.log_every = 10                # steps between metric lines (JSONL, TensorBoard, progress)
-  c.eval_every = 500              # steps between evaluations on held-out rules
-  c.eval_batches = 4              # held-out batches (of global_batch sequences) per eval
-  c.probe_sequences = 16          # held-out sequences whose next frame is decoded greedily
+  # Evaluators (ncalm/eval/): each runs every `every` steps and at the last step, on the
+  # sources it suits (the probe on NCA only); their settings are not part of a run's identity.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.heldout = ml_collections.ConfigDict()
+  c.evals.heldout.every = 500     # steps between held-out loss evaluations
+  c.evals.heldout.batches = 4     # held-out batches (of global_batch sequences) per evaluation
+  c.evals.probe = ml_collections.ConfigDict()
+  c.evals.probe.every = 500       # steps between next-frame probes (NCA)
+  c.evals.probe.sequences = 16    # held-out sequences whose next frame is decoded greedily;
+                                  # 0 turns the probe off
   c.checkpoint_every = 500        # steps between checkpoints (and at the end, and on SIGTERM)
   c.keep_checkpoints = 3          # checkpoints kept in the workdir
   c.async_checkpoint = True       # write checkpoints in the background
@@ -146,26 +147,53 @@ def load_file(spec: str, relative_to: str = '') -> ml_collections.ConfigDict:
   return module.get_config(variant) if variant else module.get_config()
 
 
-def _paths(d, prefix=''):
+def flatten(d: Any, prefix: str = '') -> dict[str, Any]:
+  """A (Config)dict as {dotted path: value}: the one flattening of configs in ncalm."""
+  out = {}
   for key, value in d.items():
-    path = f'{prefix}{key}'
     if isinstance(value, (ml_collections.ConfigDict, dict)):
-      yield from _paths(value, path + '.')
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
-      yield path
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  """{dotted path: value} back into nested dicts."""
+  return param_names.nest(flat, '.')
+
+
+# Fields that moved: old path → the paths that hold its value now. A workdir's saved
+# config is read through it (`upgrade`), and a command line naming the old path is told.
+MOVED_FIELDS = {'eval_every': ('evals.heldout.every', 'evals.probe.every'),
+                'eval_batches': ('evals.heldout.batches',),
+                'probe_sequences': ('evals.probe.sequences',)}
+
+
+def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
+  """A flattened config written by an older ncalm, with moved fields at their new paths."""
+  out = {k: v for k, v in flat.items() if k not in MOVED_FIELDS}
+  for old, new in MOVED_FIELDS.items():
+    if old in flat:
+      out.update({path: flat[old] for path in new if path not in flat})
+  return out
 
 
 def check_fields(cfg: ml_collections.ConfigDict) -> None:
   """Unknown fields are errors (a typo would otherwise be silently ignored)."""
-  known = set(_paths(base_config()))
-  unknown = sorted(set(_paths(cfg)) - known)
+  unknown = sorted(set(flatten(cfg)) - set(flatten(base_config())))
+  moved = [f'{k} is now {" and ".join(MOVED_FIELDS[k])}' for k in unknown if k in MOVED_FIELDS]
+  if moved:
+    raise errors.UserError(f'Config field(s) moved: {"; ".join(moved)} (the evaluators have '
+                           'a section each under evals). Set the new field(s) instead.')
   if unknown:
     raise errors.UserError(f'Unknown config field(s) {unknown}: check the spelling against '
                            'ncalm/config_lib.py:base_config().')
 
 
-POSITIVE_FIELDS = ('train_steps', 'global_batch', 'grad_accum', 'log_every', 'eval_every',
-                   'eval_batches', 'checkpoint_every', 'keep_checkpoints',
+POSITIVE_FIELDS = ('train_steps', 'global_batch', 'grad_accum', 'log_every',
+                   'evals.heldout.every', 'evals.heldout.batches', 'evals.probe.every',
+                   'checkpoint_every', 'keep_checkpoints',
                    'data.num_train_rules', 'data.num_val_rules')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -184,115 +212,9 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f'{path}={value!r} must be an integer >= 1.')
   if cfg.seq_len < 2:
     raise errors.UserError(f'seq_len={cfg.seq_len} must be >= 2.')
-  if cfg.probe_sequences < 0:
-    raise errors.UserError(f'probe_sequences={cfg.probe_sequences} must be >= 0.')
+  if cfg.evals.probe.sequences < 0:
+    raise errors.UserError(f'evals.probe.sequences={cfg.evals.probe.sequences} must be >= 0 '
+                           '(0 turns the probe off).')
   if cfg.model.dtype not in DTYPES:
     raise errors.UserError(f'model.dtype={cfg.model.dtype!r}: use one of {list(DTYPES)} '
                            '(parameters stay float32; this is the compute dtype).')
-
-
-def nca_config(cfg: ml_collections.ConfigDict) -> nca.NCAConfig:
-  """data.nca as an NCAConfig, with frames = 0 resolved to just enough for seq_len + 1."""
-  fields = cfg.data.nca.to_dict()
-  base = nca.NCAConfig(**{**fields, 'frames': 1})
-  needed = nca_tokens.frames_needed(cfg.seq_len, base)
-  frames = fields['frames']
-  if frames and frames < needed:
-    raise errors.UserError(
-        f'data.nca.frames={frames} gives {frames * nca_tokens.tokens_per_frame(base)} tokens, '
-        f'but seq_len={cfg.seq_len} needs {cfg.seq_len + 1}: set frames >= {needed} or 0 (auto).')
-  return base.replace(frames=frames or needed)
-
-
-def dyck_config(cfg: ml_collections.ConfigDict) -> dyck.DyckConfig:
-  return dyck.DyckConfig(**cfg.data.dyck.to_dict())
-
-
-def model_config(cfg: ml_collections.ConfigDict, source_vocab: int) -> model_lib.ModelConfig:
-  """The model section as a ModelConfig: vocabulary checked against the data's, 'auto'
-  choices (0 or 'auto') resolved for this backend, max_len = seq_len."""
-  m = cfg.model
-  vocab = m.vocab_size or source_vocab
-  if vocab < source_vocab:
-    raise errors.UserError(
-        f'model.vocab_size={vocab} is too small for the data, which needs {source_vocab} '
-        f'rows (its token ids; a text tokeniser\'s padded to a multiple of 128): set '
-        f'model.vocab_size >= {source_vocab} (or 0 for automatic).')
-  return model_lib.ModelConfig(**{
-      **m.to_dict(), 'vocab_size': vocab, 'max_len': cfg.seq_len,
-      'scan_unroll': m.scan_unroll or default_scan_unroll(m.num_layers),
-      'attention': attention_kind(m.attention),
-      'attention_blocks': m.attention_blocks or default_attention_blocks(cfg.seq_len)})
-
-
-# What 'auto' (0) means per backend; measured in docs/benchmarks.md ("Training step against
-# the published step", "On one H200"). Where unmeasured, the conservative choice.
-
-
-def default_scan_unroll(num_layers: int, backend: str | None = None) -> int:
-  """Layers per scan iteration: all on CPU (faster), one on accelerators (fast compiles)."""
-  return num_layers if (backend or jax.default_backend()) == 'cpu' else 1
-
-
-def default_attention_blocks(seq_len: int, backend: str | None = None) -> int:
-  """Causal query blocks: 4 on CPU and GPU where seq_len allows (measured faster on both:
-  1.8x the attention on CPU; the paper's step with dropout 1.11x, GPT-2-small's 1.21x on an
-  H200), 1 on TPU (unmeasured)."""
-  blocked = (backend or jax.default_backend()) in ('cpu', 'gpu')
-  return 4 if blocked and seq_len % 4 == 0 and seq_len >= 256 else 1
-
-
-def attention_kind(choice: str, backend: str | None = None) -> str:
-  """model.attention → ModelConfig.attention (used where no dropout applies).
-
-  'fused' is the platform's fused attention: splash on TPU, jax.nn.dot_product_attention
-  elsewhere (cuDNN on GPU); 'auto' is fused on accelerators and plain on CPU, where the
-  plain path is faster; 'plain', 'dot_product' and 'splash' choose one directly.
-  """
-  choices = ('auto', 'fused', *model_lib.ATTENTION_KINDS)
-  if choice not in choices:
-    raise errors.UserError(f'model.attention={choice!r}: use one of {choices}.')
-  backend = backend or jax.default_backend()
-  if choice == 'auto':
-    choice = 'plain' if backend == 'cpu' else 'fused'
-  if choice == 'fused':
-    return 'splash' if backend == 'tpu' else 'dot_product'
-  return choice
-
-
-def check_batch(cfg: ml_collections.ConfigDict, mesh) -> None:
-  data_parallel = sharding.data_parallel_size(mesh)
-  problem = sharding.batch_problem(cfg.global_batch, cfg.grad_accum, data_parallel)
-  if problem:
-    raise errors.UserError(problem)
-  if cfg.data.source == 'nca' and cfg.probe_sequences % data_parallel:
-    raise errors.UserError(
-        f'probe_sequences={cfg.probe_sequences} is not divisible by the {data_parallel} '
-        f'data-parallel devices (mesh data×fsdp) that decode them: use a multiple of '
-        f'{data_parallel}, or 0 to turn the probe off.')
-
-
-def check_config(cfg: ml_collections.ConfigDict) -> None:
-  """Every check of the config alone: fields, values, and the data's own settings.
-
-  `ncalm.data.feeds.check` adds what needs the data's vocabulary (the model's)."""
-  check_fields(cfg)
-  check_values(cfg)
-  d = cfg.data
-  if d.source not in SOURCES:
-    raise errors.UserError(f'data.source={d.source!r}: use one of {list(SOURCES)}.')
-  if d.source == 'text' and not d.text.path:
-    raise errors.UserError('data.source=text needs data.text.path: the DATA_DIR written by '
-                           '`python -m ncalm.prepare --input=... --tokenizer=... --out=DATA_DIR`.')
-  if d.source == 'text' and d.text.prefetch < 1:
-    raise errors.UserError(f'data.text.prefetch={d.text.prefetch} must be >= 1.')
-  if d.source == 'nca':
-    nca_cfg = nca_config(cfg)
-    if d.band is not None:
-      complexity.check_band(d.band)
-    frames = cfg.seq_len // nca_tokens.tokens_per_frame(nca_cfg)
-    if cfg.probe_sequences and frames < 2:
-      raise errors.UserError(
-          f'seq_len={cfg.seq_len} holds {frames} whole frame(s) of '
-          f'{nca_tokens.tokens_per_frame(nca_cfg)} tokens: the next-frame probe needs two (one '
-          'of context); raise seq_len or set probe_sequences=0.')

@@ -29,15 +29,15 @@ import ml_collections
 from ml_collections import config_flags
 
 from ncalm import cli
-from ncalm import config_lib
+from ncalm import comparison
 from ncalm import errors
 from ncalm import files
 from ncalm import metrics
 from ncalm import perf
+from ncalm import startup
 from ncalm import train
 from ncalm import workdir as workdir_lib
 from ncalm.data import feeds
-from ncalm.eval import compare
 
 
 SCRATCH = 'scratch'
@@ -135,8 +135,7 @@ def _unique(pairs):
 
 def compute(cfg: ml_collections.ConfigDict) -> dict:
   """Tokens and training FLOPs (6·N per token plus attention) of a whole run."""
-  vocab = feeds.check(cfg).train_source.vocab_size
-  model_cfg = config_lib.model_config(cfg, vocab)
+  model_cfg = startup.check(cfg).model
   tokens = cfg.train_steps * cfg.global_batch * cfg.seq_len
   return dict(tokens=tokens, flops=perf.flops_per_token(model_cfg, cfg.seq_len) * tokens)
 
@@ -173,7 +172,7 @@ def run(cfg: ml_collections.ConfigDict, run_dir: str) -> dict:
   return record
 
 
-def _result(run_dir: str, stage1_dir: str | None) -> compare.ArmResult | None:
+def _result(run_dir: str, stage1_dir: str | None) -> comparison.ArmResult | None:
   """An arm's stage-2 outcome on one seed, or None if its runs have not finished."""
   done = os.path.join(run_dir, DONE_FILE)
   if not os.path.exists(done):
@@ -187,7 +186,7 @@ def _result(run_dir: str, stage1_dir: str | None) -> compare.ArmResult | None:
   path = os.path.join(run_dir, 'metrics.jsonl')
   rows = metrics.read_jsonl(path) if os.path.exists(path) else []
   curve = [(r['step'], r['eval/loss']) for r in rows if r.get('eval/loss') is not None]
-  return compare.ArmResult(curve=curve, stage1_tokens=stage1['tokens'],
+  return comparison.ArmResult(curve=curve, stage1_tokens=stage1['tokens'],
                            stage2_tokens=record['tokens'],
                            flops=stage1['flops'] + record['flops'],
                            diverged=record.get('diverged', False))
@@ -220,10 +219,10 @@ def report(exp, workdir: str) -> None:
   """Rewrites the comparison and ablation tables and plots from what has finished."""
   main, ablations = collect(exp, workdir)
   if main:
-    compare.write(main, os.path.join(workdir, 'comparison'),
+    comparison.write(main, os.path.join(workdir, 'comparison'),
                   'validation loss in stage 2, mean and min–max over seeds')
   if ablations:
-    compare.write(ablations, os.path.join(workdir, 'ablations'),
+    comparison.write(ablations, os.path.join(workdir, 'ablations'),
                   'ablations: validation loss in stage 2, mean and min–max over seeds')
 
 
@@ -245,8 +244,19 @@ def check_finished(todo) -> None:
       workdir_lib.check_finished_run(run_dir, cfg, feeds.content_fingerprints(cfg))
 
 
+def check_runs(exp) -> None:
+  """The start-up check of every kind of run (each arm's stage 1, the stage 2 they share),
+  so that a config that cannot work is refused before the first run, not hours into it."""
+  seed = exp.seeds[0]
+  for arm in arms_of(exp):
+    if arm != SCRATCH:
+      startup.check(stage1_config(exp, arm, seed))
+  startup.check(stage2_config(exp, seed))
+
+
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bool = False):
   check(exp)
+  check_runs(exp)
   todo = jobs(exp, workdir)
   check_finished(todo)
   os.makedirs(workdir, exist_ok=True)

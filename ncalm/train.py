@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import signal
 import time
 from typing import Any
@@ -24,7 +25,6 @@ import numpy as np
 import optax
 
 from ncalm import checkpoint
-from ncalm import config_lib
 from ncalm import errors
 from ncalm import losses
 from ncalm import metrics as metrics_lib
@@ -32,14 +32,15 @@ from ncalm import model as model_lib
 from ncalm import optim
 from ncalm import perf
 from ncalm import sharding
+from ncalm import startup
 from ncalm import transfer
 from ncalm import viz
 from ncalm import workdir as workdir_lib
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
-from ncalm.data import feeds
+from ncalm.data import feeds as feeds_lib
 from ncalm.data import text
-from ncalm.eval import heldout
+from ncalm.eval import registry
 
 
 @flax.struct.dataclass
@@ -60,6 +61,7 @@ class Setup:
   lr: optax.Schedule
   state_shardings: Any
   abstract_state: Any    # ShapeDtypeStructs with shardings: what a restore fills in
+  init_spec: transfer.InitSpec  # the init section: where parameters start, what is frozen
   trainable: Any = None  # bools like params: False where frozen (init.freeze); None = all
 
 
@@ -82,15 +84,18 @@ def init_state(setup_model, tx, cfg, rng):
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
+def create_setup(cfg: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
                  devices=None) -> Setup:
+  """The mesh, the model of `model_cfg` (`startup.check(cfg).model`), the optimizer and
+  the state's shardings; refuses parameters that do not split over the mesh."""
   mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices)
   rules = sharding.rules_from_config(cfg.logical_axis_rules)
-  model = model_lib.Transformer(config_lib.model_config(cfg, vocab_size))
+  model = model_lib.Transformer(model_cfg)
   tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps)
   params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
                                              jnp.zeros((1, cfg.seq_len), jnp.int32)))['params']
-  trainable = transfer.trainable_mask(transfer.plan(cfg), nn.meta.unbox(params))
+  init_spec = transfer.init_spec(cfg)
+  trainable = transfer.trainable_mask(init_spec, nn.meta.unbox(params))
   tx = transfer.freeze_optimizer(tx, trainable)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
@@ -100,7 +105,7 @@ def create_setup(cfg: ml_collections.ConfigDict, vocab_size: int,
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.meta.unbox(abstract), shardings)
-  return Setup(cfg, mesh, rules, model, tx, lr, shardings, abstract_state,
+  return Setup(cfg, mesh, rules, model, tx, lr, shardings, abstract_state, init_spec,
                None if all(jax.tree.leaves(trainable)) else trainable)
 
 
@@ -110,26 +115,6 @@ def create_state(setup: Setup, rng: jax.Array) -> TrainState:
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     return jax.jit(lambda r: nn.meta.unbox(init(r)),
                    out_shardings=setup.state_shardings)(rng)
-
-
-def transferred_state(setup: Setup, rng: jax.Array, workdir: str) -> TrainState:
-  """The first state of a stage-2 run: stage 1's blocks and norms, new embedding and head
-  (ncalm/transfer.py), the init ablations, and a fresh optimizer state."""
-  p = transfer.plan(setup.cfg)
-  fresh = create_state(setup, rng)
-  stage1, step = transfer.read_stage1(p, fresh.params, setup.mesh, workdir)
-  params, how = transfer.build_params(p, fresh.params, stage1,
-                                      jax.random.fold_in(rng, TRANSFER_KEY))
-  del fresh, stage1
-  opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params)
-  mask = setup.trainable if setup.trainable is not None else jax.tree.map(lambda _: True, params)
-  report = transfer.report(p, params, how, mask, step)
-  logging.info('%s', transfer.summary_line(report))
-  transfer.write_report(workdir, report)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-
-
-TRANSFER_KEY = 7  # fold_in of the init key for the 'framework' embedding and head draws
 
 
 # -------------------------------------------------------------------------- step
@@ -309,19 +294,19 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
   Raises errors.Interrupted after a SIGTERM stop (checkpoint saved), NonFiniteLoss on a
   NaN/Inf step and CheckpointError when a save fails or no checkpoint is intact.
   """
-  plan = feeds.check(cfg)
-  setup = create_setup(cfg, plan.train_source.vocab_size, devices)  # mesh, sharding checks
-  config_lib.check_batch(cfg, setup.mesh)
+  checked = startup.check(cfg)
+  setup = create_setup(cfg, checked.model, devices)  # mesh, sharding checks
+  startup.check_mesh(cfg, checked, setup.mesh)
   if cfg.init.from_run and not checkpoint.has_checkpoints(workdir):  # else it resumes itself
-    transfer.check_stage1(transfer.plan(cfg), setup.abstract_state.params, workdir)
+    transfer.check_stage1(setup.init_spec, setup.abstract_state.params, workdir)
   is_host0 = jax.process_index() == 0
   workdir_lib.check_writable(workdir)
   workdir_lib.check_shared(workdir)
   lock = workdir_lib.Lock(workdir, enabled=is_host0)
   _on_process_0(lock.acquire)
   try:
-    _on_process_0(lambda: workdir_lib.check_identity(workdir, cfg,
-                                                     content=feeds.content_fingerprints(cfg)))
+    _on_process_0(lambda: workdir_lib.check_identity(
+        workdir, cfg, content=feeds_lib.content_fingerprints(cfg)))
     store = checkpoint.Checkpoints(workdir, cfg, setup.abstract_state, setup.mesh)
     try:
       _start(cfg, workdir, store)
@@ -347,14 +332,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
 
 def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> dict:
   """The loop: {'metrics': last metrics, 'stopped_at': step or None}."""
-  run = feeds.load(cfg, workdir)
+  run = feeds_lib.load(cfg, workdir)
   seed_key = jax.random.PRNGKey(cfg.seed)
   init_key, train_key = jax.random.split(seed_key)
   is_host0 = jax.process_index() == 0
 
   restored = store.restore_latest()  # the workdir's own checkpoint first, then init.from_run
   if restored is None and cfg.init.from_run:
-    state, resumed_from = transferred_state(setup, init_key, workdir), None
+    state = transfer.initial_state(setup, lambda: create_state(setup, init_key), init_key,
+                                   workdir)
+    resumed_from = None
   elif restored is None:
     state, resumed_from = create_state(setup, init_key), None
   else:
@@ -368,7 +355,7 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
     writer.close()
     return dict(metrics={}, stopped_at=None)
 
-  do_step, evaluator, prefetcher = _feed_parts(cfg, setup, run, train_key)
+  do_step, evaluators, prefetcher = _feed_parts(cfg, setup, run, train_key)
   flops = perf.flops_per_token(setup.model.cfg, cfg.seq_len)
   peak = perf.peak_flops(jax.devices()[0].device_kind, cfg.peak_flops or None)
   if peak is None and jax.default_backend() == 'cpu':
@@ -419,13 +406,14 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
         done = step + 1
         save_now = (done % cfg.checkpoint_every == 0 or done == cfg.train_steps
                     or stop.requested)
-        eval_now = done % cfg.eval_every == 0 or done == cfg.train_steps
+        due = [n for n in evaluators if registry.due(cfg, n, done)]
+        eval_now = bool(due)
         if save_now or eval_now:
           last = settle(pending)  # never save or evaluate a state with a bad loss
           pending = None
         if eval_now:
-          eval_scalars = evaluator.run(state.params, done, workdir, writer)
-          last.update(eval_scalars)
+          last.update(_evaluate({n: evaluators[n] for n in due}, state.params, done, workdir,
+                                writer))
         if save_now:
           store.save(done, state)
         if save_now or eval_now:
@@ -444,6 +432,31 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
   return dict(metrics=last, stopped_at=stopped_at)
 
 
+SHOWN = ('eval/loss', 'eval/unigram_loss', 'eval/perplexity', 'eval/bits_per_byte',
+         'probe/cell_accuracy', 'probe/frame_accuracy', 'probe/copy_baseline')
+
+
+def _evaluate(evaluators: dict, params, step: int, workdir: str, writer) -> dict[str, float]:
+  """Runs the evaluators; writes their scalars (one JSONL line), their pictures
+  (TensorBoard, and workdir/TAG_DIR/step_NNNNNNN.png) and one log line."""
+  scalars, images = {}, {}
+  for evaluator in evaluators.values():
+    more_scalars, more_images = evaluator.run(params)
+    scalars.update(more_scalars)
+    images.update(more_images)
+  if jax.process_index() == 0:
+    for tag, picture in images.items():
+      folder = os.path.join(workdir, tag.split('/')[0])
+      os.makedirs(folder, exist_ok=True)
+      viz.save_png(os.path.join(folder, f'step_{step:07d}.png'), picture)
+      writer.write_image(step, tag, picture)
+  writer.write(step, scalars)
+  if jax.process_index() == 0:
+    logging.info('eval at step %d | %s', step, ' | '.join(
+        f'{k.split("/")[1]} {scalars[k]:.4f}' for k in SHOWN if k in scalars))
+  return scalars
+
+
 class _WaitShare:
   """The share of wall time spent waiting for the host's data since the last call."""
 
@@ -457,18 +470,18 @@ class _WaitShare:
     return share
 
 
-def _feed_parts(cfg, setup: Setup, run: feeds.Feeds, train_key):
-  """What depends on the kind of feed: (do_step(state, step) → (state, scalars), the
-  evaluator, the text prefetcher or None).
+def _feed_parts(cfg, setup: Setup, run: feeds_lib.Feeds, train_key):
+  """What depends on where the data is made: (do_step(state, step) → (state, scalars),
+  {name: evaluator}, the text prefetcher or None).
 
   On-device sources go to the devices once (each step reads them there) and the step
   makes its batch inside; a text feed's rows are read by the host, ahead of time."""
   if run.on_device:
-    train_source, val_source = jax.device_put((run.train_source, run.val_source),
-                                              sharding.replicated(setup.mesh))
+    run = feeds_lib.Feeds(*jax.device_put((run.train_source, run.val_source),
+                                          sharding.replicated(setup.mesh)))
     train_step = make_train_step(setup)
-    evaluator = heldout.Evaluator(setup, val_source, cfg, train_source)
-    return (lambda state, step: train_step(state, train_source, train_key)), evaluator, None
+    return ((lambda state, step: train_step(state, run.train_source, train_key)),
+            registry.build(setup, cfg, run), None)
   logging.info('Text: %s, vocabulary %d ids (model: %d, padded to a multiple of %d).',
                cfg.data.text.path, run.train_source.meta['vocab_size'],
                setup.model.cfg.vocab_size, text.VOCAB_MULTIPLE)
@@ -476,6 +489,5 @@ def _feed_parts(cfg, setup: Setup, run: feeds.Feeds, train_key):
                                cfg.global_batch, cfg.data.text.prefetch,
                                cfg.data.text.document_masking)
   train_step = make_train_step_on_batch(setup)
-  evaluator = heldout.TextEvaluator(setup, run.val_source, cfg, run.train_source)
   return ((lambda state, step: train_step(state, prefetcher.batch(step), train_key)),
-          evaluator, prefetcher)
+          registry.build(setup, cfg, run), prefetcher)

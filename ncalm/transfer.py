@@ -31,14 +31,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from ncalm import checkpoint
-from ncalm import cli
 from ncalm import errors
 from ncalm import files
 from ncalm import hf_llama
-from ncalm import workdir as workdir_lib
+from ncalm import param_names
+from ncalm import run_params
 
 LAYER_GROUPS = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),
                 'mlp': ('mlp/gate', 'mlp/up', 'mlp/down'),
@@ -48,14 +46,15 @@ REINIT_GROUPS = ('attention', 'mlp', 'norms', 'final_norm')
 FREEZE_GROUPS = (*LAYER_GROUPS, *GLOBAL_GROUPS)
 EMBEDDINGS = ('normal', 'framework', 'keep')
 REPORT_FILE = 'transfer.json'
+TRANSFER_KEY = 7    # fold_in of the init key for the 'framework' embedding and head draws
 HF_PREFIX = 'hf:'   # init.from_run='hf:DIR': a Hugging Face Llama checkpoint (ncalm/hf_llama.py)
 
 
-# ------------------------------------------------------------------- the plan
+# -------------------------------------------------------------- the init spec
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class InitSpec:
   """The init section, parsed and checked against the model."""
   from_run: str
   from_step: int
@@ -87,7 +86,7 @@ def _groups(text: str, field: str, allowed) -> tuple[str, ...]:
   return names
 
 
-def plan(cfg: ml_collections.ConfigDict) -> Plan:
+def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
   """Parses `cfg.init`; refuses what cannot work (before anything is read or written)."""
   init, layers = cfg.init, cfg.model.num_layers
   if init.embedding not in EMBEDDINGS:
@@ -98,7 +97,7 @@ def plan(cfg: ml_collections.ConfigDict) -> Plan:
         f'init.layer_start={init.layer_start}, init.layer_stop={init.layer_stop}: the layer '
         f'range [{init.layer_start}, {stop}) is outside the model\'s {layers} layers; use '
         f'0 <= layer_start < layer_stop <= {layers} (layer_stop=0 means {layers}).')
-  p = Plan(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
+  p = InitSpec(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
            reinit=_groups(init.reinit, 'reinit', REINIT_GROUPS),
            freeze=_groups(init.freeze, 'freeze', FREEZE_GROUPS), layers=(init.layer_start, stop),
            num_layers=layers, scan_layers=cfg.model.scan_layers, model=cfg.model.to_dict())
@@ -119,15 +118,15 @@ def plan(cfg: ml_collections.ConfigDict) -> Plan:
   return p
 
 
-def trainable_mask(p: Plan, params) -> Any:
+def trainable_mask(p: InitSpec, params) -> Any:
   """A pytree of bools like `params` (unboxed): False where the parameter is frozen."""
   def trainable(path, _):
-    name = _name(path)
+    name = param_names.leaf_name(path)
     for group in p.freeze:
       if group in GLOBAL_GROUPS and name == GLOBAL_GROUPS[group]:
         return False
       if group in LAYER_GROUPS:
-        layer, rest = _split_layer(name)
+        layer, rest = param_names.split_layer(name)
         if rest in LAYER_GROUPS[group] and (layer is None or p.layers[0] <= layer < p.layers[1]):
           return False
     return True
@@ -147,86 +146,10 @@ def freeze_optimizer(tx: optax.GradientTransformation, mask) -> optax.GradientTr
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
 
 
-# ------------------------------------------------------------------ the names
-
-
-def _name(path) -> str:
-  return jax.tree_util.keystr(path, simple=True, separator='/')
-
-
-def _split_layer(name: str) -> tuple[int | None, str]:
-  """'layers_3/attn/query' → (3, 'attn/query'); 'layers/attn/query' → (None, ...)."""
-  head, _, rest = name.partition('/')
-  if head == 'layers':
-    return None, rest
-  if head.startswith('layers_') and head[7:].isdigit():
-    return int(head[7:]), rest
-  return -1, name
-
-
-def _flat(tree) -> dict[str, Any]:
-  return {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 # ----------------------------------------------------------- reading stage 1
 
 
-@dataclasses.dataclass(frozen=True)
-class RunRef:
-  """A run's checkpoints to read, and the flags that named them (for the messages)."""
-  run: str
-  step: int = 0                     # 0 = the newest intact checkpoint
-  field: str = 'init.from_run'
-  step_field: str = 'init.from_step'
-
-
-def _run_steps(ref: RunRef, workdir: str) -> list[int]:
-  """The checkpoint steps of an ncalm workdir, newest first; refuses what is not one."""
-  run, field = ref.run, ref.field
-  if not os.path.isdir(run):
-    raise errors.UserError(f'{field}={run!r} does not exist: name the workdir of a '
-                           'training run (the --workdir it was trained with).')
-  if workdir and os.path.realpath(run) == os.path.realpath(workdir):
-    raise errors.UserError(f'{field}={run!r} is this run\'s own --workdir: stage 2 needs '
-                           'its own workdir (a rerun of it resumes by itself).')
-  if not os.path.exists(os.path.join(run, workdir_lib.RUN_CONFIG_NAME)):
-    raise errors.UserError(
-        f'{field}={run!r} is not an ncalm workdir (no {workdir_lib.RUN_CONFIG_NAME}): '
-        'name the directory a `python -m ncalm.main ... --workdir=DIR` run wrote.')
-  steps = checkpoint.finished_steps(run)
-  if not steps:
-    directory = os.path.join(run, checkpoint.CHECKPOINT_DIR)
-    raise errors.UserError(
-        f'{field}={run!r} has no finished checkpoint in {directory} (the run stopped before '
-        'its first save): resume it with its own command until it saves one.')
-  return steps
-
-
-def _canonical(flat: dict[str, Any]) -> tuple[dict[str, Any], int]:
-  """Per-layer names ('layers_i/...') for either layout: (items, number of layers).
-
-  Values are whatever the dict holds (metadata or arrays); stacked entries become
-  (value, i) pairs, to be sliced later."""
-  out, count = {}, 0
-  for name, value in flat.items():
-    layer, rest = _split_layer(name)
-    if layer is None:
-      count = value.shape[0]
-      for i in range(count):
-        out[f'layers_{i}/{rest}'] = (value, i)
-    else:
-      if layer >= 0:
-        count = max(count, layer + 1)
-      out[name] = value
-  return out, count
-
-
-def _layer_shape(value) -> tuple[int, ...]:
-  """The shape of one layer's tensor: a (stacked value, layer) pair drops the layer axis."""
-  return tuple(value[0].shape[1:]) if isinstance(value, tuple) else tuple(value.shape)
-
-
-def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: Plan, run: str,
+def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: InitSpec, run: str,
                   layers1: int) -> None:
   """Every parameter that stage 2 takes from stage 1 must have its shape."""
   if layers1 != p.num_layers:
@@ -239,7 +162,7 @@ def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: Plan, run: 
     if name not in stage1:
       raise errors.UserError(f'init.from_run={run!r} has no parameter {name!r}: it was not '
                              'trained by this model family.')
-    got_shape, want_shape = _layer_shape(stage1[name]), _layer_shape(want)
+    got_shape, want_shape = run_params.layer_shape(stage1[name]), run_params.layer_shape(want)
     if got_shape != want_shape:
       hint = ('the vocabularies differ: keep init.embedding="normal" (re-drawn)'
               if name in ('embedding', 'head') else
@@ -249,197 +172,49 @@ def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: Plan, run: 
           f'{want_shape} in this config; {hint}.')
 
 
-def _restore_target(meta_flat: dict[str, Any], specs: dict[str, tuple], mesh) -> dict:
-  """The stage-1 params that stage 2 takes (names in `specs`, per layer), in stage-1
-  layout, as ShapeDtypeStructs placed as stage 2 places the same parameter."""
-  target = {}
-  for name, meta in meta_flat.items():
-    layer, rest = _split_layer(name)
-    per_layer = name if layer == -1 else f'layers_0/{rest}'
-    if per_layer not in specs:
-      continue
-    spec = ((None,) if layer is None else ()) + specs[per_layer]
-    target[name] = jax.ShapeDtypeStruct(
-        meta.shape, meta.dtype,
-        sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
-  return target
-
-
-def nest(flat: dict[str, Any], separator: str = '/') -> dict:
-  """{'a/b': x} → {'a': {'b': x}}."""
-  tree: dict = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split(separator)
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
-def _open(ref: RunRef, workdir: str = ''):
-  """(read-only manager, steps to try newest first) of a run."""
-  steps = _run_steps(ref, workdir)
-  if ref.step and ref.step not in steps:
-    raise errors.UserError(f'{ref.step_field}={ref.step}: {ref.run!r} has checkpoints of '
-                           f'steps {sorted(steps)}; name one of them or 0 (the newest).')
-  directory = os.path.join(os.path.abspath(ref.run), checkpoint.CHECKPOINT_DIR)
-  manager = ocp.CheckpointManager(
-      directory, item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                                'checksum': ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                           enable_async_checkpointing=False))
-  return manager, ([ref.step] if ref.step else steps)
-
-
-def _params_metadata(manager, step: int, ref: RunRef) -> dict[str, Any]:
-  """{name: shape/dtype metadata} of a checkpoint's parameters (nothing restored)."""
-  meta = manager.item_metadata(step)['state']
-  flat = {k[len('params/'):]: v for k, v in _flat(_tree_of(meta)).items()
-          if k.startswith('params/')}
-  if not flat:
-    raise errors.UserError(f'{ref.field}={ref.run!r}: the checkpoint of step {step} holds no '
-                           'model parameters: it is not an ncalm training state.')
-  return flat
-
-
-def _restore_newest(ref: RunRef, workdir: str, mesh, target_for) -> tuple[dict, int]:
-  """({name: array}, step) of the newest intact checkpoint (or the named one): the params
-  `target_for(params metadata)` asks for, checked against their checksums.
-
-  Nothing is written to the run: its manager is opened read-only, and a damaged checkpoint
-  is reported (and an older one used when no step was named), never moved."""
-  manager, steps = _open(ref, workdir)
-  try:
-    for step in steps:
-      try:
-        meta = _params_metadata(manager, step, ref)
-      except errors.UserError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        _reject(ref, manager, step, steps, e)
-        continue
-      target = target_for(meta)   # a shape that does not fit is the config's: it propagates
-      try:
-        return _restore_verified(manager, step, target, mesh), step
-      except Exception as e:  # pylint: disable=broad-except
-        _reject(ref, manager, step, steps, e)
-  finally:
-    manager.close()
-  raise _none_intact(ref, steps)
-
-
-def _reject(ref: RunRef, manager, step: int, steps: list[int], error: Exception) -> None:
-  """A damaged checkpoint: one line, then the next older one is tried; a step named by the
-  user is not replaced by another (one paragraph)."""
-  why = f'{type(error).__name__}: {cli.first_line(error)[:300]}'
-  if ref.step:
-    raise errors.CheckpointError(
-        f'{ref.field}={ref.run!r}: the checkpoint of step {step} cannot be used ({why}). Name '
-        f'another {ref.step_field} (it has {sorted(steps)}) or 0 for the newest intact one.')
-  logging.error('Checkpoint of step %d in %s cannot be used (%s); trying an older one.',
-                step, manager.directory, why)
-
-
-def _none_intact(ref: RunRef, steps: list[int]) -> errors.CheckpointError:
-  return errors.CheckpointError(
-      f'{ref.field}={ref.run!r}: none of its checkpoints (steps {steps}) is intact (each is '
-      'named above with what is wrong with it); nothing was changed there. Restore the files '
-      'from a backup, or run that stage again.')
-
-
-def _newest_metadata(ref: RunRef, manager, steps: list[int]) -> dict[str, Any]:
-  """The parameter metadata of the newest checkpoint whose metadata reads (older ones are
-  tried as a restore would)."""
-  for step in steps:
-    try:
-      return _params_metadata(manager, step, ref)
-    except errors.UserError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      _reject(ref, manager, step, steps, e)
-  raise _none_intact(ref, steps)
-
-
-def read_run_params(ref: RunRef, mesh) -> tuple[dict[str, jax.Array], int]:
-  """({name: array}, step): every parameter of a run's checkpoint, replicated on `mesh`, in
-  the layout it was saved in (for tools: export)."""
-  def everything(meta_flat):
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return {n: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated)
-            for n, m in meta_flat.items()}
-  return _restore_newest(ref, '', mesh, everything)
-
-
-def check_stage1(p: Plan, stage2_params, workdir: str = '') -> None:
+def check_stage1(p: InitSpec, stage2_params, workdir: str = '') -> None:
   """Start-up check of init.from_run against this config: the directory is a stage-1
   run with a checkpoint, and its parameters fit this model (shapes only; nothing read)."""
   if p.from_hf:
     hf_llama.match_llama(p.from_run, _wanted_shapes(p, stage2_params), p.model)
     return
-  ref = RunRef(p.from_run, p.from_step)
-  manager, steps = _open(ref, workdir)
+  ref = run_params.RunRef(p.from_run, p.from_step)
+  manager, steps = run_params.open_run(ref, workdir)
   try:
-    canon_meta, layers1 = _canonical(_newest_metadata(ref, manager, steps))
-    _check_shapes(canon_meta, _canonical(_flat(stage2_params))[0], p, p.from_run, layers1)
+    canon_meta, layers1 = run_params.canonical(run_params.newest_metadata(ref, manager, steps))
+    _check_shapes(canon_meta, run_params.canonical(param_names.flat(stage2_params))[0], p, p.from_run, layers1)
   finally:
     manager.close()
 
 
-def read_stage1(p: Plan, stage2_params, mesh, workdir: str = '') -> tuple[dict, int]:
+def read_stage1(p: InitSpec, stage2_params, mesh, workdir: str = '') -> tuple[dict, int]:
   """({stage-1 name: array}, step) of what stage 2 takes, in the stage-1 layout (stacked
   or per layer), each placed as stage 2 places that parameter.
 
-  The stage-1 run is only read (`_restore_newest`). From `hf:DIR` the tensors come per
+  The stage-1 run is only read (`run_params.restore_newest`). From `hf:DIR` the tensors come per
   layer, step 0."""
-  stage2_canon, _ = _canonical(_flat(stage2_params))
+  stage2_canon, _ = run_params.canonical(param_names.flat(stage2_params))
   specs = {}  # per-layer name → stage 2's partition spec of one layer's tensor
   for n in _wanted_shapes(p, stage2_params):
     value = stage2_canon[n]
     stacked = isinstance(value, tuple)
     spec = tuple((value[0] if stacked else value).sharding.spec)[1 if stacked else 0:]
-    specs[n] = spec + (None,) * (len(_layer_shape(value)) - len(spec))
+    specs[n] = spec + (None,) * (len(run_params.layer_shape(value)) - len(spec))
   if p.from_hf:
     arrays = hf_llama.read_llama(p.from_run, _wanted_shapes(p, stage2_params), p.model)
-    return {n: _placed(x, mesh, specs[n]) for n, x in arrays.items()}, 0
+    return {n: run_params.placed(x, mesh, specs[n]) for n, x in arrays.items()}, 0
 
   def target_for(meta_flat):
-    canon_meta, layers1 = _canonical(meta_flat)
+    canon_meta, layers1 = run_params.canonical(meta_flat)
     _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
-    return _restore_target(meta_flat, specs, mesh)
-  return _restore_newest(RunRef(p.from_run, p.from_step), workdir, mesh, target_for)
+    return run_params.restore_target(meta_flat, specs, mesh)
+  return run_params.restore_newest(run_params.RunRef(p.from_run, p.from_step), workdir, mesh, target_for)
 
 
-def _wanted_shapes(p: Plan, stage2_params) -> dict[str, tuple[int, ...]]:
+def _wanted_shapes(p: InitSpec, stage2_params) -> dict[str, tuple[int, ...]]:
   """{per-layer name: shape of one layer's tensor} of what stage 2 takes from its source."""
-  return {n: _layer_shape(v) for n, v in _canonical(_flat(stage2_params))[0].items()
+  return {n: run_params.layer_shape(v) for n, v in run_params.canonical(param_names.flat(stage2_params))[0].items()
           if n not in ('embedding', 'head') or p.embedding == 'keep'}
-
-
-def _placed(x: np.ndarray, mesh, spec: tuple) -> jax.Array:
-  """A host array placed on the mesh; each process puts only its own shards."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def _tree_of(meta):
-  return meta.tree if hasattr(meta, 'tree') else meta
-
-
-def _restore_verified(manager, step: int, target: dict, mesh) -> dict[str, jax.Array]:
-  """Restores the target's params from `step` and checks them against the saved digests."""
-  item = {'params': nest(target)}
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                   partial_restore=True),
-      checksum=ocp.args.JsonRestore()))
-  want = restored.checksum['tensors']
-  got = checkpoint.state_digests({'params': restored.state['params']}, mesh)
-  bad = sorted(k for k in got if want.get(k) != got[k])
-  if bad:
-    raise ValueError(f'{len(bad)} tensor(s) differ from the checksum saved with them: '
-                     f'{", ".join(bad[:4])}')
-  return {k[len('params/'):]: v for k, v in _flat(restored.state).items()}
 
 
 # ---------------------------------------------------------------- the new state
@@ -458,14 +233,14 @@ def _stage1_value(stage1: dict[str, jax.Array], name: str) -> jax.Array:
   """Stage 1's tensor for a stage-2 name, in either layout ('layers/x' is stacked)."""
   if name in stage1:
     return stage1[name]
-  layer, rest = _split_layer(name)
+  layer, rest = param_names.split_layer(name)
   if layer is None:   # stacked in stage 2, per layer in stage 1
     count = sum(1 for n in stage1 if n.startswith('layers_') and n.split('/', 1)[1] == rest)
     return jnp.stack([stage1[f'layers_{i}/{rest}'] for i in range(count)])
   return stage1[f'layers/{rest}'][layer]   # per layer in stage 2, stacked in stage 1
 
 
-def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
+def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array], key: jax.Array):
   """The stage-2 parameters from fresh ones (this run's init) and stage 1's (either layout),
   assembled in one jitted function straight into the fresh parameters' shardings (no
   eager op on arrays that span hosts).
@@ -476,7 +251,7 @@ def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
   how = {}
 
   def pick(path, fresh_value, stage1, key):
-    name = _name(path)
+    name = param_names.leaf_name(path)
     if name in ('embedding', 'head'):
       if p.embedding == 'keep':
         how[name] = 'kept'
@@ -486,7 +261,7 @@ def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
         sub = jax.random.fold_in(key, 0 if name == 'embedding' else 1)
         return framework_init(sub, name, fresh_value.shape, fresh_value.dtype)
       return fresh_value
-    layer, rest = _split_layer(name)
+    layer, rest = param_names.split_layer(name)
     reinit = any((g in LAYER_GROUPS and rest in LAYER_GROUPS[g])
                  or (g in GLOBAL_GROUPS and name == GLOBAL_GROUPS[g]) for g in p.reinit)
     if not reinit or (layer is not None and layer >= 0 and not layer_mask[layer]):
@@ -507,10 +282,10 @@ def build_params(p: Plan, fresh, stage1: dict[str, jax.Array], key: jax.Array):
   return params, how
 
 
-def report(p: Plan, params, how: dict[str, str], mask, step: int) -> dict:
+def report(p: InitSpec, params, how: dict[str, str], mask, step: int) -> dict:
   """What was kept, re-initialised, re-drawn and frozen, with parameter counts."""
-  sizes = {name: int(np.prod(x.shape)) for name, x in _flat(params).items()}
-  frozen = {name for name, t in _flat(mask).items() if not t}
+  sizes = {name: int(np.prod(x.shape)) for name, x in param_names.flat(params).items()}
+  frozen = {name for name, t in param_names.flat(mask).items() if not t}
   count = lambda names: int(sum(sizes[n] for n in names))
   by = lambda kind: sorted(n for n, k in how.items() if k == kind)
   return dict(
@@ -547,3 +322,26 @@ def write_report(workdir: str, r: dict) -> None:
   if jax.process_index() == 0:
     with files.atomic_open(os.path.join(workdir, REPORT_FILE)) as f:
       json.dump(r, f, indent=1)
+
+
+# ------------------------------------------------------------- the one entry
+
+
+def initial_state(setup, make_fresh, rng: jax.Array, workdir: str):
+  """The first state of a stage-2 run, from `make_fresh()` (this run's own initial state,
+  of which only the parameters are kept): stage 1's blocks and norms, new embedding and
+  head, the init ablations of `setup.init_spec`, and a fresh optimizer state; the report is
+  logged and written to the workdir."""
+  fresh = make_fresh()
+  spec, state_type, step0 = setup.init_spec, type(fresh), fresh.step
+  fresh_params = fresh.params
+  del fresh   # its optimizer state is not kept
+  stage1, step = read_stage1(spec, fresh_params, setup.mesh, workdir)
+  params, how = build_params(spec, fresh_params, stage1, jax.random.fold_in(rng, TRANSFER_KEY))
+  del fresh_params, stage1
+  opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params)
+  mask = setup.trainable if setup.trainable is not None else jax.tree.map(lambda _: True, params)
+  r = report(spec, params, how, mask, step)
+  logging.info('%s', summary_line(r))
+  write_report(workdir, r)
+  return state_type(step=step0, params=params, opt_state=opt_state)

@@ -255,6 +255,12 @@ def save_gif(images: Sequence[Image.Image], path: str, duration_ms: int = 200) -
                  loop=0, optimize=False)
 
 
+def save_png(path: str, picture_HW3: np.ndarray) -> None:
+  """A uint8 H×W×3 array as a PNG, written atomically."""
+  with files.atomic_path(path) as tmp:
+    Image.fromarray(picture_HW3).save(tmp, format='PNG')
+
+
 def probe_picture(previous, truth, predicted, num_states: int, rows: int = 4,
                   scale: int = 8) -> np.ndarray:
   """Rows of [previous frame | true next frame | decoded next frame], uint8 HWC."""

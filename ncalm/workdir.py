@@ -223,19 +223,9 @@ class Lock:
 # ------------------------------------------------------------------ the identity
 
 
-def _flatten(d, prefix=''):
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def _plain(cfg: ml_collections.ConfigDict) -> dict:
   """The config as JSON values (tuples become lists), flattened to dotted paths."""
-  return _flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
+  return config_lib.flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
 
 
 def _is_identity(path: str) -> bool:
@@ -365,7 +355,8 @@ def read_run_config(workdir: str) -> dict:
     raise errors.UserError(
         f'{path} cannot be read ({e}), so what workdir {workdir!r} was made for cannot be '
         'checked: restore it from a copy, or give this run a new --workdir.') from None
-  return saved
+  # A workdir of an older ncalm names moved fields by their old paths.
+  return dict(saved, config=config_lib.upgrade(saved['config']))
 
 
 # ------------------------------------------------------------------ disk space

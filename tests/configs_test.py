@@ -1,11 +1,16 @@
 """Every config in configs/ loads, has only known fields and passes the config-only checks;
 every experiment config names runnable arms (its stage configs pass the same checks)."""
+import json
 import os
 
 from absl.testing import absltest
 
 from ncalm import config_lib
+from ncalm import errors
 from ncalm import experiment
+from ncalm import startup
+from ncalm import workdir as workdir_lib
+import tiny_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 RUN_CONFIGS = {
@@ -22,7 +27,7 @@ def check(cfg):
   config_lib.check_fields(cfg)
   config_lib.check_values(cfg)
   if cfg.data.source != 'text':   # text configs need their prepared corpus on this machine
-    config_lib.check_config(cfg)
+    startup.check(cfg)
 
 
 class ConfigsTest(absltest.TestCase):
@@ -51,6 +56,41 @@ class ConfigsTest(absltest.TestCase):
   def test_unknown_variant_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'Unknown arm'):
       config_lib.load_file(os.path.join(CONFIGS, 'stage1.py:nca_70'))
+
+
+class MovedFieldsTest(absltest.TestCase):
+  """eval_every, eval_batches and probe_sequences now live under evals."""
+
+  def test_an_old_field_on_the_command_line_names_its_new_home(self):
+    cfg = tiny_config.get_config()
+    cfg.eval_every = 7
+    with self.assertRaisesRegex(errors.UserError, r'eval_every is now evals.heldout.every '
+                                r'and evals.probe.every'):
+      config_lib.check_fields(cfg)
+
+  def test_a_workdir_made_before_the_move_resumes_with_its_values_mapped(self):
+    cfg = tiny_config.get_config()
+    cfg.evals.heldout.update(every=7, batches=2)
+    cfg.evals.probe.update(every=7, sequences=4)
+    workdir = self.create_tempdir().full_path
+    workdir_lib.check_identity(workdir, cfg)
+    path = os.path.join(workdir, workdir_lib.RUN_CONFIG_NAME)
+    with open(path) as f:
+      saved = json.load(f)
+    for new in [k for k in saved['config'] if k.startswith('evals.')]:
+      del saved['config'][new]
+    saved['config'].update(eval_every=7, eval_batches=2, probe_sequences=4)  # as ncalm wrote
+    with open(path, 'w') as f:
+      json.dump(saved, f)
+    open(os.path.join(workdir, 'metrics.jsonl'), 'w').close()   # it holds a run
+    read = workdir_lib.read_run_config(workdir)['config']
+    self.assertEqual({k: v for k, v in read.items() if k.startswith(('eval', 'probe'))},
+                     {'evals.heldout.every': 7, 'evals.heldout.batches': 2,
+                      'evals.probe.every': 7, 'evals.probe.sequences': 4})
+    with self.assertNoLogs(level='WARNING'):   # nothing changed, so nothing to warn about
+      workdir_lib.check_identity(workdir, cfg)
+    cfg.evals.heldout.every = 9    # evaluation settings are not the run's identity
+    workdir_lib.check_identity(workdir, cfg)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The comparison command (ncalm/experiment.py) and its tables (ncalm/eval/compare.py):
+"""The comparison command (ncalm/experiment.py) and its tables (ncalm/eval/comparison.py):
 crossing steps and speed-ups on known curves; a tiny experiment killed mid-way, resumed,
 and its tables and plots checked against the runs' own metrics."""
 import csv
@@ -14,11 +14,11 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
+from ncalm import comparison
 from ncalm import config_lib
 from ncalm import errors
 from ncalm import experiment
 from ncalm import metrics
-from ncalm.eval import compare
 import text_train_test
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -26,17 +26,17 @@ ROOT = os.path.dirname(TESTS)
 
 
 def arm(curve, **kw):
-  return compare.ArmResult(curve=curve, **kw)
+  return comparison.ArmResult(curve=curve, **kw)
 
 
 class CompareTest(absltest.TestCase):
 
   def test_crossing_step_interpolates_between_evaluations(self):
     curve = [(10, 5.0), (20, 4.0), (30, 3.0)]
-    self.assertEqual(compare.crossing_step(curve, 4.0), 20.0)
-    self.assertEqual(compare.crossing_step(curve, 3.5), 25.0)
-    self.assertEqual(compare.crossing_step(curve, 6.0), 10.0)
-    self.assertIsNone(compare.crossing_step(curve, 2.9))
+    self.assertEqual(comparison.crossing_step(curve, 4.0), 20.0)
+    self.assertEqual(comparison.crossing_step(curve, 3.5), 25.0)
+    self.assertEqual(comparison.crossing_step(curve, 6.0), 10.0)
+    self.assertIsNone(comparison.crossing_step(curve, 2.9))
 
   def test_speedup_is_scratch_steps_over_arm_steps_per_seed(self):
     results = {
@@ -48,7 +48,7 @@ class CompareTest(absltest.TestCase):
                  1: arm([(10, 6.0), (20, 5.0), (40, 1.0)])},
         'broken': {0: arm([], diverged=True)},
     }
-    rows = {r.arm: r for r in compare.summarise(results)}
+    rows = {r.arm: r for r in comparison.summarise(results)}
     self.assertEqual(rows['scratch'].speedup, (1.0, 1.0, 1.0))
     self.assertEqual(rows['fast'].reached, 2)
     self.assertEqual(rows['fast'].speedup, (2.0, 2.0, 2.0))     # 40/20 on both seeds
@@ -58,7 +58,7 @@ class CompareTest(absltest.TestCase):
     np.testing.assert_allclose(rows['fast'].final_ppl[0], (math.exp(2.5) + math.exp(1.5)) / 2)
     self.assertEqual(rows['broken'].diverged, 1)
     self.assertIsNone(rows['broken'].final_loss)
-    table = compare.markdown(list(rows.values()))
+    table = comparison.markdown(list(rows.values()))
     self.assertIn('| fast | 2 | 2.000 ± 0.707 |', table)
     self.assertIn('2.00× [2.00, 2.00]', table)
     self.assertIn('(1/2 seeds reach it)', table)

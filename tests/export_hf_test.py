@@ -23,9 +23,10 @@ from ncalm import checkpoint
 from ncalm import errors
 from ncalm import hf_llama
 from ncalm import hf_tokenizer
+from ncalm import run_params
+from ncalm import startup
 from ncalm import train
 from ncalm import transfer
-from ncalm.data import feeds
 from ncalm.data import tokenizers
 from ncalm.tools import export_hf
 import text_train_test
@@ -117,7 +118,7 @@ class ExportImportTest(parameterized.TestCase):
     cls.cfg = run_config(cls.data_dir)
     cls.run_dir = os.path.join(cls.tmp, 'run')
     train.train_and_evaluate(cls.cfg, cls.run_dir)
-    cls.setup = train.create_setup(cls.cfg, feeds.check(cls.cfg).train_source.vocab_size)
+    cls.setup = train.create_setup(cls.cfg, startup.check(cls.cfg).model)
     state, step = checkpoint.load_latest(cls.run_dir, cls.cfg, cls.setup)
     assert step == 3
     cls.params = state.params
@@ -158,9 +159,10 @@ class ExportImportTest(parameterized.TestCase):
   def import_params(self, source, **model):
     cfg = run_config(self.data_dir, **model)
     cfg.init.update(from_run=f'hf:{source}', embedding='keep')
-    setup = train.create_setup(cfg, feeds.check(cfg).train_source.vocab_size)
-    workdir = self.create_tempdir().full_path
-    return flat(train.transferred_state(setup, jax.random.PRNGKey(0), workdir).params)
+    setup = train.create_setup(cfg, startup.check(cfg).model)
+    workdir, key = self.create_tempdir().full_path, jax.random.PRNGKey(0)
+    state = transfer.initial_state(setup, lambda: train.create_state(setup, key), key, workdir)
+    return flat(state.params)
 
   def stacked(self):
     return flat(self.params)
@@ -294,7 +296,7 @@ class ExportImportTest(parameterized.TestCase):
          rf'{truncated_run}/run_config\.json cannot be read as JSON \(.*\): '
          rf"--workdir='{truncated_run}' cannot be exported without the config"),
     ]
-    read = mock.patch.object(transfer, 'read_run_params', side_effect=AssertionError('read'))
+    read = mock.patch.object(run_params, 'read_run_params', side_effect=AssertionError('read'))
     with read:
       for (workdir, out), message in cases:
         with self.subTest(out=out):

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm import config_lib
 from ncalm import model as model_lib
+from ncalm import startup
 
 CFG = model_lib.ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, mlp_dim=64,
                             max_len=16, dtype='float32')
@@ -172,12 +172,12 @@ class ModelTest(parameterized.TestCase):
       ('fused', 'cpu', 'dot_product'), ('fused', 'tpu', 'splash'), ('plain', 'tpu', 'plain'),
       ('dot_product', 'tpu', 'dot_product'))
   def test_attention_choice_per_backend(self, choice, backend, kind):
-    self.assertEqual(config_lib.attention_kind(choice, backend), kind)
+    self.assertEqual(startup.attention_kind(choice, backend), kind)
 
   @parameterized.parameters(
       ('cpu', 1024, 4), ('gpu', 1024, 4), ('tpu', 1024, 1), ('gpu', 76, 1), ('cpu', 128, 1))
   def test_attention_blocks_per_backend(self, backend, seq_len, blocks):
-    self.assertEqual(config_lib.default_attention_blocks(seq_len, backend), blocks)
+    self.assertEqual(startup.default_attention_blocks(seq_len, backend), blocks)
 
   def test_dot_product_asks_for_cudnn_on_gpu_in_half_precision(self):
     # jax.nn.dot_product_attention's default implementation is XLA's, never cuDNN's: the

@@ -23,6 +23,7 @@ import numpy as np
 
 from ncalm import checkpoint
 from ncalm import metrics
+from ncalm import startup
 from ncalm import train
 import tiny_config
 import xla_env
@@ -82,7 +83,8 @@ def assert_rows_close(got: list[dict], want: list[dict], rtol: float) -> None:
 
 def final_params(workdir: str):
   """(step, params) of the run's latest checkpoint, restored in this process."""
-  setup = train.create_setup(tiny_config.get_config(), 10002)
+  cfg = tiny_config.get_config()
+  setup = train.create_setup(cfg, startup.check(cfg).model)
   state, step = checkpoint.load_latest(workdir, setup.cfg, setup)
   return step, jax.device_get(state.params)
 

@@ -19,6 +19,7 @@ from orbax.checkpoint._src.path import atomicity
 from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics
+from ncalm import startup
 from ncalm import train
 from ncalm import workdir as workdir_lib
 import tiny_config
@@ -31,9 +32,12 @@ def steps_on_disk(workdir):
   return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
 
 
-def tiny(**changes):
+def tiny(eval_every: int | None = None, **changes):
+  """The tiny config with `changes`; `eval_every` sets every evaluator's cadence."""
   cfg = tiny_config.get_config()
   cfg.update(changes)
+  if eval_every is not None:
+    cfg.evals.heldout.every = cfg.evals.probe.every = eval_every
   return cfg
 
 
@@ -44,7 +48,7 @@ class StartupChecksTest(absltest.TestCase):
     cases = [
         (lambda c: c.update(log_every=0), 'log_every=0 must be an integer >= 1'),
         (lambda c: c.update(checkpoint_every=0), 'checkpoint_every'),
-        (lambda c: c.update(eval_every=0), 'eval_every'),
+        (lambda c: c.evals.heldout.update(every=0), 'evals.heldout.every'),
         (lambda c: c.update(train_steps=0), 'train_steps=0 must be an integer >= 1'),
         (lambda c: c.update(grad_accum=0), 'grad_accum=0 must be an integer >= 1'),
         (lambda c: c.model.update(dtype='float17'), "model.dtype='float17'"),
@@ -363,7 +367,7 @@ class CorruptCheckpointTest(absltest.TestCase):
 
 
 def load(workdir, cfg):
-  setup = train.create_setup(cfg, 10002)
+  setup = train.create_setup(cfg, startup.model_config(cfg, 10002))
   return checkpoint.load_latest(workdir, cfg, setup)
 
 

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncalm import config_lib
 from ncalm import model as model_lib
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
 from ncalm.data import device_sources
 from ncalm.data import feeds
@@ -70,7 +70,7 @@ def run_config(mesh: dict[str, int], rules=(), global_batch: int = GLOBAL_BATCH)
   cfg.mesh.update(data=1, fsdp=1, tensor=1)
   cfg.mesh.update(**mesh)
   cfg.logical_axis_rules = rules
-  cfg.probe_sequences = 8           # divides over every mesh's data-parallel devices
+  cfg.evals.probe.sequences = 8     # divides over every mesh's data-parallel devices
   return cfg
 
 
@@ -91,8 +91,9 @@ def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DAT
   mesh, rules = RUNS[run]
   cfg = run_config(mesh, rules)
   num_devices = int(np.prod(list(mesh.values())))
-  setup = train.create_setup(cfg, source.vocab_size, devices=jax.devices()[:num_devices])
-  config_lib.check_batch(cfg, setup.mesh)
+  checked = startup.check(cfg)
+  setup = train.create_setup(cfg, checked.model, devices=jax.devices()[:num_devices])
+  startup.check_mesh(cfg, checked, setup.mesh)
   state = train.create_state(setup, jax.random.PRNGKey(INIT_SEED))
   train_step = train.make_train_step(setup)
   seed_key = jax.random.PRNGKey(data_seed)
@@ -135,9 +136,9 @@ def startup_error(cfg, workdir: str) -> dict | None:
   return None
 
 
-def probe_config(probe_sequences: int, mesh: dict[str, int]):
+def probe_config(sequences: int, mesh: dict[str, int]):
   cfg = run_config(mesh)
-  cfg.probe_sequences = probe_sequences
+  cfg.evals.probe.sequences = sequences
   return cfg
 
 
@@ -178,7 +179,7 @@ def splash_on_mesh(out_dir: str) -> dict:
 def child_main(out_dir: str, tasks: list[str]) -> None:
   assert jax.device_count() == DEVICE_COUNT, jax.devices()
   workdir = os.path.join(out_dir, f'workdir_{os.getpid()}')  # each child its own bank file
-  source = feeds.prepare(run_config(RUNS['single'][0]), workdir).train_source
+  source = feeds.load(run_config(RUNS['single'][0]), workdir).train_source
   for task in tasks:
     if task == 'errors':
       result = startup_errors(workdir)
@@ -311,7 +312,7 @@ class ShardedStepTest(absltest.TestCase):
         'batch_4_on_8_data': r'global_batch=4 .* 8 data-parallel devices',
         'batch_4_on_2x4_data_fsdp': r'global_batch=4 .* 8 data-parallel devices',
         'mesh_3_slots': r'mesh=.* has 3 slots but there are 8 devices',
-        'probe_2_on_8_data': r'probe_sequences=2 is not divisible by the 8 data-parallel',
+        'probe_2_on_8_data': r'evals.probe.sequences=2 is not divisible by the 8 data-parallel',
         'mesh_16_slots': r'mesh=.* has 16 slots but there are 8 devices',
         'vocab_over_tensor4': r"'vocab' dimension \(10002\) does not split .* model.vocab_size=10004",
     }

@@ -17,8 +17,8 @@ from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
-from ncalm.data import feeds
 from ncalm.data import prepare
 from ncalm.data import text
 from ncalm.tools import tokenizer as tokenizer_cli
@@ -77,9 +77,10 @@ class TextTrainingTest(absltest.TestCase):
                              r['eval/loss'] / np.log(2) / meta['bytes_per_token'], places=6)
     self.assertLess(evals[-1]['eval/loss'], np.log(257))  # below uniform over the bytes
     # The unigram baseline, by hand: training-row frequencies (add-½) on the eval windows.
-    train_feed, val_feed = feeds.check(cfg).train_source, feeds.check(cfg).val_source
+    run = startup.check(cfg).feeds
+    train_feed, val_feed = run.train_source, run.val_source
     counts = np.bincount(train_feed.read_rows(0, 2048)[:, 1:].ravel(), minlength=384) + 0.5
-    targets = val_feed.read_rows(0, cfg.eval_batches * cfg.global_batch)[:, 1:]
+    targets = val_feed.read_rows(0, cfg.evals.heldout.batches * cfg.global_batch)[:, 1:]
     want = -np.log(counts / counts.sum())[targets].mean()
     self.assertAlmostEqual(evals[-1]['eval/unigram_loss'], want, places=5)
     waits = [r['perf/data_wait'] for r in rows if 'perf/data_wait' in r]
@@ -87,20 +88,20 @@ class TextTrainingTest(absltest.TestCase):
     self.assertTrue(all(0 <= w <= 1 for w in waits), waits)
     self.assertEqual(result['eval/loss'], evals[-1]['eval/loss'])
     # The model's vocabulary: the tokeniser's 257 ids padded to a multiple of 128.
-    run = feeds.check(cfg)
+    run = startup.check(cfg).feeds
     self.assertEqual(run.train_source.vocab_size, 384)
-    setup = train.create_setup(cfg, run.train_source.vocab_size)
+    setup = train.create_setup(cfg, startup.model_config(cfg, run.train_source.vocab_size))
     self.assertEqual(setup.model.cfg.vocab_size, 384)
 
   def test_loop_step_equals_a_step_on_the_feeds_rows(self):
     # What the loop trains on at step t is the feed's rows t·B .. t·B + B - 1.
     cfg = text_config(self.data_dir)
     cfg.train_steps = 1
-    cfg.eval_every = 100
+    cfg.evals.heldout.every = 100
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(cfg, workdir)
-    run = feeds.check(cfg)
-    setup = train.create_setup(cfg, run.train_source.vocab_size)
+    checked = startup.check(cfg)
+    run, setup = checked.feeds, train.create_setup(cfg, checked.model)
     state, _ = checkpoint.load_latest(workdir, cfg, setup)
     by_hand = train.create_state(setup, jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
     rows = run.train_source.read_rows(0, cfg.global_batch)
@@ -124,7 +125,7 @@ class TextTrainingTest(absltest.TestCase):
     losses = {}
     for masking in (False, True):
       cfg = text_config(data_dir)
-      cfg.train_steps, cfg.eval_every = 2, 2
+      cfg.train_steps, cfg.evals.heldout.every = 2, 2
       cfg.data.text.document_masking = masking
       workdir = self.create_tempdir().full_path
       losses[masking] = train.train_and_evaluate(cfg, workdir)['eval/loss']
@@ -194,7 +195,7 @@ class TextResumeTest(absltest.TestCase):
     got = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
     self.assertEqual(train_test.comparable(got), train_test.comparable(want))
     cfg = text_config(data_dir, 'text_long')
-    setup = train.create_setup(cfg, feeds.check(cfg).train_source.vocab_size)
+    setup = train.create_setup(cfg, startup.check(cfg).model)
     (a, step_a), (b, step_b) = (checkpoint.load_latest(w, cfg, setup)
                                 for w in (reference, workdir))
     self.assertEqual((step_a, step_b), (40, 40))

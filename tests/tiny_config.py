@@ -18,9 +18,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
                  remat='none')
   c.optim.update(lr=1e-2, schedule='warmup', warmup_steps=2)
   c.log_every = 1
-  c.eval_every = 3
-  c.eval_batches = 1
-  c.probe_sequences = 2
+  c.evals.heldout.update(every=3, batches=1)
+  c.evals.probe.update(every=3, sequences=2)
   c.checkpoint_every = 3
   if variant == 'dyck':
     c.data.source = 'dyck'
@@ -28,15 +27,15 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   elif variant == 'long':           # for kill-and-resume: time to kill mid-run
     c.train_steps = 40
     c.checkpoint_every = 5
-    c.eval_every = 20
+    c.evals.heldout.every = c.evals.probe.every = 20
   elif variant in ('text', 'text_long'):  # --config.data.text.path=DATA_DIR (a prepared corpus)
     c.data.source = 'text'
     c.seq_len = 64
-    c.eval_batches = 2
+    c.evals.heldout.batches = 2
     if variant == 'text_long':
       c.train_steps = 40
       c.checkpoint_every = 5
-      c.eval_every = 20
+      c.evals.heldout.every = 20
   elif variant:
     raise ValueError(f'unknown variant {variant!r}')
   return c

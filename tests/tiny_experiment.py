@@ -15,9 +15,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.nca = config_lib.load_file('tiny_config.py', __file__)
   c.stage1.nca.train_steps = 3
-  c.stage1.nca.probe_sequences = 0
+  c.stage1.nca.evals.probe.sequences = 0
   c.stage2 = config_lib.load_file('tiny_config.py:text', __file__)
-  c.stage2.eval_every = 2
+  c.stage2.evals.heldout.every = 2
   c.ablations = ml_collections.ConfigDict()
   c.ablations.nca_reinit_attention = ml_collections.ConfigDict(dict(arm='nca', reinit='attention'))
   if variant == 'one_seed':         # for kill-and-resume

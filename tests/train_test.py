@@ -18,6 +18,7 @@ import numpy as np
 from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics
+from ncalm import startup
 from ncalm import train
 from ncalm.data import device_sources
 from ncalm.data import feeds
@@ -49,7 +50,7 @@ def comparable(rows):
 
 
 def final_params(workdir, cfg):
-  setup = train.create_setup(cfg, 10002)
+  setup = train.create_setup(cfg, startup.model_config(cfg, 10002))
   state, step = checkpoint.load_latest(workdir, cfg, setup)
   return step, jax.device_get(state.params)
 
@@ -60,8 +61,8 @@ class StepTest(absltest.TestCase):
     super().setUp()
     self.cfg = tiny_config.get_config()
     self.workdir = self.create_tempdir().full_path
-    self.run_data = feeds.prepare(self.cfg, self.workdir)
-    self.setup = train.create_setup(self.cfg, self.run_data.train_source.vocab_size)
+    self.run_data = feeds.load(self.cfg, self.workdir)
+    self.setup = train.create_setup(self.cfg, startup.check(self.cfg).model)
 
   def test_batch_made_in_step_equals_source_batch(self):
     source = self.run_data.train_source
@@ -99,7 +100,7 @@ class StepTest(absltest.TestCase):
     results = []
     for accum in (1, 2, 4):
       self.cfg.grad_accum = accum
-      setup = train.create_setup(self.cfg, 10002)
+      setup = train.create_setup(self.cfg, startup.model_config(self.cfg, 10002))
       with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
         new, scalars = jax.jit(lambda s, b: train.update(setup, s, b, None))(state, batch)
       results.append((jax.device_get(new.params), float(scalars['train/loss'])))
@@ -115,7 +116,7 @@ class LoopTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     cfg = tiny_config.get_config()
     cfg.train_steps = 30
-    cfg.eval_every = 15
+    cfg.evals.heldout.every = cfg.evals.probe.every = 15
     cfg.checkpoint_every = 15
     last = train.train_and_evaluate(cfg, workdir)
     rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))

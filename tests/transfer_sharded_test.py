@@ -26,7 +26,9 @@ import jax
 import numpy as np
 
 from ncalm import checkpoint
+from ncalm import startup
 from ncalm import train
+from ncalm import transfer
 import sharded_test
 import text_train_test
 import tiny_config
@@ -39,7 +41,7 @@ def config(mesh, stage1_dir='', data_dir=''):
   cfg = text_train_test.text_config(data_dir) if data_dir else tiny_config.get_config()
   cfg.global_batch = 8
   cfg.train_steps = 2
-  cfg.probe_sequences = 4           # a multiple of the 4 data-parallel devices
+  cfg.evals.probe.sequences = 4           # a multiple of the 4 data-parallel devices
   cfg.mesh.update(data=1, fsdp=1, tensor=1)
   cfg.mesh.update(**mesh)
   cfg.init.from_run = stage1_dir
@@ -57,13 +59,15 @@ def child_main(out_dir: str) -> None:
     stage1_dir = os.path.join(out_dir, name, 'stage1')
     cfg1 = config(mesh1)
     train.train_and_evaluate(cfg1, stage1_dir, devices1)
-    setup1 = train.create_setup(cfg1, NCA_VOCAB, devices1)
+    setup1 = train.create_setup(cfg1, startup.model_config(cfg1, NCA_VOCAB), devices1)
     state1, _ = checkpoint.load_latest(stage1_dir, cfg1, setup1)
     cfg2 = config(mesh2, stage1_dir, data_dir)
-    setup2 = train.create_setup(cfg2, BYTES_VOCAB, devices2)
+    setup2 = train.create_setup(cfg2, startup.model_config(cfg2, BYTES_VOCAB), devices2)
     report_dir = os.path.join(out_dir, name, 'report')
     os.makedirs(report_dir)
-    state2 = train.transferred_state(setup2, jax.random.PRNGKey(0), report_dir)
+    key = jax.random.PRNGKey(0)
+    state2 = transfer.initial_state(setup2, lambda: train.create_state(setup2, key), key,
+                                    report_dir)
     np.savez(os.path.join(out_dir, f'{name}.stage1.npz'), **sharded_test.flat(state1.params))
     np.savez(os.path.join(out_dir, f'{name}.stage2.npz'), **sharded_test.flat(state2.params))
     gate = state2.params['layers']['mlp']['gate']

@@ -12,9 +12,9 @@ import numpy as np
 
 from ncalm import checkpoint
 from ncalm import errors
+from ncalm import startup
 from ncalm import train
 from ncalm import transfer
-from ncalm.data import feeds
 import text_train_test
 import tiny_config
 
@@ -54,7 +54,7 @@ class TransferTest(absltest.TestCase):
     cls.stage1_cfg = tiny_config.get_config()
     cls.stage1_cfg.train_steps = 3
     train.train_and_evaluate(cls.stage1_cfg, cls.stage1_dir)
-    setup = train.create_setup(cls.stage1_cfg, NCA_VOCAB)
+    setup = train.create_setup(cls.stage1_cfg, startup.model_config(cls.stage1_cfg, NCA_VOCAB))
     state, step = checkpoint.load_latest(cls.stage1_dir, cls.stage1_cfg, setup)
     assert step == 3
     cls.stage1 = {k[len('params/'):]: v for k, v in flat(state).items()
@@ -70,9 +70,10 @@ class TransferTest(absltest.TestCase):
     """(params of the first stage-2 state, params of a scratch init with the same key,
     the report written to the workdir)."""
     workdir = workdir or self.create_tempdir().full_path
-    setup = train.create_setup(cfg, feeds.check(cfg).train_source.vocab_size)
+    setup = train.create_setup(cfg, startup.check(cfg).model)
     init_key, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    state = train.transferred_state(setup, init_key, workdir)
+    state = transfer.initial_state(setup, lambda: train.create_state(setup, init_key), init_key,
+                                   workdir)
     fresh = train.create_state(setup, init_key)
     with open(os.path.join(workdir, transfer.REPORT_FILE)) as f:
       report = json.load(f)
@@ -101,7 +102,7 @@ class TransferTest(absltest.TestCase):
     cfg = self.config(embedding='framework')
     params, fresh, _ = self.transferred(cfg)
     init_key, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    key = jax.random.fold_in(init_key, train.TRANSFER_KEY)
+    key = jax.random.fold_in(init_key, transfer.TRANSFER_KEY)
     embedding, head = params['embedding'], params['head']
     # Exactly PyTorch's defaults drawn from the run's keys: N(0, 1); U(±1/√d_model).
     want_embedding = jax.random.normal(jax.random.fold_in(key, 0), (BYTES_VOCAB, 32))
@@ -150,14 +151,14 @@ class TransferTest(absltest.TestCase):
 
   def test_per_layer_stage1_into_stacked_stage2(self):
     cfg = self.config()
-    setup = train.create_setup(cfg, BYTES_VOCAB)
+    setup = train.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
     fresh = train.create_state(setup, jax.random.PRNGKey(0)).params
     per_layer = {'final_norm/scale': self.stage1['final_norm/scale']}
     for name, value in self.stage1.items():
       if name.startswith('layers/'):
         for i in range(2):
           per_layer[f'layers_{i}/{name[7:]}'] = value[i]
-    params, how = transfer.build_params(transfer.plan(cfg), fresh, per_layer,
+    params, how = transfer.build_params(transfer.init_spec(cfg), fresh, per_layer,
                                         jax.random.PRNGKey(1))
     params = flat(params)
     for name, value in self.stage1.items():
@@ -170,7 +171,7 @@ class TransferTest(absltest.TestCase):
     cfg.model.scan_layers = False
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(cfg, workdir)
-    setup = train.create_setup(cfg, BYTES_VOCAB)
+    setup = train.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
     state, step = checkpoint.load_latest(workdir, cfg, setup)
     self.assertEqual(step, cfg.train_steps)
     params = flat(state.params)
@@ -203,7 +204,7 @@ class TransferTest(absltest.TestCase):
     shutil.rmtree(stage1)        # a preempted stage 2 resumes itself: stage 1 is not read
     cfg.train_steps = 6
     train.train_and_evaluate(cfg, workdir)
-    setup = train.create_setup(cfg, BYTES_VOCAB)
+    setup = train.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
     _, step = checkpoint.load_latest(workdir, cfg, setup)
     self.assertEqual(step, 6)
     self.assertEqual(snapshot(workdir)[transfer.REPORT_FILE], report)  # no second transfer
@@ -269,7 +270,7 @@ class TransferTest(absltest.TestCase):
         self.assertFalse(checkpoint.has_checkpoints(workdir))
     with self.subTest('own workdir'):
       with self.assertRaisesRegex(errors.UserError, r"is this run's own --workdir"):
-        transfer.check_stage1(transfer.plan(self.config()), {}, self.stage1_dir)
+        transfer.check_stage1(transfer.init_spec(self.config()), {}, self.stage1_dir)
     self.assertEqual(snapshot(self.stage1_dir), before)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ncalm import perf
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
 from ncalm.data import feeds
 from ncalm.tools import footprint
@@ -56,7 +57,7 @@ def _build(cfg, variant: str, state=None):
   v = copy.deepcopy(cfg)
   v.model.update(attn_dropout=dropout, attention=attention, attention_blocks=blocks)
   run = feeds.build(v, (_rule_keys(v.data.num_train_rules, 1), _rule_keys(v.data.num_val_rules, 2)))
-  setup = train.create_setup(v, run.train_source.vocab_size)
+  setup = train.create_setup(v, startup.check(v).model)
   source = jax.device_put(run.train_source, sharding.replicated(setup.mesh))
   if not fed:
     return setup, train.make_train_step(setup), source

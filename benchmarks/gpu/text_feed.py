@@ -22,8 +22,8 @@ import time
 import jax
 
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
-from ncalm.data import feeds
 from ncalm.data import prepare
 from ncalm.data import text
 
@@ -55,8 +55,7 @@ def config(data_dir: str, target, smoke: bool):
   chosen = shapes.choose(c, target, smoke)
   c.train_steps = 6 if smoke else 80
   c.log_every = 2 if smoke else 10
-  c.eval_every = c.train_steps
-  c.eval_batches = 1
+  c.evals.heldout.update(every=c.train_steps, batches=1)
   c.checkpoint_every = c.train_steps
   c.optim.update(lr=3e-4, warmup_steps=c.train_steps)
   return c, chosen
@@ -82,7 +81,7 @@ def run(smoke: bool) -> dict:
   data_dir = os.path.join(root, 'stdlib_bytes')
   made = corpus(data_dir, smoke)
   cfg, chosen = config(data_dir, target, smoke)
-  feeds.check(cfg)
+  startup.check(cfg)
   workdir = os.path.join(root, 'run')
   start = time.perf_counter()
   train.train_and_evaluate(cfg, workdir)

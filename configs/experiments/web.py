@@ -18,7 +18,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = config_lib.load_file(f'code.py{":" + variant if variant else ""}', __file__)
   c.stage2 = config_lib.load_file(f'../text_web.py{":cpu" if variant else ""}', __file__)
   if variant:
-    c.stage2.eval_every = 25        # a fine curve: the step reaching scratch's final loss
+    c.stage2.evals.heldout.every = 25  # a fine curve: the step reaching scratch's final loss
     c.stage2.checkpoint_every = 100
   c.ablations = ml_collections.ConfigDict()  # name → stage 2 of `arm` with init.* changed
   for group in ('attention', 'mlp', 'norms'):

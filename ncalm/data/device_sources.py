@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from ncalm import errors
 from ncalm import sharding
@@ -24,8 +25,31 @@ from ncalm.data import nca
 from ncalm.data import nca_tokens
 
 
+class _OnDevice:
+  """What every on-device source shares: it describes itself to the trainer and the
+  evaluators (`on_device`, `tokens_per_frame`, `evaluators`) and makes whole batches."""
+  on_device = True              # batches made inside the jitted step
+  tokens_per_frame = 0          # > 0: the held-out loss is also reported per frame
+  evaluators = ('heldout',)     # names in ncalm.eval.registry.EVALUATORS that suit it
+
+  def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
+    return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
+
+  def unigram_log_probs(self, key: jax.Array, batch_size: int = 256) -> np.ndarray:
+    """log p(token) of this source's token distribution (add-½ smoothing), from
+    UNIGRAM_SEQUENCES sequences: the baseline that predicts each target from it alone."""
+    @jax.jit
+    def count(src, k):
+      return batch_lib.token_counts(src.batch(k, batch_size), src.vocab_size)
+
+    counts = sum(np.asarray(count(self, jax.random.fold_in(key, i)), np.float64)
+                 for i in range(batch_lib.UNIGRAM_SEQUENCES // batch_size))
+    counts += 0.5
+    return np.log(counts / counts.sum())
+
+
 @dataclasses.dataclass(frozen=True)
-class NCASource:
+class NCASource(_OnDevice):
   """NCA sequences: a rule drawn from the bank and a fresh initial state per sequence.
 
   With `rule_keys=None` every sequence gets a fresh, unfiltered rule from the key.
@@ -42,9 +66,15 @@ class NCASource:
       raise errors.UserError(f'seq_len={self.seq_len} is shorter than one frame '
                              f'({nca_tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
 
+  evaluators = ('heldout', 'probe')
+
   @property
   def vocab_size(self) -> int:
     return nca_tokens.vocab_size(self.cfg)
+
+  @property
+  def tokens_per_frame(self) -> int:
+    return nca_tokens.tokens_per_frame(self.cfg)
 
   @property
   def sim_cfg(self) -> nca.NCAConfig:
@@ -72,12 +102,9 @@ class NCASource:
       rule_keys = jnp.asarray(self.rule_keys)[index]
     return rule_keys, jax.random.split(sim_key, batch_size)
 
-  def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
-    return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
-
 
 @dataclasses.dataclass(frozen=True)
-class DyckSource:
+class DyckSource(_OnDevice):
   """k-Dyck or shuffle-Dyck: concatenated balanced words cut to seq_len + 1 nca_tokens."""
   cfg: dyck.DyckConfig
   seq_len: int = 1024
@@ -95,9 +122,6 @@ class DyckSource:
   def rows(self, row_keys: jax.Array) -> jax.Array:
     return jax.vmap(dyck.dyck_tokens, in_axes=(0, None, None))(
         row_keys, self.seq_len + 1, self.cfg)
-
-  def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
-    return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
 
 
 def make_sharded_batch(source, key: jax.Array, batch_size: int, mesh) -> batch_lib.Batch:

@@ -2,10 +2,13 @@
 
 A run has a training feed and a held-out feed: on-device sources (NCA, Dyck:
 `ncalm.data.device_sources`) made inside the jitted step from (seed, step), or host feeds
-of a prepared text dataset (`ncalm.data.text`). Each entry of `BUILDERS` builds them from
-the config and, for NCA, the rows of the rule bank (train rules, held-out rules). With no
-bank (`rule_keys=None`) the sources still know their vocabulary and shapes, which is all
-the start-up checks and the dry run need.
+of a prepared text dataset (`ncalm.data.text`). Each entry of `BUILDERS` checks its
+section of the config and builds them from it and, for NCA, the rows of the rule bank
+(train rules, held-out rules). With no bank (`rule_keys=None`) the sources still know
+their vocabulary and shapes, which is all the start-up checks and the dry run need.
+A source describes itself from then on (`on_device`, `vocab_size`, `tokens_per_frame`,
+`evaluators`, `unigram_log_probs`): nothing else asks which `data.source` a run has.
+New source: its module, a builder here and one line of `BUILDERS`.
 """
 from __future__ import annotations
 
@@ -18,10 +21,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from ncalm import config_lib
+from ncalm import errors
 from ncalm import files
 from ncalm.data import complexity
 from ncalm.data import device_sources
+from ncalm.data import dyck
+from ncalm.data import nca
+from ncalm.data import nca_tokens
 from ncalm.data import prepare as prepare_lib
 from ncalm.data import text
 
@@ -37,11 +43,36 @@ class Feeds:
   @property
   def on_device(self) -> bool:
     """True: sources made inside the step; False: host feeds (text)."""
-    return not isinstance(self.train_source, text.TextFeed)
+    return self.train_source.on_device
+
+
+# ----------------------------------------------------------- typed views of data.*
+
+
+def nca_config(cfg: ml_collections.ConfigDict) -> nca.NCAConfig:
+  """data.nca as an NCAConfig, with frames = 0 resolved to just enough for seq_len + 1."""
+  fields = cfg.data.nca.to_dict()
+  base = nca.NCAConfig(**{**fields, 'frames': 1})
+  needed = nca_tokens.frames_needed(cfg.seq_len, base)
+  frames = fields['frames']
+  if frames and frames < needed:
+    raise errors.UserError(
+        f'data.nca.frames={frames} gives {frames * nca_tokens.tokens_per_frame(base)} tokens, '
+        f'but seq_len={cfg.seq_len} needs {cfg.seq_len + 1}: set frames >= {needed} or 0 (auto).')
+  return base.replace(frames=frames or needed)
+
+
+def dyck_config(cfg: ml_collections.ConfigDict) -> dyck.DyckConfig:
+  return dyck.DyckConfig(**cfg.data.dyck.to_dict())
+
+
+# ------------------------------------------------------------------ the builders
 
 
 def _nca(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
-  nca_cfg = config_lib.nca_config(cfg)
+  nca_cfg = nca_config(cfg)
+  if cfg.data.band is not None:
+    complexity.check_band(cfg.data.band)
   make = lambda keys: device_sources.NCASource(nca_cfg, cfg.seq_len, cfg.data.mode, keys)
   train_keys, val_keys = rule_keys or (None, None)
   return Feeds(make(train_keys), make(val_keys))
@@ -49,13 +80,18 @@ def _nca(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
 
 def _dyck(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
   del rule_keys  # Dyck needs no bank
-  source = device_sources.DyckSource(config_lib.dyck_config(cfg), cfg.seq_len)
+  source = device_sources.DyckSource(dyck_config(cfg), cfg.seq_len)
   return Feeds(source, source)
 
 
 def _text(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
   del rule_keys  # text needs no bank
   t = cfg.data.text
+  if not t.path:
+    raise errors.UserError('data.source=text needs data.text.path: the DATA_DIR written by '
+                           '`python -m ncalm.prepare --input=... --tokenizer=... --out=DATA_DIR`.')
+  if t.prefetch < 1:
+    raise errors.UserError(f'data.text.prefetch={t.prefetch} must be >= 1.')
   return Feeds(
       text.open_feed(t.path, 'train', cfg.seq_len, cfg.seed, t.shuffle, t.tokenizer),
       text.open_feed(t.path, 'validation', cfg.seq_len, cfg.seed, False, t.tokenizer))
@@ -63,21 +99,13 @@ def _text(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
 
 # data.source → builder(cfg, (train rule keys, held-out rule keys) or None) → Feeds
 BUILDERS: dict[str, Callable[..., Feeds]] = {'nca': _nca, 'dyck': _dyck, 'text': _text}
-assert tuple(BUILDERS) == config_lib.SOURCES
 
 
 def build(cfg: ml_collections.ConfigDict, rule_keys=None) -> Feeds:
+  """The feeds of `cfg` (checking its data section); bank-less when `rule_keys` is None."""
+  if cfg.data.source not in BUILDERS:
+    raise errors.UserError(f'data.source={cfg.data.source!r}: use one of {list(BUILDERS)}.')
   return BUILDERS[cfg.data.source](cfg, rule_keys)
-
-
-def check(cfg: ml_collections.ConfigDict) -> Feeds:
-  """Every check that needs no devices and writes nothing; returns bank-less feeds (enough
-  to build the model and check the mesh). The model's vocabulary is checked against
-  the data's here."""
-  config_lib.check_config(cfg)
-  feeds = build(cfg)
-  config_lib.model_config(cfg, feeds.train_source.vocab_size)
-  return feeds
 
 
 def abstract(cfg: ml_collections.ConfigDict) -> Feeds:
@@ -98,8 +126,9 @@ def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str) -> complex
   band = tuple(d.band) if d.band else None
   logging.info('Sampling %d rules in band %s ...', total, band)
   bank = complexity.sample_rule_bank(jax.random.PRNGKey(d.bank_seed), total, band,
-                                     config_lib.nca_config(cfg), d.bank_mode)
+                                     nca_config(cfg), d.bank_mode)
   if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
     with files.atomic_path(path) as tmp:
       bank.save(tmp)
   return bank
@@ -107,7 +136,7 @@ def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str) -> complex
 
 def load(cfg: ml_collections.ConfigDict, workdir: str) -> Feeds:
   """The run's feeds with their data: the rule bank is sampled (once) or read here."""
-  if cfg.data.source != 'nca':
+  if cfg.data.source != 'nca':   # only NCA has a rule bank
     return build(cfg)
   bank = load_or_sample_bank(cfg, workdir)
   return build(cfg, tuple(np.asarray(b.keys) for b in bank.split(cfg.data.num_val_rules)))
@@ -120,10 +149,3 @@ def content_fingerprints(cfg: ml_collections.ConfigDict) -> dict[str, str]:
   if cfg.data.source != 'text':
     return {}
   return {'dataset': prepare_lib.dataset_fingerprint(cfg.data.text.path)}
-
-
-def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Feeds:
-  """Checks the config, then builds the feeds (sampling the rule bank if needed)."""
-  check(cfg)
-  os.makedirs(workdir, exist_ok=True)
-  return load(cfg, workdir)

@@ -71,6 +71,9 @@ class TextFeed:
   seq_len: int
   seed: int
   shuffle: bool
+  on_device = False             # rows read by the host (`Prefetcher`), not made in the step
+  tokens_per_frame = 0          # text has no frames
+  evaluators = ('heldout',)     # names in ncalm.eval.registry.EVALUATORS that suit it
 
   @property
   def vocab_size(self) -> int:
@@ -88,6 +91,13 @@ class TextFeed:
     if self.shuffle:
       dataset = dataset.shuffle(seed=self.seed)
     return dataset.repeat()
+
+  def unigram_log_probs(self) -> np.ndarray:
+    """log p(token) of the first UNIGRAM_SEQUENCES rows' targets (add-½ smoothing): the
+    baseline that predicts each target from the token distribution alone."""
+    sample = self.read_rows(0, batch_lib.UNIGRAM_SEQUENCES)[:, 1:]
+    counts = np.bincount(sample.ravel(), minlength=self.vocab_size) + 0.5
+    return np.log(counts / counts.sum())
 
   def read_rows(self, first: int, count: int) -> np.ndarray:
     """int32 [count, seq_len + 1]: rows first .. first + count - 1 of the run."""

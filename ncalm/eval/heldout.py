@@ -1,44 +1,31 @@
-"""Evaluation on held-out data: loss, the unigram baseline, loss per frame index (NCA),
-and, for NCA runs, the next-frame probe (`ncalm.eval.nca_probe`).
+"""Held-out loss: the loss on fixed held-out batches, beside the unigram baseline.
 
-Held-out batches come from the validation data with fixed keys, so every evaluation of
-a run (and of a resumed run) sees the same sequences.
+On-device sources (NCA, Dyck) make their held-out batches inside the jitted evaluation
+from fixed keys of the held-out rules; a text run reads fixed windows of its validation
+split once and keeps them on the devices. Either way every evaluation of a run (and of a
+resumed run) sees the same sequences. What is reported follows from what the source says
+of itself: the loss per frame index when it has frames (NCA), perplexity and bits per byte
+when it is text.
 """
 from __future__ import annotations
 
-from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ncalm import losses
 from ncalm import sharding
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
-from ncalm.data import nca_tokens
 from ncalm.data import text
-from ncalm.eval import nca_probe
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out keys never coincide with training keys
-UNIGRAM_SEQUENCES = 2048      # training sequences that estimate the token distribution
+UNIGRAM_KEY = 2**30           # fold_in of the eval key for the unigram estimate
 
 
-def unigram_log_probs(source, num_batches: int, batch_size: int, key) -> np.ndarray:
-  """log p(token) of the training data's token distribution (add-½ smoothing): the
-  baseline that predicts every target from the token distribution alone."""
-  @jax.jit
-  def count(src, k):
-    return token_counts(src.batch(k, batch_size), src.vocab_size)
-
-  counts = sum(np.asarray(count(source, jax.random.fold_in(key, i)), np.float64)
-               for i in range(num_batches))
-  counts += 0.5
-  return np.log(counts / counts.sum())
-
-
-def token_counts(batch: batch_lib.Batch, vocab_size: int) -> jax.Array:
-  """How often each id is a scored target in the batch: float32 [vocab_size]."""
-  return jnp.zeros(vocab_size).at[batch.targets].add(batch.loss_mask)
+def eval_key(cfg) -> jax.Array:
+  """The root of a run's held-out keys: batch i uses fold_in(eval_key, i < batches); the
+  unigram estimate and the probe fold in numbers far from those."""
+  return jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET)
 
 
 def position_loss_sums(model, params, batch: batch_lib.Batch):
@@ -47,88 +34,62 @@ def position_loss_sums(model, params, batch: batch_lib.Batch):
   return losses.position_sums(logits, batch)
 
 
-class Evaluator:
-  """Runs held-out loss (and, for NCA, the probe) for a training setup."""
+class HeldoutLoss:
+  """eval/loss and eval/unigram_loss on `evals.heldout.batches` held-out batches of
+  global_batch sequences; eval/loss_frame/NN per frame (NCA); eval/perplexity and
+  eval/bits_per_byte (bits per byte of the original text: what compares across
+  tokenisers) for text."""
 
-  def __init__(self, setup, source, cfg, train_source):
-    self.setup, self.source, self.cfg = setup, source, cfg
-    self.is_nca = isinstance(source, device_sources.NCASource)
-    mesh = setup.mesh
-    rep = sharding.replicated(mesh)
-    eval_key = jax.random.PRNGKey(cfg.seed + EVAL_SEED_OFFSET)
-    self.keys = [jax.random.fold_in(eval_key, i) for i in range(cfg.eval_batches)]
-    # Loss batches use fold_in(eval_key, i < eval_batches); the probe and the unigram
-    # estimate take keys far from those.
-    self.probe_key = jax.random.fold_in(eval_key, 2**31 - 1)
-    self.unigram_logp = unigram_log_probs(train_source, UNIGRAM_SEQUENCES // 256, 256,
-                                          jax.random.fold_in(eval_key, 2**30))
-    param_shardings = setup.state_shardings.params
+  @staticmethod
+  def enabled(cfg) -> bool:
+    del cfg
+    return True
+
+  @staticmethod
+  def check(cfg, source) -> None:
+    del cfg, source  # batches >= 1 is a plain value check (config_lib)
+
+  @staticmethod
+  def check_mesh(cfg, source, data_parallel: int) -> None:
+    del cfg, source, data_parallel  # held-out batches have the training batch's size
+
+  def __init__(self, setup, cfg, feeds):
+    self.source = feeds.val_source
+    self.tokens_per_frame = self.source.tokens_per_frame
+    batches = cfg.evals.heldout.batches
+    if self.source.on_device:
+      self._init_on_device(setup, cfg, feeds, batches)
+    else:
+      self._init_text(setup, cfg, feeds, batches)
+
+  def _init_on_device(self, setup, cfg, feeds, batches: int) -> None:
+    mesh, rep = setup.mesh, sharding.replicated(setup.mesh)
+    root = eval_key(cfg)
+    self.keys = [jax.random.fold_in(root, i) for i in range(batches)]
+    self.unigram_logp = feeds.train_source.unigram_log_probs(jax.random.fold_in(root,
+                                                                              UNIGRAM_KEY))
 
     def loss_fn(params, src, key):
       batch = device_sources.make_sharded_batch(src, key, cfg.global_batch, mesh)
       sums = position_loss_sums(setup.model, params, batch)
-      return sums, token_counts(batch, setup.model.cfg.vocab_size)
+      return sums, batch_lib.token_counts(batch, setup.model.cfg.vocab_size)
 
-    self._loss = jax.jit(loss_fn, in_shardings=(param_shardings, rep, rep), out_shardings=rep)
-    self.probe = None  # probe_sequences=0 turns the NCA probe off
-    if self.is_nca:
-      self.tpf = nca_tokens.tokens_per_frame(source.cfg)
-    if self.is_nca and cfg.probe_sequences:
-      self.probe = nca_probe.Probe(setup, source, cfg, self.probe_key,
-                                   (param_shardings, rep, rep), rep)
+    self._loss = jax.jit(loss_fn, in_shardings=(setup.state_shardings.params, rep, rep),
+                         out_shardings=rep)
 
-  def run(self, params, step: int, workdir: str, writer) -> dict[str, float]:
-    """Evaluates, writes the scalars (and the probe picture), returns the scalars."""
-    ce = count = unigram = 0.0
-    for key in self.keys:
-      (ce_L, count_L), counts = jax.device_get(self._loss(params, self.source, key))
-      ce, count, unigram = ce + ce_L, count + count_L, unigram + counts
-    scalars = {'eval/loss': float(np.sum(ce) / np.sum(count))}
-    logp = self.unigram_logp[:len(unigram)]
-    scalars['eval/unigram_loss'] = float(-np.sum(unigram * logp) / np.sum(unigram))
-    if self.is_nca:
-      frame_of_target = (np.arange(len(ce)) + 1) // self.tpf
-      for f in range(1, frame_of_target.max() + 1):
-        sel = frame_of_target == f
-        if count[sel].sum():
-          scalars[f'eval/loss_frame/{f:02d}'] = float(ce[sel].sum() / count[sel].sum())
-    if self.probe is not None:
-      scalars.update(self.probe.run(params, step, workdir, writer))
-    writer.write(step, scalars)
-    if jax.process_index() == 0:
-      shown = ('eval/loss', 'eval/unigram_loss', 'probe/cell_accuracy',
-               'probe/frame_accuracy', 'probe/copy_baseline')
-      logging.info('eval at step %d | %s', step, ' | '.join(
-          f'{k.split("/")[1]} {scalars[k]:.4f}' for k in shown if k in scalars))
-    return scalars
-
-
-class TextEvaluator:
-  """Held-out loss of a text run on fixed windows: the first eval_batches × global_batch
-  windows of the validation split, in order (the same at every evaluation and resume).
-
-  Reports eval/loss (nats per token), eval/perplexity, eval/bits_per_byte (the loss in
-  bits per byte of the original text: what compares across tokenisers) and
-  eval/unigram_loss (the same windows scored by the training data's token frequencies
-  alone, add-½ smoothed: the baseline a model must beat)."""
-
-  def __init__(self, setup, feed, cfg, train_feed):
-    self.feed, self.cfg = feed, cfg
-    batch_sharding = sharding.batch_sharding(setup.mesh)
+  def _init_text(self, setup, cfg, feeds, batches: int) -> None:
+    feed, batch_sharding = self.source, sharding.batch_sharding(setup.mesh)
     first, count = text.local_rows(batch_sharding, cfg.global_batch)
     masking = cfg.data.text.document_masking
     # The windows never change: read once, kept on the devices (this process's rows).
     self.batches = []
-    for i in range(cfg.eval_batches):
+    for i in range(batches):
       rows, segments = feed.read_rows_and_segments(i * cfg.global_batch + first, count)
       self.batches.append(text.to_global_batch(rows, batch_sharding, cfg.global_batch,
                                                segments if masking else None))
     # So is their unigram loss: the training rows' token frequencies (add-½) on them.
-    sample = train_feed.read_rows(0, UNIGRAM_SEQUENCES)[:, 1:]
-    counts = np.bincount(sample.ravel(), minlength=train_feed.vocab_size) + 0.5
-    targets = feed.read_rows(0, cfg.eval_batches * cfg.global_batch)[:, 1:]
-    self.unigram_loss = float(-np.log(counts / counts.sum())[targets].mean())
-    rep = sharding.replicated(setup.mesh)
+    targets = feed.read_rows(0, batches * cfg.global_batch)[:, 1:]
+    self.unigram_loss = float(-feeds.train_source.unigram_log_probs()[targets].mean())
 
     def loss_fn(params, batch):
       logits = setup.model.apply({'params': params}, batch.inputs, deterministic=True,
@@ -136,21 +97,36 @@ class TextEvaluator:
       return losses.masked_sums(logits, batch)
 
     self._loss = jax.jit(loss_fn, in_shardings=(setup.state_shardings.params, batch_sharding),
-                         out_shardings=rep)
+                         out_shardings=sharding.replicated(setup.mesh))
 
-  def run(self, params, step: int, workdir: str, writer) -> dict[str, float]:
-    del workdir
+  def run(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(scalars, no images)."""
+    if self.source.on_device:
+      return self._run_on_device(params), {}
+    return self._run_text(params), {}
+
+  def _run_on_device(self, params) -> dict[str, float]:
+    ce = count = unigram = 0.0
+    for key in self.keys:
+      (ce_L, count_L), counts = jax.device_get(self._loss(params, self.source, key))
+      ce, count, unigram = ce + ce_L, count + count_L, unigram + counts
+    scalars = {'eval/loss': float(np.sum(ce) / np.sum(count))}
+    logp = self.unigram_logp[:len(unigram)]
+    scalars['eval/unigram_loss'] = float(-np.sum(unigram * logp) / np.sum(unigram))
+    if self.tokens_per_frame:
+      frame_of_target = (np.arange(len(ce)) + 1) // self.tokens_per_frame
+      for f in range(1, frame_of_target.max() + 1):
+        sel = frame_of_target == f
+        if count[sel].sum():
+          scalars[f'eval/loss_frame/{f:02d}'] = float(ce[sel].sum() / count[sel].sum())
+    return scalars
+
+  def _run_text(self, params) -> dict[str, float]:
     ce = count = 0.0
     for batch in self.batches:
       total, n = jax.device_get(self._loss(params, batch))
       ce, count = ce + float(total), count + float(n)
     loss = ce / count
-    scalars = {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
-               'eval/bits_per_byte': loss / np.log(2) / self.feed.bytes_per_token,
-               'eval/unigram_loss': self.unigram_loss}
-    writer.write(step, scalars)
-    if jax.process_index() == 0:
-      logging.info('eval at step %d | loss %.4f | unigram_loss %.4f | perplexity %.3f | '
-                   'bits/byte %.4f', step, loss, scalars['eval/unigram_loss'],
-                   scalars['eval/perplexity'], scalars['eval/bits_per_byte'])
-    return scalars
+    return {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
+            'eval/bits_per_byte': loss / np.log(2) / self.source.bytes_per_token,
+            'eval/unigram_loss': self.unigram_loss}

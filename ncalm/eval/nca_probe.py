@@ -3,21 +3,23 @@
 On held-out sequences the model decodes the patch tokens of the last whole frame in the
 window, each from everything before it, choosing among patch ids only; the probe reports
 whole-frame and per-cell accuracy beside the copy baseline (predicting the previous frame),
-and a PNG shows previous | true | decoded frames (docs/method.md §6).
+and a picture shows previous | true | decoded frames (docs/method.md §6).
 """
 from __future__ import annotations
-
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from ncalm import files
+from ncalm import errors
+from ncalm import sharding
 from ncalm import viz
 from ncalm.data import device_sources
 from ncalm.data import nca_tokens
+from ncalm.eval import heldout
+
+PROBE_KEY = 2**31 - 1   # fold_in of the eval key: far from the held-out batches' keys
+IMAGE = 'probe/previous_truth_predicted'
 
 
 def greedy_frame(model, params, inputs_BL: jax.Array, start: int, length: int,
@@ -37,22 +39,44 @@ def greedy_frame(model, params, inputs_BL: jax.Array, start: int, length: int,
   return jax.lax.dynamic_slice_in_dim(buffer, start, length, axis=1)
 
 
-class Probe:
-  """The probe of one run: a jitted decode of `probe_sequences` held-out sequences."""
+class NextFrameProbe:
+  """probe/frame_accuracy, probe/cell_accuracy and probe/copy_baseline on
+  `evals.probe.sequences` held-out sequences, and the picture of them."""
 
-  def __init__(self, setup, source, cfg, key, in_shardings, out_sharding):
-    self.source, self.key = source, key
-    ncfg = source.cfg
+  @staticmethod
+  def enabled(cfg) -> bool:
+    return cfg.evals.probe.sequences > 0   # 0 turns the probe off
+
+  @staticmethod
+  def check(cfg, source) -> None:
+    frames = cfg.seq_len // source.tokens_per_frame
+    if cfg.evals.probe.sequences and frames < 2:
+      raise errors.UserError(
+          f'seq_len={cfg.seq_len} holds {frames} whole frame(s) of '
+          f'{source.tokens_per_frame} tokens: the next-frame probe needs two (one of '
+          'context); raise seq_len or set evals.probe.sequences=0.')
+
+  @staticmethod
+  def check_mesh(cfg, source, data_parallel: int) -> None:
+    del source
+    if cfg.evals.probe.sequences % data_parallel:
+      raise errors.UserError(
+          f'evals.probe.sequences={cfg.evals.probe.sequences} is not divisible by the '
+          f'{data_parallel} data-parallel devices (mesh data×fsdp) that decode them: use a '
+          f'multiple of {data_parallel}, or 0 to turn the probe off.')
+
+  def __init__(self, setup, cfg, feeds):
+    self.source = feeds.val_source
+    self.key = jax.random.fold_in(heldout.eval_key(cfg), PROBE_KEY)
+    ncfg = self.source.cfg
     self.tokens_per_frame = nca_tokens.tokens_per_frame(ncfg)
     frame = cfg.seq_len // self.tokens_per_frame - 1
-    if frame < 1:
-      raise ValueError(f'seq_len={cfg.seq_len} holds fewer than two whole frames: the '
-                       'probe needs at least one frame of context.')
     start = frame * self.tokens_per_frame + 1
     patches = nca_tokens.patches_per_frame(ncfg)
+    sequences = cfg.evals.probe.sequences
 
     def probe_fn(params, src, k):
-      batch = device_sources.make_sharded_batch(src, k, cfg.probe_sequences, setup.mesh)
+      batch = device_sources.make_sharded_batch(src, k, sequences, setup.mesh)
       predicted = greedy_frame(setup.model, params, batch.inputs, start, patches,
                                nca_tokens.start_of_frame(ncfg))
       truth = batch.inputs[:, start:start + patches]
@@ -60,22 +84,18 @@ class Probe:
                               start - self.tokens_per_frame + patches]
       return predicted, truth, previous
 
-    self._probe = jax.jit(probe_fn, in_shardings=in_shardings, out_shardings=out_sharding)
+    rep = sharding.replicated(setup.mesh)
+    self._probe = jax.jit(probe_fn, in_shardings=(setup.state_shardings.params, rep, rep),
+                          out_shardings=rep)
 
-  def run(self, params, step: int, workdir: str, writer) -> dict[str, float]:
-    """Accuracies (and, on process 0, the picture in workdir/probe and TensorBoard)."""
+  def run(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(accuracies, {IMAGE: previous | true | decoded frames, uint8 H×W×3})."""
     predicted, truth, previous = jax.device_get(self._probe(params, self.source, self.key))
     ncfg = self.source.cfg
     cells = lambda ids: np.asarray(nca_tokens.decode_frames(jnp.asarray(ids), ncfg))
     pred_cells, true_cells, prev_cells = cells(predicted), cells(truth), cells(previous)
-    out = {'probe/frame_accuracy': float(np.mean(np.all(predicted == truth, axis=1))),
-           'probe/cell_accuracy': float(np.mean(pred_cells == true_cells)),
-           'probe/copy_baseline': float(np.mean(prev_cells == true_cells))}
-    if jax.process_index() == 0:
-      picture = viz.probe_picture(prev_cells, true_cells, pred_cells, ncfg.num_states)
-      os.makedirs(os.path.join(workdir, 'probe'), exist_ok=True)
-      path = os.path.join(workdir, 'probe', f'step_{step:07d}.png')
-      with files.atomic_path(path) as tmp:
-        Image.fromarray(picture).save(tmp)
-      writer.write_image(step, 'probe/previous_truth_predicted', picture)
-    return out
+    scalars = {'probe/frame_accuracy': float(np.mean(np.all(predicted == truth, axis=1))),
+               'probe/cell_accuracy': float(np.mean(pred_cells == true_cells)),
+               'probe/copy_baseline': float(np.mean(prev_cells == true_cells))}
+    picture = viz.probe_picture(prev_cells, true_cells, pred_cells, ncfg.num_states)
+    return scalars, {IMAGE: picture}

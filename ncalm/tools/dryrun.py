@@ -37,10 +37,10 @@ import ml_collections
 from ml_collections import config_flags
 
 from ncalm import cli
-from ncalm import config_lib
 from ncalm import errors
 from ncalm import perf
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
 from ncalm.data import feeds
 from ncalm.tools import footprint
@@ -154,13 +154,8 @@ def compile_for_tpu(cfg: ml_collections.ConfigDict, target: perf.Target | str,
   target = perf.TARGETS[target] if isinstance(target, str) else target
   devices = tpu_devices(target, libtpu)
   cfg = _with_mesh(cfg, footprint.mesh_axes(target, mesh, cfg))
-  m = cfg.model  # 'auto' choices as they resolve on a TPU, not on this CPU
-  m.scan_unroll = m.scan_unroll or config_lib.default_scan_unroll(m.num_layers, 'tpu')
-  m.attention_blocks = m.attention_blocks or config_lib.default_attention_blocks(
-      cfg.seq_len, 'tpu')
-  m.attention = config_lib.attention_kind(m.attention, 'tpu')
   start = time.perf_counter()
-  setup = footprint.abstract_setup(cfg, devices)
+  setup = footprint.abstract_setup(cfg, devices, backend='tpu')  # 'auto' as on a TPU
   lowered = _lower(setup, cfg)
   try:
     compiled = lowered.compile()
@@ -428,8 +423,7 @@ _LIBTPU = flags.DEFINE_string('libtpu', '', 'libtpu.so, or a folder holding it (
 def check_config(cfg: ml_collections.ConfigDict, path: str) -> None:
   """The config's own checks as one user error naming the file (before any tracing)."""
   try:
-    config_lib.check_fields(cfg)
-    footprint.model_config(cfg)   # the data source, NCA and model fields
+    startup.check(cfg)   # the run's own start-up check: fields, data, evaluators, model
     check_mesh(cfg)
   except ValueError as error:
     raise errors.UserError(f'--config={path}: {error}') from None

@@ -36,11 +36,12 @@ import jax
 import numpy as np
 
 from ncalm import cli
+from ncalm import config_lib
 from ncalm import errors
 from ncalm import files
 from ncalm import hf_llama
 from ncalm import hf_tokenizer
-from ncalm import transfer
+from ncalm import run_params
 from ncalm import workdir as workdir_lib
 from ncalm.data import prepare
 from ncalm.data import tokenizers
@@ -60,7 +61,7 @@ def run_config(workdir: str) -> dict:
   config = hf_llama.read_json(path, fix).get('config')
   if not isinstance(config, dict):
     raise errors.UserError(f'{path} has no "config" object: {fix}.')
-  return transfer.nest(config, '.')   # {'model.d_model': 32, ...}
+  return config_lib.unflatten(config)   # {'model.d_model': 32, ...} → nested
 
 
 def check_out(out: str) -> None:
@@ -136,8 +137,8 @@ def export(workdir: str, out: str, step: int = 0) -> dict:
   out = out.rstrip('/') or out
   check_out(out)
   mesh = jax.make_mesh((1,), ('replica',), devices=jax.devices('cpu')[:1])  # host memory
-  params, step = transfer.read_run_params(
-      transfer.RunRef(workdir, step, field='--workdir', step_field='--step'), mesh)
+  params, step = run_params.read_run_params(
+      run_params.RunRef(workdir, step, field='--workdir', step_field='--step'), mesh)
   params = per_layer({name: np.asarray(jax.device_get(x)) for name, x in params.items()})
   model = dict(config['model'], max_len=config['seq_len'])
   vocab = params['embedding'].shape[0]

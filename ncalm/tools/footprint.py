@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ncalm import config_lib
 from ncalm import model as model_lib
 from ncalm import optim
 from ncalm import perf
 from ncalm import sharding
+from ncalm import startup
 from ncalm import train
 from ncalm.data import feeds
 
@@ -40,8 +40,10 @@ ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)   # a raw PRNG key, never 
 # ------------------------------------------------------------------ abstract model
 
 
-def model_config(cfg: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  return config_lib.model_config(cfg, feeds.abstract(cfg).train_source.vocab_size)
+def model_config(cfg: ml_collections.ConfigDict,
+                 backend: str | None = None) -> model_lib.ModelConfig:
+  """The run's model config (`startup.model_config`), 'auto' resolved for `backend`."""
+  return startup.model_config(cfg, feeds.abstract(cfg).train_source.vocab_size, backend)
 
 
 def abstract_state(cfg: ml_collections.ConfigDict):
@@ -60,10 +62,11 @@ def _cached_state(model_cfg: model_lib.ModelConfig, seq_len: int, train_steps: i
   return jax.eval_shape(init, ABSTRACT_KEY)
 
 
-def abstract_setup(cfg: ml_collections.ConfigDict, devices) -> train.Setup:
+def abstract_setup(cfg: ml_collections.ConfigDict, devices,
+                   backend: str | None = None) -> train.Setup:
   """`train.create_setup` for the config's data (it touches no device, so it also works
   on compile-only TPU devices)."""
-  return train.create_setup(cfg, feeds.abstract(cfg).train_source.vocab_size, devices)
+  return train.create_setup(cfg, model_config(cfg, backend), devices)
 
 
 # ------------------------------------------------------------------ memory per device

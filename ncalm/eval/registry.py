@@ -1,0 +1,45 @@
+"""The evaluators a run can have, and which of them run when.
+
+An evaluator measures and nothing else: `Evaluator(setup, cfg, feeds)` prepares (jits,
+fixed held-out data), `run(params) -> (scalars, images)` measures; the training loop
+writes what it returns (JSONL, TensorBoard, PNGs). Which evaluators a run has is what
+its held-out source says suits it (`source.evaluators`) among those enabled by their
+section of `cfg.evals`; each runs every `cfg.evals.NAME.every` steps and at the last.
+A new evaluator: its module with the four methods below, one line of `EVALUATORS`, and
+its section in `config_lib.base_config().evals`.
+"""
+from __future__ import annotations
+
+from ncalm.eval import heldout
+from ncalm.eval import nca_probe
+
+# name → class with enabled(cfg), check(cfg, source), check_mesh(cfg, source,
+# data_parallel) (static; refusals at start-up), __init__(setup, cfg, feeds), run(params)
+EVALUATORS = {'heldout': heldout.HeldoutLoss, 'probe': nca_probe.NextFrameProbe}
+
+
+def names(cfg, source) -> tuple[str, ...]:
+  """The evaluators of a run whose held-out source is `source`, in EVALUATORS' order."""
+  return tuple(n for n in EVALUATORS if n in source.evaluators and EVALUATORS[n].enabled(cfg))
+
+
+def check(cfg, source) -> None:
+  """Each evaluator's start-up refusals for this config and source."""
+  for name in names(cfg, source):
+    EVALUATORS[name].check(cfg, source)
+
+
+def check_mesh(cfg, source, data_parallel: int) -> None:
+  """Each evaluator's refusals that need the number of data-parallel devices."""
+  for name in names(cfg, source):
+    EVALUATORS[name].check_mesh(cfg, source, data_parallel)
+
+
+def build(setup, cfg, feeds) -> dict:
+  """{name: evaluator} of the run (feeds with their data, on the devices if on-device)."""
+  return {name: EVALUATORS[name](setup, cfg, feeds) for name in names(cfg, feeds.val_source)}
+
+
+def due(cfg, name: str, step: int) -> bool:
+  """Whether evaluator `name` runs after `step` steps."""
+  return step % cfg.evals[name].every == 0 or step == cfg.train_steps

@@ -1,0 +1,213 @@
+"""The evaluators, called directly: what they measure equals the same thing computed by
+hand, they write nothing, and the registry picks and schedules them from the source."""
+import os
+import sysconfig
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncalm import errors
+from ncalm import startup
+from ncalm import train
+from ncalm.data import batch as batch_lib
+from ncalm.data import device_sources
+from ncalm.data import feeds as feeds_lib
+from ncalm.data import prepare
+from ncalm.eval import heldout
+from ncalm.eval import nca_probe
+from ncalm.eval import registry
+import tiny_config
+
+
+def setup_and_params(cfg):
+  """A tiny model's setup and initial parameters, and the run's feeds on the devices."""
+  checked = startup.check(cfg)
+  setup = train.create_setup(cfg, checked.model)
+  params = train.create_state(setup, jax.random.PRNGKey(cfg.seed)).params
+  run = feeds_lib.load(cfg, tempfile.mkdtemp())
+  if run.on_device:
+    run = feeds_lib.Feeds(*jax.device_put((run.train_source, run.val_source),
+                                          jax.sharding.NamedSharding(setup.mesh,
+                                                                     jax.sharding.PartitionSpec())))
+  return setup, params, run
+
+
+def cross_entropy_sums(setup, params, batch: batch_lib.Batch):
+  """(Σ mask·CE, Σ mask) per position, by hand from the logits."""
+  logits = setup.model.apply({'params': params}, batch.inputs, deterministic=True,
+                             segment_ids_BL=batch.segment_ids)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  ce = -jnp.take_along_axis(logp, batch.targets[..., None], axis=-1)[..., 0]
+  return np.asarray((ce * batch.loss_mask).sum(0)), np.asarray(batch.loss_mask.sum(0))
+
+
+class WritesNothing:
+  """Runs the evaluator in an empty current directory and checks it stays empty."""
+
+  def run_in_empty_dir(self, evaluator, params):
+    cwd, empty = os.getcwd(), tempfile.mkdtemp()
+    os.chdir(empty)
+    try:
+      out = evaluator.run(params)
+    finally:
+      os.chdir(cwd)
+    self.assertEqual(os.listdir(empty), [])
+    return out
+
+
+class DeviceHeldoutTest(WritesNothing, absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.cfg = tiny_config.get_config()
+    cls.cfg.evals.heldout.batches = 2
+    cls.setup, cls.params, cls.feeds = setup_and_params(cls.cfg)
+    cls.evaluator = heldout.HeldoutLoss(cls.setup, cls.cfg, cls.feeds)
+    cls.scalars, cls.images = cls.evaluator.run(cls.params)
+
+  def test_loss_per_frame_and_unigram_equal_the_sums_by_hand(self):
+    ce = count = counts = 0.0
+    root = heldout.eval_key(self.cfg)
+    for i in range(self.cfg.evals.heldout.batches):
+      batch = self.feeds.val_source.batch(jax.random.fold_in(root, i), self.cfg.global_batch)
+      ce_i, count_i = cross_entropy_sums(self.setup, self.params, batch)
+      ce, count = ce + ce_i, count + count_i
+      counts = counts + np.asarray(batch_lib.token_counts(batch, self.setup.model.cfg.vocab_size))
+    np.testing.assert_allclose(self.scalars['eval/loss'], ce.sum() / count.sum(), rtol=1e-5)
+    tpf = self.feeds.val_source.tokens_per_frame
+    frame_of_target = (np.arange(len(ce)) + 1) // tpf
+    frames = [f for f in range(1, frame_of_target.max() + 1)
+              if count[frame_of_target == f].sum()]
+    self.assertEqual(sorted(k for k in self.scalars if k.startswith('eval/loss_frame/')),
+                     [f'eval/loss_frame/{f:02d}' for f in frames])
+    for f in frames:
+      sel = frame_of_target == f
+      np.testing.assert_allclose(self.scalars[f'eval/loss_frame/{f:02d}'],
+                                 ce[sel].sum() / count[sel].sum(), rtol=1e-5)
+    logp = self.feeds.train_source.unigram_log_probs(jax.random.fold_in(root,
+                                                                        heldout.UNIGRAM_KEY))
+    np.testing.assert_allclose(self.scalars['eval/unigram_loss'],
+                               -(counts * logp).sum() / counts.sum(), rtol=1e-6)
+    self.assertEqual(self.images, {})
+
+  def test_same_numbers_every_time_and_no_files(self):
+    scalars, images = self.run_in_empty_dir(self.evaluator, self.params)
+    self.assertEqual((scalars, images), (self.scalars, self.images))
+
+
+class UnigramTest(absltest.TestCase):
+
+  def test_device_source_unigram_is_the_smoothed_token_frequency(self):
+    cfg = tiny_config.get_config('dyck')
+    source = feeds_lib.build(cfg).train_source
+    key = jax.random.PRNGKey(3)
+    logp = source.unigram_log_probs(key, batch_size=256)
+    counts = sum(np.bincount(np.asarray(source.batch(jax.random.fold_in(key, i), 256).targets)
+                             .ravel(), minlength=source.vocab_size)
+                 for i in range(batch_lib.UNIGRAM_SEQUENCES // 256)) + 0.5
+    np.testing.assert_allclose(logp, np.log(counts / counts.sum()), rtol=1e-12)
+
+
+class ProbeTest(WritesNothing, absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.cfg = tiny_config.get_config()
+    cls.setup, cls.params, cls.feeds = setup_and_params(cls.cfg)
+    cls.probe = nca_probe.NextFrameProbe(cls.setup, cls.cfg, cls.feeds)
+
+  def test_accuracies_and_picture_match_the_probed_sequences(self):
+    scalars, images = self.run_in_empty_dir(self.probe, self.params)
+    self.assertEqual(sorted(scalars), ['probe/cell_accuracy', 'probe/copy_baseline',
+                                       'probe/frame_accuracy'])
+    # The copy baseline by hand: the sequences the probe decodes, last whole frame vs the one
+    # before it, in cells.
+    source, tpf = self.feeds.val_source, self.feeds.val_source.tokens_per_frame
+    key = jax.random.fold_in(heldout.eval_key(self.cfg), nca_probe.PROBE_KEY)
+    inputs = np.asarray(source.batch(key, self.cfg.evals.probe.sequences).inputs)
+    start = (self.cfg.seq_len // tpf - 1) * tpf + 1
+    patches = tpf - 2
+    cells = lambda ids: np.asarray(nca_probe.nca_tokens.decode_frames(jnp.asarray(ids),
+                                                                     source.cfg))
+    truth, previous = (cells(inputs[:, s:s + patches]) for s in (start, start - tpf))
+    self.assertEqual(scalars['probe/copy_baseline'], float(np.mean(previous == truth)))
+    picture = images[nca_probe.IMAGE]
+    self.assertEqual((picture.dtype, picture.ndim, picture.shape[-1]), (np.uint8, 3, 3))
+    for k in ('probe/cell_accuracy', 'probe/frame_accuracy'):
+      self.assertBetween(scalars[k], 0.0, 1.0)
+
+
+class TextHeldoutTest(WritesNothing, absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    data_dir = os.path.join(tempfile.mkdtemp(), 'corpus')
+    prepare.prepare([os.path.join(sysconfig.get_path('stdlib'), 'json', '*.py')], 'bytes',
+                    data_dir, validation_fraction=0.3, workers=1)
+    cls.cfg = tiny_config.get_config('text')
+    cls.cfg.data.text.path = data_dir
+    cls.setup, cls.params, cls.feeds = setup_and_params(cls.cfg)
+
+  def test_loss_perplexity_bits_per_byte_and_unigram_by_hand(self):
+    evaluator = heldout.HeldoutLoss(self.setup, self.cfg, self.feeds)
+    scalars, images = self.run_in_empty_dir(evaluator, self.params)
+    batches, b = self.cfg.evals.heldout.batches, self.cfg.global_batch
+    rows = self.feeds.val_source.read_rows(0, batches * b)
+    batch = device_sources.to_batch(jnp.asarray(rows), jnp.ones(self.cfg.seq_len))
+    ce, count = cross_entropy_sums(self.setup, self.params, batch)
+    loss = ce.sum() / count.sum()
+    np.testing.assert_allclose(scalars['eval/loss'], loss, rtol=1e-5)
+    self.assertEqual(scalars['eval/perplexity'], float(np.exp(scalars['eval/loss'])))
+    self.assertEqual(scalars['eval/bits_per_byte'], scalars['eval/loss'] / np.log(2)
+                     / self.feeds.val_source.bytes_per_token)
+    sample = self.feeds.train_source.read_rows(0, batch_lib.UNIGRAM_SEQUENCES)[:, 1:]
+    counts = np.bincount(sample.ravel(), minlength=self.feeds.train_source.vocab_size) + 0.5
+    self.assertEqual(scalars['eval/unigram_loss'],
+                     float(-np.log(counts / counts.sum())[rows[:, 1:]].mean()))
+    self.assertEqual(images, {})
+
+
+class RegistryTest(absltest.TestCase):
+
+  def test_every_evaluator_has_a_config_section(self):
+    cfg = tiny_config.get_config()
+    self.assertEqual(sorted(cfg.evals), sorted(registry.EVALUATORS))
+    for name in registry.EVALUATORS:
+      self.assertIn('every', cfg.evals[name])
+
+  def test_the_source_says_which_evaluators_suit_it(self):
+    nca_cfg, dyck_cfg = tiny_config.get_config(), tiny_config.get_config('dyck')
+    nca_source = feeds_lib.build(nca_cfg).val_source
+    self.assertEqual(registry.names(nca_cfg, nca_source), ('heldout', 'probe'))
+    self.assertEqual(registry.names(dyck_cfg, feeds_lib.build(dyck_cfg).val_source),
+                     ('heldout',))
+    nca_cfg.evals.probe.sequences = 0   # turns the probe off
+    self.assertEqual(registry.names(nca_cfg, nca_source), ('heldout',))
+
+  def test_each_evaluator_has_its_own_cadence(self):
+    cfg = tiny_config.get_config()
+    cfg.train_steps = 10
+    cfg.evals.heldout.every, cfg.evals.probe.every = 2, 5
+    due = {n: [s for s in range(1, 11) if registry.due(cfg, n, s)] for n in registry.EVALUATORS}
+    self.assertEqual(due, {'heldout': [2, 4, 6, 8, 10], 'probe': [5, 10]})
+
+  def test_probe_refusals_name_their_field(self):
+    cfg = tiny_config.get_config()
+    source = feeds_lib.build(cfg).val_source
+    cfg.evals.probe.sequences = 3
+    with self.assertRaisesRegex(errors.UserError, r'evals.probe.sequences=3 is not divisible '
+                                r'by the 2 data-parallel'):
+      registry.check_mesh(cfg, source, 2)
+    cfg.seq_len = 40   # one whole frame of 38 tokens: no context to decode from
+    with self.assertRaisesRegex(errors.UserError, 'the next-frame probe needs two'):
+      startup.check(cfg)
+
+
+if __name__ == '__main__':
+  absltest.main()
