@@ -30,6 +30,8 @@ from ncalm import sharding
 from ncalm import startup
 from ncalm import train
 from ncalm.data import feeds
+from ncalm.data import text
+from ncalm.data import tokenizers
 
 
 GIB = 2 ** 30
@@ -261,10 +263,10 @@ def recommend(cfg: ml_collections.ConfigDict, target: perf.Target | str,
   target = perf.TARGETS[target] if isinstance(target, str) else target
   found, why = _search(cfg, target, mfu)
   vocab = model_config(cfg).vocab_size
-  if found or vocab % 128 == 0:
+  if found or vocab % text.VOCAB_MULTIPLE == 0:
     return found, why
   padded = copy.deepcopy(cfg)
-  padded.model.vocab_size = -(-vocab // 128) * 128
+  padded.model.vocab_size = tokenizers.padded_vocab_size(vocab, text.VOCAB_MULTIPLE)
   found, _ = _search(padded, target, mfu)
   if found:
     return found, (f'with model.vocab_size={padded.model.vocab_size} (padded to a multiple '
