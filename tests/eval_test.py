@@ -15,6 +15,7 @@ from ncalm import train
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
 from ncalm.data import feeds as feeds_lib
+from ncalm.data import nca_tokens
 from ncalm.data import prepare
 from ncalm.eval import heldout
 from ncalm.eval import nca_probe
@@ -131,9 +132,8 @@ class ProbeTest(WritesNothing, absltest.TestCase):
     key = jax.random.fold_in(heldout.eval_key(self.cfg), nca_probe.PROBE_KEY)
     inputs = np.asarray(source.batch(key, self.cfg.evals.probe.sequences).inputs)
     start = (self.cfg.seq_len // tpf - 1) * tpf + 1
-    patches = tpf - 2
-    cells = lambda ids: np.asarray(nca_probe.nca_tokens.decode_frames(jnp.asarray(ids),
-                                                                     source.cfg))
+    patches = nca_tokens.patches_per_frame(source.cfg)
+    cells = lambda ids: np.asarray(nca_tokens.decode_frames(jnp.asarray(ids), source.cfg))
     truth, previous = (cells(inputs[:, s:s + patches]) for s in (start, start - tpf))
     self.assertEqual(scalars['probe/copy_baseline'], float(np.mean(previous == truth)))
     picture = images[nca_probe.IMAGE]
