@@ -28,6 +28,9 @@ import time
 from absl import app
 from absl import flags
 
+from ncalm.data import dataset
+from ncalm.data import encode as encode_lib
+from ncalm.data import inputs
 from ncalm.data import prepare
 from ncalm.data import tokenizers
 from ncalm.tools import tokenizer as tokenizer_cli
@@ -56,7 +59,7 @@ def stdlib_files(megabytes: float) -> list[str]:
   root = sysconfig.get_path('stdlib')
   skip = {'site-packages', 'test', 'tests', 'idlelib'}
   paths, total = [], 0
-  for path in prepare.resolve_inputs(os.path.join(root, '**', '*.py')):
+  for path in inputs.resolve_inputs(os.path.join(root, '**', '*.py')):
     parts = os.path.relpath(path.path, root).split(os.sep)
     if skip & set(parts) or not path.size:
       continue
@@ -83,11 +86,11 @@ def main(argv):
     for text in texts:  # ~1 MB batches of whole documents, as prepare encodes them
       batch.append(text)
       size += len(text)
-      if size >= prepare.CHUNK_BYTES:
+      if size >= inputs.CHUNK_BYTES:
         batches.append(batch)
         batch, size = [], 0
     batches.append(batch)
-    workers = prepare.default_workers()
+    workers = encode_lib.default_workers()
 
     def encode(parallel: bool):
       os.environ['TOKENIZERS_PARALLELISM'] = 'true' if parallel else 'false'
@@ -116,7 +119,7 @@ def main(argv):
         cpu[name].append(cpu_seconds() - start_cpu)
     rates = {name: megabytes / statistics.median(t) for name, t in times.items()}
     cpu_rates = {name: megabytes / statistics.median(t) for name, t in cpu.items()}
-    meta = prepare.read_meta(os.path.join(tmp, 'data_1'))
+    meta = dataset.read_meta(os.path.join(tmp, 'data_1'))
     print(f'{cpu_model()}, {workers} cores; {len(paths):,} files, {megabytes:.1f} MB; '
           f'tokenizer {"BPE 8,192 (trained here)" if not _TOKENIZER.value else spec}, '
           f'{meta["bytes_per_token"]:.2f} bytes per token; median of {_REPEATS.value}')

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from ncalm import sharding
 from ncalm import startup
-from ncalm import train
+from ncalm import step as step_lib
 from ncalm.data import feeds
 from ncalm.data import text
 
@@ -45,10 +45,10 @@ def main(argv):
   del argv
   cfg = _CONFIG.value
   run = feeds.load(cfg, tempfile.mkdtemp())
-  setup = train.create_setup(cfg, startup.check(cfg).model)
+  setup = step_lib.create_setup(cfg, startup.check(cfg).model)
   batch_sharding = sharding.batch_sharding(setup.mesh)
-  state = train.create_state(setup, jax.random.PRNGKey(0))
-  step_fn = train.make_train_step_on_batch(setup)
+  state = step_lib.create_state(setup, jax.random.PRNGKey(0))
+  step_fn = step_lib.make_train_step_on_batch(setup)
   key = jax.random.PRNGKey(1)
   tokens = cfg.global_batch * cfg.seq_len
   feed_times, step_times = [], []

@@ -21,7 +21,7 @@ import jax
 
 from ncalm import perf
 from ncalm import startup
-from ncalm import train
+from ncalm import step as step_lib
 from ncalm.data import feeds
 
 sys.path.insert(0, 'configs')
@@ -58,16 +58,16 @@ def interleave(runs, setup, repeats):
 def data_cost(repeats: int) -> None:
   cfg = nca_164m.get_config('cpu')
   run = feeds.load(cfg, _WORKDIR.value)
-  setup = train.create_setup(cfg, startup.check(cfg).model)
+  setup = step_lib.create_setup(cfg, startup.check(cfg).model)
   key = jax.random.PRNGKey(0)
-  inside = train.make_train_step(setup)
-  fed = train.make_train_step_on_batch(setup)
-  data_key, _ = train.step_keys(key, 0)
+  inside = step_lib.make_train_step(setup)
+  fed = step_lib.make_train_step_on_batch(setup)
+  data_key, _ = step_lib.step_keys(key, 0)
   batch = jax.jit(lambda s, k: s.batch(k, cfg.global_batch))(run.train_source, data_key)
   runs = {
-      'data made in the step': timed_steps(setup, inside, train.create_state(setup, key),
+      'data made in the step': timed_steps(setup, inside, step_lib.create_state(setup, key),
                                            run.train_source, key),
-      'pre-made batch fed': timed_steps(setup, fed, train.create_state(setup, key), batch, key),
+      'pre-made batch fed': timed_steps(setup, fed, step_lib.create_state(setup, key), batch, key),
   }
   t = interleave(runs, setup, repeats)
   for name, sec in t.items():
@@ -99,10 +99,10 @@ def throughput(repeats: int, peak: float) -> None:
   runs, setups = {}, {}
   for dropout in (0.1, 0.0):
     cfg.model.attn_dropout = dropout
-    setup = train.create_setup(cfg, startup.check(cfg).model)
+    setup = step_lib.create_setup(cfg, startup.check(cfg).model)
     name = f'attention dropout {dropout}'
-    runs[name] = timed_steps(setup, train.make_train_step(setup),
-                             train.create_state(setup, key), run.train_source, key)
+    runs[name] = timed_steps(setup, step_lib.make_train_step(setup),
+                             step_lib.create_state(setup, key), run.train_source, key)
     setups[name] = setup
   t = interleave(runs, setup, repeats)
   flops = perf.flops_per_token(setup.model.cfg, cfg.seq_len)

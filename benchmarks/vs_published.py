@@ -30,7 +30,7 @@ import nca_164m  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ncalm import startup
-from ncalm import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ncalm import step as step_lib
 from ncalm.data import feeds
 
 _PEER_PYTHON = flags.DEFINE_string('peer_python', sys.executable,
@@ -90,9 +90,9 @@ def main(argv):
   for name in _VARIANTS.value:
     cfg = shared_shape_config()
     cfg.model.update(VARIANTS[name])
-    setup = train.create_setup(cfg, startup.check(cfg).model)
-    runs[name] = bench.timed_steps(setup, train.make_train_step(setup),
-                                   train.create_state(setup, key), run.train_source, key)
+    setup = step_lib.create_setup(cfg, startup.check(cfg).model)
+    runs[name] = bench.timed_steps(setup, step_lib.make_train_step(setup),
+                                   step_lib.create_state(setup, key), run.train_source, key)
   tokens = base.global_batch * base.seq_len
   print(f'cpu: {cpu_model()} ({os.cpu_count()} cores); jax {jax.__version__}; '
         f'shape: 4 layers, d_model 256, 4 heads, MLP 1024, seq 1024, batch 8, vocab 10,002, '

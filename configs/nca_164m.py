@@ -27,8 +27,8 @@ step) and loop with a small float32 model (2 layers, d_model 128, no attention d
 2-core CPU. Expected (measured, README "Results"): the eval loss falls from 9.2 to 7.33
 nats, well below `eval/unigram_loss` (8.57: predicting the token distribution alone) — the model
 learns each sequence's own state distribution in context — and the probe's per-cell
-accuracy rises from 0.21 to 0.26, above `probe/copy_baseline` (0.21). Learning the rules themselves takes the big
-model and the full run.
+accuracy rises from 0.21 to 0.26, above `probe/copy_baseline` (0.21). Learning the rules
+themselves takes the big model and the full run.
 
 `decay`: the published run with warmup (500 steps) then cosine decay to 0.
 """

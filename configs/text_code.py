@@ -16,9 +16,11 @@ Needs the corpus prepared first (README, "Text"): nothing is downloaded at run t
 byte-level BPE of 4,096 ids trained on it and a small float32 model (2 layers, d_model
 128), 300 steps of 8 × 256 tokens. Prepare it first (~1 min on 2 cores):
 
-    python -m ncalm.tokenizer train --input="$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/**/*.py" \
+    python -m ncalm.tokenizer train \
+        --input="$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/**/*.py" \
         --vocab_size=4096 --out=/tmp/ncalm_data/stdlib_bpe4096.json
-    python -m ncalm.prepare --input="$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/**/*.py" \
+    python -m ncalm.prepare \
+        --input="$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/**/*.py" \
         --tokenizer=/tmp/ncalm_data/stdlib_bpe4096.json --out=/tmp/ncalm_data/stdlib_code
 
 Expected (measured, README "Text"): the validation loss falls far below the corpus's

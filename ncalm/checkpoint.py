@@ -33,10 +33,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ncalm import errors
+from ncalm import files
 from ncalm import hashing
 from ncalm import param_names
 from ncalm import sharding
-from ncalm import workdir as workdir_lib
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -161,8 +161,8 @@ class Checkpoints:
     reason = f'{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ""}'
     return errors.CheckpointError(
         f'saving the checkpoint of step {step} to {self.path(step)} failed ({reason}); '
-        f'stopping now. A checkpoint needs about {workdir_lib.human_bytes(self.bytes)}; '
-        f'{workdir_lib.human_bytes(free)} is free there. {kept.capitalize()}: free space '
+        f'stopping now. A checkpoint needs about {files.human_bytes(self.bytes)}; '
+        f'{files.human_bytes(free)} is free there. {kept.capitalize()}: free space '
         '(or lower keep_checkpoints) and rerun the same command to resume from it.')
 
   def close(self) -> None:

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'nca'           # 'nca' | 'dyck' (made in the step) | 'text' (read by the host)
-  c.data.mode = 'fast'            # NCA rollout: 'fast' (same distribution) | 'reference' (bit-exact)
+  c.data.mode = 'fast'            # NCA rollout: 'fast' (same distribution) |
+                                  # 'reference' (bit-exact)
   c.data.band = (0.5, 1.0)        # gzip band of the rules; None = unfiltered
   c.data.num_train_rules = 16000  # rules in the training bank
   c.data.num_val_rules = 2000     # held-out rules for evaluation and the probe

@@ -39,7 +39,6 @@ from ncalm import train
 from ncalm import workdir as workdir_lib
 from ncalm.data import feeds
 
-
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
 CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the record

@@ -101,7 +101,7 @@ class RMSNorm(nn.Module):
                        (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (normed * scale).astype(x.dtype)
+    return (normed * jax.lax.broadcast_to_rank(scale, x.ndim)).astype(x.dtype)
 
 
 def matmul(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax.Array:
@@ -170,7 +170,7 @@ def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: 
     q = q_BLHD[:, i * size:end]
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k_BLHD[:, :end]).astype(jnp.float32)
     scores = scores / jnp.sqrt(head_dim)
-    causal = jnp.arange(i * size, end)[:, None] >= jnp.arange(end)[None, :]
+    causal = (jnp.arange(i * size, end)[:, None] >= jnp.arange(end)[None, :])[None, None]
     if segment_ids_BL is not None:
       same = segment_ids_BL[:, i * size:end, None] == segment_ids_BL[:, None, :end]
       causal = causal & same[:, None]     # [B, 1, Q, K]

@@ -1,4 +1,7 @@
-"""`python -m ncalm.render`: pictures of NCA trajectories by complexity band (`ncalm.tools.render`)."""
+"""`python -m ncalm.render`: pictures of NCA trajectories by complexity band.
+
+The code is in `ncalm.tools.render`.
+"""
 from ncalm.tools import render
 
 if __name__ == '__main__':

@@ -205,7 +205,8 @@ def _restore_verified(manager, step: int, target: dict, mesh) -> dict[str, jax.A
   """Restores the target's params from `step` and checks them against the saved digests."""
   item = {'params': param_names.nest(target)}
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      state=ocp.args.PyTreeRestore(item=item,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                    partial_restore=True),
       checksum=ocp.args.JsonRestore()))
   want = restored.checksum['tensors']

@@ -1,198 +1,38 @@
-"""Training state, the jitted step and the loop.
+"""The training loop (`python -m ncalm.main`): start-up checks, the state restored or made
+(`ncalm.step`), steps, evaluations, checkpoints, logs, and a clean stop.
 
-The step is pure: `train_step(state, source, seed_key)` folds the step number into the
-seed, makes its own batch on the devices (each device its own rows, under `shard_map`),
-and returns the new state and a few scalars. The loop dispatches step t before it
-fetches step t-1's metrics, so the devices never wait on Python.
+The loop dispatches step t before it fetches step t-1's metrics, so the devices never wait
+on Python. Every evaluator the config enables runs at its own cadence; the loop writes what
+they return (JSONL, TensorBoard, pictures under the workdir). A stop request (SIGTERM,
+SIGINT) saves a checkpoint at the step boundary; a non-finite loss or a dead gradient stops
+the run with the last good checkpoint kept.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import signal
 import time
-from typing import Any
 
 from absl import logging
-import flax
 import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from ncalm import checkpoint
 from ncalm import errors
-from ncalm import losses
 from ncalm import metrics as metrics_lib
-from ncalm import model as model_lib
-from ncalm import optim
 from ncalm import perf
 from ncalm import sharding
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import transfer
 from ncalm import viz
 from ncalm import workdir as workdir_lib
-from ncalm.data import batch as batch_lib
-from ncalm.data import device_sources
 from ncalm.data import feeds as feeds_lib
 from ncalm.data import text
 from ncalm.eval import registry
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """Everything the loop needs that is fixed for a run."""
-  cfg: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  rules: tuple
-  model: model_lib.Transformer
-  tx: optax.GradientTransformation
-  lr: optax.Schedule
-  state_shardings: Any
-  abstract_state: Any    # ShapeDtypeStructs with shardings: what a restore fills in
-  init_spec: transfer.InitSpec  # the init section: where parameters start, what is frozen
-  trainable: Any = None  # bools like params: False where frozen (init.freeze); None = all
-
-
-# ------------------------------------------------------------------------- data
-
-
-def step_keys(seed_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(data key, dropout key) of a step: a pure function of (seed, step)."""
-  data_key, dropout_key = jax.random.split(jax.random.fold_in(seed_key, step))
-  return data_key, dropout_key
-
-
-# ------------------------------------------------------------------------- state
-
-
-def init_state(setup_model, tx, cfg, rng):
-  """A boxed TrainState (params carry logical axis names)."""
-  dummy = jnp.zeros((1, cfg.seq_len), jnp.int32)
-  params = setup_model.init({'params': rng}, dummy)['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-def create_setup(cfg: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
-                 devices=None) -> Setup:
-  """The mesh, the model of `model_cfg` (`startup.check(cfg).model`), the optimizer and
-  the state's shardings; refuses parameters that do not split over the mesh."""
-  mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices)
-  rules = sharding.rules_from_config(cfg.logical_axis_rules)
-  model = model_lib.Transformer(model_cfg)
-  tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps)
-  params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
-                                             jnp.zeros((1, cfg.seq_len), jnp.int32)))['params']
-  init_spec = transfer.init_spec(cfg)
-  trainable = transfer.trainable_mask(init_spec, nn.meta.unbox(params))
-  tx = transfer.freeze_optimizer(tx, trainable)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
-                              jax.ShapeDtypeStruct((2,), jnp.uint32))  # abstract key
-    shardings = sharding.logical_shardings(abstract, mesh, rules)
-  sharding.check_divisible(abstract, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.meta.unbox(abstract), shardings)
-  return Setup(cfg, mesh, rules, model, tx, lr, shardings, abstract_state, init_spec,
-               None if all(jax.tree.leaves(trainable)) else trainable)
-
-
-def create_state(setup: Setup, rng: jax.Array) -> TrainState:
-  """Parameters born sharded: init is jitted straight into the target shardings."""
-  init = functools.partial(init_state, setup.model, setup.tx, setup.cfg)
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    return jax.jit(lambda r: nn.meta.unbox(init(r)),
-                   out_shardings=setup.state_shardings)(rng)
-
-
-# -------------------------------------------------------------------------- step
-
-
-def masked_loss_sums(model, params, batch: batch_lib.Batch, dropout_key=None):
-  """(Σ mask·cross-entropy, Σ mask) of a batch; dropout on iff a key is given."""
-  rngs = None if dropout_key is None else {'dropout': dropout_key}
-  logits = model.apply({'params': params}, batch.inputs, segment_ids_BL=batch.segment_ids,
-                       deterministic=dropout_key is None,
-                       rngs=rngs)
-  return losses.masked_sums(logits, batch)
-
-
-def update(setup: Setup, state: TrainState, batch: batch_lib.Batch, dropout_key):
-  """One optimizer step on a batch, accumulating gradients over micro-batches.
-
-  dropout_key=None turns dropout off (deterministic forward passes).
-  """
-  accum = setup.cfg.grad_accum
-  micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
-
-  # (Σ mask·CE, Σ mask) per micro-batch: the sums add exactly across micro-batches.
-  def loss_sums(params, mb, key):
-    if setup.trainable is not None:  # frozen parameters: no gradient is computed for them
-      params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p),
-                            setup.trainable, params)
-    return masked_loss_sums(setup.model, params, mb, key)
-  grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
-
-  def body(carry, xs):
-    grads, total, count = carry
-    index, mb = xs
-    key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
-    (t, c), g = grad_fn(state.params, mb, key)
-    return (jax.tree.map(jnp.add, grads, g), total + t, count + c), None
-
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
-  (grads, total, count), _ = jax.lax.scan(
-      body, (zeros, 0.0, 0.0), (jnp.arange(accum), micro))
-  grads = jax.tree.map(lambda g: g / count, grads)
-  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  if setup.trainable is not None:  # frozen: the very same bits (x + 0 would turn -0 into +0)
-    params = jax.tree.map(lambda t, new, old: new if t else old,
-                          setup.trainable, params, state.params)
-  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-  scalars = {'train/loss': total / count, 'train/grad_norm': optax.tree.norm(grads),
-             'train/lr': setup.lr(state.step)}
-  return new_state, scalars
-
-
-def make_train_step(setup: Setup):
-  """jit(state, source, seed_key) → (state, scalars); the batch is made inside."""
-  batch_size = setup.cfg.global_batch
-
-  def step(state, source, seed_key):
-    data_key, dropout_key = step_keys(seed_key, state.step)
-    batch = device_sources.make_sharded_batch(source, data_key, batch_size, setup.mesh)
-    return update(setup, state, batch, dropout_key)
-
-  rep = sharding.replicated(setup.mesh)
-  return jax.jit(step, in_shardings=(setup.state_shardings, rep, rep),
-                 out_shardings=(setup.state_shardings, rep), donate_argnums=0)
-
-
-def make_train_step_on_batch(setup: Setup):
-  """jit(state, batch, seed_key) → (state, scalars) for a host-fed batch (e.g. text)."""
-  batch_sharding = sharding.batch_sharding(setup.mesh)
-  rep = sharding.replicated(setup.mesh)
-
-  def step(state, batch, seed_key):
-    _, dropout_key = step_keys(seed_key, state.step)
-    return update(setup, state, batch, dropout_key)
-
-  return jax.jit(step, in_shardings=(setup.state_shardings, batch_sharding, rep),
-                 out_shardings=(setup.state_shardings, rep), donate_argnums=0)
-
 
 # -------------------------------------------------------------------------- loop
 
@@ -295,7 +135,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
   NaN/Inf step and CheckpointError when a save fails or no checkpoint is intact.
   """
   checked = startup.check(cfg)
-  setup = create_setup(cfg, checked.model, devices)  # mesh, sharding checks
+  setup = step_lib.create_setup(cfg, checked.model, devices)  # mesh, sharding checks
   startup.check_mesh(cfg, checked, setup.mesh)
   if cfg.init.from_run and not checkpoint.has_checkpoints(workdir):  # else it resumes itself
     transfer.check_stage1(setup.init_spec, setup.abstract_state.params, workdir)
@@ -330,7 +170,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
   return last['metrics']
 
 
-def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> dict:
+def _train(cfg, workdir: str, setup: step_lib.Setup, store: checkpoint.Checkpoints) -> dict:
   """The loop: {'metrics': last metrics, 'stopped_at': step or None}."""
   run = feeds_lib.load(cfg, workdir)
   seed_key = jax.random.PRNGKey(cfg.seed)
@@ -339,11 +179,11 @@ def _train(cfg, workdir: str, setup: Setup, store: checkpoint.Checkpoints) -> di
 
   restored = store.restore_latest()  # the workdir's own checkpoint first, then init.from_run
   if restored is None and cfg.init.from_run:
-    state = transfer.initial_state(setup, lambda: create_state(setup, init_key), init_key,
+    state = transfer.initial_state(setup, lambda: step_lib.create_state(setup, init_key), init_key,
                                    workdir)
     resumed_from = None
   elif restored is None:
-    state, resumed_from = create_state(setup, init_key), None
+    state, resumed_from = step_lib.create_state(setup, init_key), None
   else:
     state, resumed_from = restored
   start = int(state.step)
@@ -470,7 +310,7 @@ class _WaitShare:
     return share
 
 
-def _feed_parts(cfg, setup: Setup, run: feeds_lib.Feeds, train_key):
+def _feed_parts(cfg, setup: step_lib.Setup, run: feeds_lib.Feeds, train_key):
   """What depends on where the data is made: (do_step(state, step) → (state, scalars),
   {name: evaluator}, the text prefetcher or None).
 
@@ -479,7 +319,7 @@ def _feed_parts(cfg, setup: Setup, run: feeds_lib.Feeds, train_key):
   if run.on_device:
     run = feeds_lib.Feeds(*jax.device_put((run.train_source, run.val_source),
                                           sharding.replicated(setup.mesh)))
-    train_step = make_train_step(setup)
+    train_step = step_lib.make_train_step(setup)
     return ((lambda state, step: train_step(state, run.train_source, train_key)),
             registry.build(setup, cfg, run), None)
   logging.info('Text: %s, vocabulary %d ids (model: %d, padded to a multiple of %d).',
@@ -488,6 +328,6 @@ def _feed_parts(cfg, setup: Setup, run: feeds_lib.Feeds, train_key):
   prefetcher = text.Prefetcher(run.train_source, sharding.batch_sharding(setup.mesh),
                                cfg.global_batch, cfg.data.text.prefetch,
                                cfg.data.text.document_masking)
-  train_step = make_train_step_on_batch(setup)
+  train_step = step_lib.make_train_step_on_batch(setup)
   return ((lambda state, step: train_step(state, prefetcher.batch(step), train_key)),
           registry.build(setup, cfg, run), prefetcher)

@@ -182,7 +182,8 @@ def check_stage1(p: InitSpec, stage2_params, workdir: str = '') -> None:
   manager, steps = run_params.open_run(ref, workdir)
   try:
     canon_meta, layers1 = run_params.canonical(run_params.newest_metadata(ref, manager, steps))
-    _check_shapes(canon_meta, run_params.canonical(param_names.flat(stage2_params))[0], p, p.from_run, layers1)
+    stage2_canon = run_params.canonical(param_names.flat(stage2_params))[0]
+    _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
   finally:
     manager.close()
 
@@ -208,12 +209,14 @@ def read_stage1(p: InitSpec, stage2_params, mesh, workdir: str = '') -> tuple[di
     canon_meta, layers1 = run_params.canonical(meta_flat)
     _check_shapes(canon_meta, stage2_canon, p, p.from_run, layers1)
     return run_params.restore_target(meta_flat, specs, mesh)
-  return run_params.restore_newest(run_params.RunRef(p.from_run, p.from_step), workdir, mesh, target_for)
+  return run_params.restore_newest(run_params.RunRef(p.from_run, p.from_step), workdir, mesh,
+                                   target_for)
 
 
 def _wanted_shapes(p: InitSpec, stage2_params) -> dict[str, tuple[int, ...]]:
   """{per-layer name: shape of one layer's tensor} of what stage 2 takes from its source."""
-  return {n: run_params.layer_shape(v) for n, v in run_params.canonical(param_names.flat(stage2_params))[0].items()
+  stage2_canon = run_params.canonical(param_names.flat(stage2_params))[0]
+  return {n: run_params.layer_shape(v) for n, v in stage2_canon.items()
           if n not in ('embedding', 'head') or p.embedding == 'keep'}
 
 
@@ -307,7 +310,8 @@ def source_name(run: str) -> str:
 
 def summary_line(r: dict) -> str:
   c = r['counts']
-  layers = f' over layers [{r["layers"][0]}, {r["layers"][1]})' if (r['reinit'] or r['freeze']) else ''
+  layers = (f' over layers [{r["layers"][0]}, {r["layers"][1]})'
+            if (r['reinit'] or r['freeze']) else '')
   source = r['from_run'] if r['from_run'].startswith(HF_PREFIX) else (
       f'{r["from_run"]} step {r["from_step"]}')
   return (f'Stage 2 from {source}: kept {c["kept"]:,} parameters '

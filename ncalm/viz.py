@@ -14,7 +14,9 @@ import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
 
 from ncalm import errors
 from ncalm import files

@@ -33,6 +33,7 @@ import numpy as np
 from ncalm import config_lib
 from ncalm import errors
 from ncalm import files
+from ncalm import processes
 
 LOCK_NAME = '.ncalm.lock'
 RUN_CONFIG_NAME = 'run_config.json'
@@ -90,40 +91,13 @@ def check_shared(workdir: str) -> None:
   if blind:
     raise errors.UserError(
         f'workdir {workdir!r} is not shared: process(es) {blind} of {jax.process_count()} do not '
-        f'see the file process 0 ({socket.gethostname() if jax.process_index() == 0 else "another host"}) '
+        f'see the file process 0 '
+        f'({socket.gethostname() if jax.process_index() == 0 else "another host"}) '
         'wrote there. A multi-host run needs a --workdir on storage every host sees: a bucket '
         'mounted on every host (gcsfuse) or an NFS share (launch/README.md).')
 
 
 # ---------------------------------------------------------------------- the lock
-
-
-def _process_start_time(pid: int) -> str | None:
-  """The kernel's start time of a process (tells a reused pid apart), where /proc has it."""
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
-
-
-def process_alive(pid: int, start_time: str | None = None) -> bool:
-  """Whether process `pid` of this host still runs (not a zombie; with `start_time`, not a
-  new process that reuses the pid)."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-        return False  # exited, not yet reaped
-  except (OSError, IndexError):
-    pass
-  now = _process_start_time(pid)
-  return start_time is None or now is None or now == start_time
 
 
 class Lock:
@@ -133,7 +107,7 @@ class Lock:
     self.path = os.path.join(workdir, LOCK_NAME)
     self.enabled = enabled
     self.owner = dict(pid=os.getpid(), host=socket.gethostname(),
-                      start_time=_process_start_time(os.getpid()),
+                      start_time=processes.start_time_of(os.getpid()),
                       started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
                       command=' '.join(sys.argv))
     self.held = False
@@ -169,7 +143,7 @@ class Lock:
       if holder is None:
         continue  # released meanwhile: try again
       same_host = holder.get('host') == self.owner['host']
-      if same_host and isinstance(holder.get('pid'), int) and not process_alive(
+      if same_host and isinstance(holder.get('pid'), int) and not processes.alive(
           holder['pid'], holder.get('start_time')):
         if self._take_over(holder):
           return
@@ -381,12 +355,5 @@ def warn_if_short_of_space(workdir: str, checkpoint_bytes: int, keep: int) -> No
         'The disk of %s has %s free, but keeping %d checkpoints of ~%s each needs about %s '
         'more: saves will fail when it fills (the run then stops, keeping the last good '
         'checkpoint). Free space, lower keep_checkpoints, or use a bigger disk.', workdir,
-        human_bytes(free), keep, human_bytes(checkpoint_bytes), human_bytes(needed))
-
-
-def human_bytes(n: float) -> str:
-  for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
-    if abs(n) < 1024 or unit == 'TB':
-      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-    n /= 1024
-  return f'{n:.1f} TB'
+        files.human_bytes(free), keep, files.human_bytes(checkpoint_bytes),
+        files.human_bytes(needed))

@@ -11,6 +11,7 @@ from scipy import stats
 from ncalm import errors
 from ncalm.data import complexity
 from ncalm.data import nca
+
 import published_reference as published
 from testdata import published_vectors
 

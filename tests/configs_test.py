@@ -10,6 +10,7 @@ from ncalm import errors
 from ncalm import experiment
 from ncalm import startup
 from ncalm import workdir as workdir_lib
+
 import tiny_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -42,7 +43,8 @@ class ConfigsTest(absltest.TestCase):
     for name, variants in RUN_CONFIGS.items():
       for variant in variants:
         with self.subTest(f'{name}:{variant}'):
-          check(config_lib.load_file(os.path.join(CONFIGS, name) + (f':{variant}' if variant else '')))
+          path = os.path.join(CONFIGS, name) + (f':{variant}' if variant else '')
+          check(config_lib.load_file(path))
 
   def test_experiment_configs(self):
     for name in ('code', 'math', 'web'):

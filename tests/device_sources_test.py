@@ -8,6 +8,7 @@ from ncalm.data import device_sources
 from ncalm.data import dyck
 from ncalm.data import nca
 from ncalm.data import nca_tokens
+
 import published_reference as published
 
 CFG = nca.NCAConfig()

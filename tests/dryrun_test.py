@@ -1,4 +1,5 @@
-"""The dry run: parameter counts, per-device memory under the sharding rules, the CLI."""
+"""The dry run: parameter counts, per-device memory under the sharding rules, the CLI, and
+the lowering and TPU compile checks (ncalm/tools/aot.py)."""
 import importlib.util
 import math
 import os
@@ -14,8 +15,10 @@ import jax.numpy as jnp
 from ncalm import errors
 from ncalm import model as model_lib
 from ncalm import perf
+from ncalm.tools import aot
 from ncalm.tools import dryrun
 from ncalm.tools import footprint
+
 import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,15 +36,15 @@ class CountsTest(absltest.TestCase):
 
   def test_counts_match_the_model_and_eval_shape(self):
     cfg = tiny_config.get_config()
-    p = footprint.plan(cfg, 'h100x1')
+    p = footprint.estimate(cfg, 'h100x1')
     m = footprint.model_config(cfg)
     for key, value in model_lib.count_params(m).items():
-      self.assertEqual(p['params'][key], value, key)
+      self.assertEqual(p.param_counts[key], value, key)
     shapes = jax.eval_shape(model_lib.Transformer(m).init, jax.random.key(0),
                             jnp.zeros((1, cfg.seq_len), jnp.int32))
     leaves = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-    self.assertEqual(p['params']['total'], leaves)
-    self.assertEqual(p['params']['leaves'], leaves)
+    self.assertEqual(p.param_counts['total'], leaves)
+    self.assertEqual(p.param_counts['leaves'], leaves)
 
 
 class MemoryTest(absltest.TestCase):
@@ -49,42 +52,42 @@ class MemoryTest(absltest.TestCase):
   def test_fsdp_divides_the_sharded_leaves_exactly(self):
     cfg = tiny_config.get_config()
     cfg.global_batch = 8                      # splits over 8 data-parallel devices
-    data = footprint.plan(cfg, 'h100x8', dict(data=8))
-    fsdp = footprint.plan(cfg, 'h100x8', dict(fsdp=8))
-    self.assertEqual((data['problems'], fsdp['problems']), ([], []))
-    sharded = {s.path for s in footprint.state_shards(cfg, fsdp['mesh']) if 8 in s.splits}
-    self.assertLen(sharded & set(fsdp['leaf_param_bytes']), 9)   # all but the 3 norms
-    for path, dp_bytes in data['leaf_param_bytes'].items():
+    data = footprint.estimate(cfg, 'h100x8', dict(data=8))
+    fsdp = footprint.estimate(cfg, 'h100x8', dict(fsdp=8))
+    self.assertEqual((data.problems, fsdp.problems), ((), ()))
+    sharded = {s.path for s in footprint.state_shards(cfg, fsdp.mesh) if 8 in s.splits}
+    self.assertLen(sharded & set(fsdp.leaf_param_bytes), 9)   # all but the 3 norms
+    for path, dp_bytes in data.leaf_param_bytes.items():
       expected = dp_bytes // 8 if path in sharded else dp_bytes
-      self.assertEqual(fsdp['leaf_param_bytes'][path], expected, path)
+      self.assertEqual(fsdp.leaf_param_bytes[path], expected, path)
       if path in sharded:
         self.assertEqual(dp_bytes % 8, 0)
-    self.assertEqual(data['bytes']['params'], 4 * data['params']['total'])   # f32, replicated
-    self.assertEqual(fsdp['bytes']['grads'], fsdp['bytes']['params'])
+    self.assertEqual(data.memory.params, 4 * data.param_counts['total'])   # f32, replicated
+    self.assertEqual(fsdp.memory.grads, fsdp.memory.params)
 
   def test_paper_model_on_one_h100(self):
-    p = footprint.plan(paper_config(), 'h100x1')
-    n = p['params']
+    p = footprint.estimate(paper_config(), 'h100x1')
+    n = p.param_counts
     self.assertEqual(round(n['blocks'] / 1e9, 2), 1.61)  # docs/method.md §4: 1.61B w/o embeddings
     self.assertAlmostEqual(n['non_embedding'] / 1e9, 1.61, delta=0.025)  # + final norm, head
-    state = p['bytes']['params'] + p['bytes']['opt_state'] + p['bytes']['grads']
+    state = p.memory.params + p.memory.opt_state + p.memory.grads
     self.assertAlmostEqual(state / n['total'], 16, places=6)  # f32 params, mu, nu, grads
-    self.assertEqual(p['mesh'], dict(data=1, fsdp=1, tensor=1))
-    self.assertEqual(p['fits'], 'yes')
-    self.assertEqual(p['tokens_per_step'], 32 * 1024)
-    self.assertEqual(p['flops_per_token'], perf.flops_per_token(footprint.model_config(
+    self.assertEqual(p.mesh, dict(data=1, fsdp=1, tensor=1))
+    self.assertEqual(p.fits, 'yes')
+    self.assertEqual(p.tokens_per_step, 32 * 1024)
+    self.assertEqual(p.flops_per_token, perf.flops_per_token(footprint.model_config(
         paper_config()), 1024))
 
   def test_recommendations(self):
     cfg = paper_config()
     use, _ = footprint.recommend(cfg, 'v5e-16')     # 16 GiB chips: the config's data=16 fails
-    self.assertGreater(use['mesh']['fsdp'], 1)
-    self.assertEqual(use['fits'], 'yes')
+    self.assertGreater(use.mesh['fsdp'], 1)
+    self.assertEqual(use.fits, 'yes')
     # Batch 32 over 256 chips leaves tensor >= 8, which vocab 10002 does not divide, and
     # the 16x16 torus only lays axes of 16 or 256: the vocabulary is padded, tensor=16.
     use, note = footprint.recommend(cfg, 'v5e-256')
-    self.assertEqual(use['mesh'], dict(data=16, fsdp=1, tensor=16))
-    self.assertEqual(use['vocab_size'], 10112)
+    self.assertEqual(use.mesh, dict(data=16, fsdp=1, tensor=16))
+    self.assertEqual(use.vocab_size, 10112)
     self.assertIn('model.vocab_size=10112', note)
     self.assertFalse(footprint.torus_layout_ok(perf.TARGETS['v5p-128'],
                                             dict(data=32, fsdp=1, tensor=2)))
@@ -126,10 +129,10 @@ class MeshOverrideTest(absltest.TestCase):
       label = re.escape(perf.TARGETS[name].label)
       self.assertRegex(table, re.compile(rf'^{label} +16 +4 config +4 +4 +1 ', re.M))
       config_row = dryrun.target_rows(self.cfg, name)[0]
-      self.assertEqual((config_row[0], config_row[1]['mesh']),
+      self.assertEqual((config_row[0], config_row[1].mesh),
                        ('config', dict(data=4, fsdp=4, tensor=1)))
     row, p, _ = dryrun.target_rows(self.cfg, 'h100x8')[2]
-    self.assertEqual((row, p['mesh']), ('use', dict(data=8, fsdp=1, tensor=1)))
+    self.assertEqual((row, p.mesh), ('use', dict(data=8, fsdp=1, tensor=1)))
 
   def test_a_mesh_with_minus_one_needs_a_multiple(self):
     self.cfg.mesh.update(data=-1, fsdp=3)
@@ -143,9 +146,9 @@ class MeshOverrideTest(absltest.TestCase):
     compiled = []
     def compile_for_tpu(cfg, name, mesh, libtpu):
       compiled.append((name, mesh))
-      raise dryrun.AotUnavailable('not here')
-    with mock.patch.object(dryrun, 'find_libtpu', return_value='/libtpu.so'), \
-         mock.patch.object(dryrun, 'compile_for_tpu', compile_for_tpu):
+      raise aot.AotUnavailable('not here')
+    with mock.patch.object(aot, 'find_libtpu', return_value='/libtpu.so'), \
+         mock.patch.object(aot, 'compile_for_tpu', compile_for_tpu):
       lines = list(dryrun.aot_lines(self.cfg, [('v5p-128', 'config'), ('v4-32', 'run')], '',
                                     0.4))
     self.assertEqual(lines[0], 'AOT TPU v5p-128 config: skipped: config.mesh data=4 fsdp=4 '
@@ -198,8 +201,8 @@ class RequireFitTest(absltest.TestCase):
 class ChecksTest(absltest.TestCase):
 
   def test_lowering_the_train_step_allocates_nothing(self):
-    before = dryrun._peak_rss_gib()
-    r = dryrun.lower_train_step(paper_config())   # 1.65B parameters, abstract
+    before = aot._peak_rss_gib()
+    r = aot.lower_train_step(paper_config())   # 1.65B parameters, abstract
     self.assertEqual(r['platform'], 'cpu')
     self.assertLess(r['peak_rss_gib'] - before, 2)  # the f32 state alone would be 26 GB
 
@@ -208,13 +211,13 @@ class ChecksTest(absltest.TestCase):
     try:
       if importlib.util.find_spec('libtpu') is not None:
         self.skipTest('libtpu is installed')
-      with self.assertRaisesRegex(dryrun.AotUnavailable, 'no libtpu'):
-        dryrun.compile_for_tpu(tiny_config.get_config(), 'v4-32', libtpu='/nonexistent')
+      with self.assertRaisesRegex(aot.AotUnavailable, 'no libtpu'):
+        aot.compile_for_tpu(tiny_config.get_config(), 'v4-32', libtpu='/nonexistent')
     finally:
       if saved is not None:
         os.environ['TPU_LIBRARY_PATH'] = saved
-    with self.assertRaisesRegex(dryrun.AotUnavailable, 'not a TPU'):
-      dryrun.tpu_devices(perf.TARGETS['h100x8'])
+    with self.assertRaisesRegex(aot.AotUnavailable, 'not a TPU'):
+      aot.tpu_devices(perf.TARGETS['h100x8'])
 
   def test_cli_prints_the_table(self):
     env = {k: v for k, v in os.environ.items() if k != 'TPU_LIBRARY_PATH'}

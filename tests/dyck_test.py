@@ -1,7 +1,8 @@
 """Dyck sequences: validity, distribution, determinism and config errors."""
 import functools
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 import numpy as np
 from scipy import stats

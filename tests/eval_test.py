@@ -11,7 +11,7 @@ import numpy as np
 
 from ncalm import errors
 from ncalm import startup
-from ncalm import train
+from ncalm import step as step_lib
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
 from ncalm.data import feeds as feeds_lib
@@ -20,14 +20,15 @@ from ncalm.data import prepare
 from ncalm.eval import heldout
 from ncalm.eval import nca_probe
 from ncalm.eval import registry
+
 import tiny_config
 
 
 def setup_and_params(cfg):
   """A tiny model's setup and initial parameters, and the run's feeds on the devices."""
   checked = startup.check(cfg)
-  setup = train.create_setup(cfg, checked.model)
-  params = train.create_state(setup, jax.random.PRNGKey(cfg.seed)).params
+  setup = step_lib.create_setup(cfg, checked.model)
+  params = step_lib.create_state(setup, jax.random.PRNGKey(cfg.seed)).params
   run = feeds_lib.load(cfg, tempfile.mkdtemp())
   if run.on_device:
     run = feeds_lib.Feeds(*jax.device_put((run.train_source, run.val_source),

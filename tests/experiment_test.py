@@ -19,7 +19,8 @@ from ncalm import config_lib
 from ncalm import errors
 from ncalm import experiment
 from ncalm import metrics
-import text_train_test
+
+import helpers
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -84,7 +85,7 @@ class ExperimentTest(absltest.TestCase):
 
   def test_tiny_experiment_killed_then_resumed_writes_tables_and_plots(self):
     tmp = self.create_tempdir().full_path
-    data = text_train_test.make_corpus(os.path.join(tmp, 'corpus'))
+    data = helpers.make_corpus(os.path.join(tmp, 'corpus'))
     workdir = os.path.join(tmp, 'exp')
     first = os.path.join(workdir, 'seed_0', 'scratch', 'stage2', experiment.DONE_FILE)
     # The run after it has started once its workdir holds its config.
@@ -159,7 +160,7 @@ class ExperimentTest(absltest.TestCase):
                                 r"seed_0/scratch/stage2' holds a finished run made with another "
                                 r'config.*train_steps: 6 in the run, 12 now'):
       experiment.run_experiment(changed(train_steps=12), workdir)
-    other = text_train_test.make_corpus(os.path.join(tmp, 'other'), tokenizer='bytes')
+    other = helpers.make_corpus(os.path.join(tmp, 'other'), tokenizer='bytes')
     other_data = changed()
     other_data.stage2.data.text.path = other
     with self.assertRaisesRegex(errors.UserError, r'data.text.path: ".*corpus" in the run'):

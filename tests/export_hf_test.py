@@ -25,13 +25,13 @@ from ncalm import hf_llama
 from ncalm import hf_tokenizer
 from ncalm import run_params
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm import transfer
 from ncalm.data import tokenizers
 from ncalm.tools import export_hf
-import text_train_test
-import tokenizers_test
-from transfer_test import flat   # {name: numpy array} of a params tree
+
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The model of configs/nca_164m.py:cpu, on a small text corpus with the bytes tokeniser.
@@ -39,7 +39,7 @@ CPU_MODEL = dict(d_model=128, num_layers=2, num_heads=4, mlp_dim=512)
 
 
 def run_config(data_dir, **model):
-  cfg = text_train_test.text_config(data_dir)
+  cfg = helpers.text_config(data_dir)
   cfg.train_steps = 3
   cfg.model.update(**CPU_MODEL)
   cfg.model.update(**model)
@@ -114,11 +114,11 @@ class ExportImportTest(parameterized.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
     cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
-    cls.data_dir = text_train_test.make_corpus(os.path.join(cls.tmp, 'corpus'))
+    cls.data_dir = helpers.make_corpus(os.path.join(cls.tmp, 'corpus'))
     cls.cfg = run_config(cls.data_dir)
     cls.run_dir = os.path.join(cls.tmp, 'run')
     train.train_and_evaluate(cls.cfg, cls.run_dir)
-    cls.setup = train.create_setup(cls.cfg, startup.check(cls.cfg).model)
+    cls.setup = step_lib.create_setup(cls.cfg, startup.check(cls.cfg).model)
     state, step = checkpoint.load_latest(cls.run_dir, cls.cfg, cls.setup)
     assert step == 3
     cls.params = state.params
@@ -151,7 +151,7 @@ class ExportImportTest(parameterized.TestCase):
   def test_transformers_tokeniser_gives_ncalm_ids(self):
     hf = transformers.AutoTokenizer.from_pretrained(self.out)
     ours = tokenizers.load('bytes')
-    texts = [t for t in tokenizers_test.NASTY_TEXTS if '<|endoftext|>' not in t]
+    texts = [t for t in helpers.NASTY_TEXTS if '<|endoftext|>' not in t]
     for text in texts:
       self.assertEqual(hf(text, add_special_tokens=False).input_ids, ours.encode(text).tolist())
     self.assertEqual(hf.eos_token_id, ours.eot_id)
@@ -159,13 +159,13 @@ class ExportImportTest(parameterized.TestCase):
   def import_params(self, source, **model):
     cfg = run_config(self.data_dir, **model)
     cfg.init.update(from_run=f'hf:{source}', embedding='keep')
-    setup = train.create_setup(cfg, startup.check(cfg).model)
+    setup = step_lib.create_setup(cfg, startup.check(cfg).model)
     workdir, key = self.create_tempdir().full_path, jax.random.PRNGKey(0)
-    state = transfer.initial_state(setup, lambda: train.create_state(setup, key), key, workdir)
-    return flat(state.params)
+    state = transfer.initial_state(setup, lambda: step_lib.create_state(setup, key), key, workdir)
+    return helpers.flat(state.params)
 
   def stacked(self):
-    return flat(self.params)
+    return helpers.flat(self.params)
 
   def test_export_then_import_is_the_identity(self):
     self.assertEqual(
@@ -366,11 +366,11 @@ class ExportImportTest(parameterized.TestCase):
 class TokeniserFilesTest(absltest.TestCase):
 
   def test_tiktoken_encoding_as_byte_level_bpe(self):
-    encoding = tokenizers_test._tiny_tiktoken(  # pylint: disable=protected-access
+    encoding = helpers.tiny_tiktoken(  # pylint: disable=protected-access
         extra_merges=(b' t', b'he', b' the', b're', b'ret', b'retu', b'return', b'\n\n'))
     hf = hf_tokenizer.from_tiktoken(encoding)
-    texts = [t for t in tokenizers_test.NASTY_TEXTS if '<|endoftext|>' not in t]
-    texts += [open(p, encoding='utf-8').read() for p in tokenizers_test.CORPUS_FILES[:4]]
+    texts = [t for t in helpers.NASTY_TEXTS if '<|endoftext|>' not in t]
+    texts += [open(p, encoding='utf-8').read() for p in helpers.CORPUS_FILES[:4]]
     for text in texts:
       self.assertEqual(hf.encode(text, add_special_tokens=False).ids,
                        encoding.encode_ordinary(text), msg=repr(text[:40]))
@@ -380,13 +380,13 @@ class TokeniserFilesTest(absltest.TestCase):
     tmp = self.create_tempdir().full_path
     spec = os.path.join(tmp, 'bpe.json')
     from ncalm.tools import tokenizer as tokenizer_cli  # pylint: disable=g-import-not-at-top
-    tokenizer_cli.train_bpe(','.join(tokenizers_test.CORPUS_GLOBS), 400, spec)
+    tokenizer_cli.train_bpe(','.join(helpers.CORPUS_GLOBS), 400, spec)
     out = os.path.join(tmp, 'out')
     os.makedirs(out)
     self.assertEqual(hf_tokenizer.write(spec, out, 64), ['tokenizer.json', 'tokenizer_config.json'])
     hf = transformers.AutoTokenizer.from_pretrained(out)
     ours = tokenizers.load(spec)
-    text = open(tokenizers_test.CORPUS_FILES[0], encoding='utf-8').read()
+    text = open(helpers.CORPUS_FILES[0], encoding='utf-8').read()
     self.assertEqual(hf(text, add_special_tokens=False).input_ids, ours.encode(text).tolist())
     self.assertEqual(hf.eos_token_id, ours.eot_id)
 

@@ -17,6 +17,7 @@ from ncalm.data import complexity
 from ncalm.data import nca
 from ncalm.data import nca_tokens
 from ncalm.tools import export
+
 import published_reference as published
 
 CFG = nca.NCAConfig()

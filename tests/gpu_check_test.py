@@ -13,9 +13,10 @@ import xla_env
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = os.path.join(ROOT, 'benchmarks', 'gpu', 'check.sh')
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks', 'gpu'))
+from ncalm import perf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
 import step_speed  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ncalm import perf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def run_check(*args, env=None):

@@ -6,12 +6,13 @@ import struct
 import subprocess
 import sys
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
-from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from ncalm import metrics
 from ncalm import perf

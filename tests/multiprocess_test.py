@@ -24,7 +24,8 @@ import numpy as np
 from ncalm import checkpoint
 from ncalm import metrics
 from ncalm import startup
-from ncalm import train
+from ncalm import step as step_lib
+
 import tiny_config
 import xla_env
 
@@ -84,7 +85,7 @@ def assert_rows_close(got: list[dict], want: list[dict], rtol: float) -> None:
 def final_params(workdir: str):
   """(step, params) of the run's latest checkpoint, restored in this process."""
   cfg = tiny_config.get_config()
-  setup = train.create_setup(cfg, startup.check(cfg).model)
+  setup = step_lib.create_setup(cfg, startup.check(cfg).model)
   state, step = checkpoint.load_latest(workdir, setup.cfg, setup)
   return step, jax.device_get(state.params)
 
@@ -180,7 +181,8 @@ class UnsharedWorkdirTest(absltest.TestCase):
     self.assertEqual(codes, {0: 2, 1: 2})
     for log in logs:
       with open(log) as f:
-        self.assertRegex(' '.join(f.read().split()), r"workdir '.*own_\d' is not shared: process\(es\) \[1\] of 2 "
+        self.assertRegex(' '.join(f.read().split()),
+                         r"workdir '.*own_\d' is not shared: process\(es\) \[1\] of 2 "
                          r'do not see the file process 0')
     for i in (0, 1):   # refused before anything was written
       self.assertEqual(os.listdir(os.path.join(root, f'own_{i}')), [])

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncalm.data import nca
+
 import published_reference as published
 from testdata import published_vectors
 

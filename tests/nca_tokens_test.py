@@ -7,6 +7,7 @@ import numpy as np
 
 from ncalm.data import nca
 from ncalm.data import nca_tokens
+
 import published_reference as published
 from testdata import published_vectors
 

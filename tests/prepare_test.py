@@ -23,7 +23,10 @@ from absl.testing import absltest
 import numpy as np
 
 from ncalm import errors
-from ncalm import workdir
+from ncalm import processes
+from ncalm.data import dataset
+from ncalm.data import encode
+from ncalm.data import inputs as inputs_lib
 from ncalm.data import prepare
 from ncalm.data import tokenizers
 from ncalm.tools import prepare as prepare_cli
@@ -41,7 +44,7 @@ def _write(path: str, data: bytes | str) -> str:
 
 
 def _read_split(out: str, split: str) -> tuple[list[np.ndarray], dict]:
-  source, meta = prepare.open_split(out, split)
+  source, meta = dataset.open_split(out, split)
   return [source[i]['tokens'] for i in range(len(source))], meta
 
 
@@ -143,7 +146,7 @@ class PrepareTest(absltest.TestCase):
           for record, expected in zip(records, ids):
             self.assertEqual(record.dtype, np.uint16)
             np.testing.assert_array_equal(record, expected)
-          np.testing.assert_array_equal(prepare.document_lengths(out, split),
+          np.testing.assert_array_equal(dataset.document_lengths(out, split),
                                         [len(i) for i in ids])
           self.assertEqual(meta['splits'][split], {
               'documents': len(records), 'tokens': sum(map(len, ids)),
@@ -161,11 +164,11 @@ class PrepareTest(absltest.TestCase):
         empty = [p for p, t in zip(self.paths, self.texts) if not t]
         self.assertEqual(meta['skipped']['empty'], {'count': len(empty), 'examples': empty})
         self.assertEqual({r: s['count'] for r, s in meta['skipped'].items() if r != 'empty'},
-                         dict.fromkeys(prepare.SKIP_REASONS.keys() - {'empty'}, 0))
+                         dict.fromkeys(inputs_lib.SKIP_REASONS.keys() - {'empty'}, 0))
         self.assertEqual(meta['invalid_utf8']['documents'], 0)
         self.assertEqual(sorted(os.listdir(out)), [
             'dataset_info.json', 'document_lengths-train.npy',
-            'document_lengths-validation.npy', 'features.json', prepare.META_FILE,
+            'document_lengths-validation.npy', 'features.json', dataset.META_FILE,
             'ncalm_text-train.array_record-00000-of-00001',
             'ncalm_text-validation.array_record-00000-of-00001'])
     self.assertNotIn('tensorflow', sys.modules)
@@ -183,7 +186,7 @@ class PrepareTest(absltest.TestCase):
                                     **options)
     runs['again'] = prepare.prepare(inputs, self.bpe, os.path.join(self.dir, 'b'), workers=1,
                                     **options)
-    with mock.patch.object(prepare, 'CHUNK_BYTES', 32 << 10):  # ~20 chunks over 2 processes
+    with mock.patch.object(inputs_lib, 'CHUNK_BYTES', 32 << 10):  # ~20 chunks over 2 processes
       runs['two workers'] = prepare.prepare(inputs, self.bpe, os.path.join(self.dir, 'c'),
                                             workers=2, **options)
     self.assertEqual(runs['two workers'].workers, 2)
@@ -214,7 +217,7 @@ class PrepareTest(absltest.TestCase):
     meta = prepare.prepare(path, 'bytes', out, text_field='content', validation_fraction=0.3,
                            workers=1).meta
     tokenizer = tokenizers.load('bytes')
-    texts = [tokenizer.decode(r) for split in prepare.SPLITS for r in _read_split(out, split)[0]]
+    texts = [tokenizer.decode(r) for split in dataset.SPLITS for r in _read_split(out, split)[0]]
     expected = good + ['lone \ufffd surrogate', 'bad \ufffd\ufffd utf-8']
     self.assertCountEqual(texts, expected)
     skipped = {r: s for r, s in meta['skipped'].items() if s['count']}
@@ -255,7 +258,7 @@ class PrepareTest(absltest.TestCase):
     meta = prepare.prepare(f'{corpus}/*,{corpus}/code', 'bytes', out, validation_fraction=0.2,
                            workers=1).meta
     tokenizer = tokenizers.load('bytes')
-    texts = [tokenizer.decode(r) for split in prepare.SPLITS for r in _read_split(out, split)[0]]
+    texts = [tokenizer.decode(r) for split in dataset.SPLITS for r in _read_split(out, split)[0]]
     replaced = bad_utf8.decode('utf-8', 'replace')
     self.assertEqual(replaced.count('\ufffd'), 4)  # é, \xff, \xfe, a cut €
     self.assertCountEqual(texts, [replaced] + [t for t in self.texts if t])
@@ -327,7 +330,7 @@ class PrepareTest(absltest.TestCase):
     prepare.prepare(self.paths[:20], 'bytes', out, validation_fraction=0.3, workers=1)
     again = prepare.prepare(self.paths[20:], 'bytes', out, validation_fraction=0.3, workers=1,
                             overwrite=True)
-    self.assertEqual(prepare.read_meta(out), again.meta)
+    self.assertEqual(dataset.read_meta(out), again.meta)
     self.assertEqual(again.meta['input_files'], len(self.paths) - 20)
     self.assertEqual(glob.glob(out + '.*'), [])
     # An input directory holding the output reads its corpus, never the dataset.
@@ -345,13 +348,13 @@ class PrepareTest(absltest.TestCase):
     text = ' '.join(t.replace('\n', ' ') for t in self.texts)  # one ~430 KB line
     no_spaces = 'ab\u00e9' * 40_000
     tokenizer = tokenizers.load(self.bpe)
-    cuts = prepare.cut_points(text, 20_000)
+    cuts = encode.cut_points(text, 20_000)
     self.assertGreater(len(cuts), 20)
     for a, b in zip([0] + cuts, cuts + [len(text)]):
       self.assertLessEqual(b - a, 20_000)
     for cut in cuts:
       self.assertEqual((text[cut - 1] != ' ', text[cut], text[cut + 1] != ' '), (True, ' ', True))
-    self.assertEqual(prepare.cut_points(no_spaces, 20_000), list(range(20_000, 120_000, 20_000)))
+    self.assertEqual(encode.cut_points(no_spaces, 20_000), list(range(20_000, 120_000, 20_000)))
     import sentencepiece as spm  # pylint: disable=import-outside-toplevel
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(self.texts), model_prefix=os.path.join(self.dir, 'sp'),
@@ -369,11 +372,11 @@ class PrepareTest(absltest.TestCase):
     _write(os.path.join(self.dir, 'long', 'b_no_spaces.txt'), no_spaces)
     _write(os.path.join(self.dir, 'long', 'c.jsonl'), json.dumps({'text': text}) + '\n')
     out = os.path.join(self.dir, 'out')
-    with mock.patch.object(prepare, 'PIECE_CHARS', 20_000), \
-        mock.patch.object(prepare, 'CHUNK_BYTES', 100_000):
+    with mock.patch.object(encode, 'PIECE_CHARS', 20_000), \
+        mock.patch.object(inputs_lib, 'CHUNK_BYTES', 100_000):
       prepare.prepare(os.path.join(self.dir, 'long'), self.bpe, out, workers=1,
                       validation_fraction=0.5)
-    records = {tokenizer.decode(r): r for split in prepare.SPLITS
+    records = {tokenizer.decode(r): r for split in dataset.SPLITS
                for r in _read_split(out, split)[0]}
     self.assertCountEqual(records, [text, no_spaces])  # the .jsonl line is the same text
     np.testing.assert_array_equal(records[text], tokenizer.encode(text))
@@ -384,14 +387,14 @@ class PrepareTest(absltest.TestCase):
     _write(os.path.join(self.dir, 'big', 'small.txt'), 'small')
     prepare.prepare(os.path.join(self.dir, 'big'), 'bytes', os.path.join(self.dir, 'big_out'),
                     workers=1, validation_fraction=0.5)
-    records = [r for split in prepare.SPLITS
+    records = [r for split in dataset.SPLITS
                for r in _read_split(os.path.join(self.dir, 'big_out'), split)[0]]
     self.assertIn(len(big.encode('utf-8')), [len(r) for r in records])
     self.assertIn(big.encode('utf-8'), [r.astype(np.uint8).tobytes() for r in records])
 
   def test_an_interrupted_prepare_leaves_nothing_that_looks_finished(self):
     out = os.path.join(self.dir, 'out')
-    serialize = prepare.serialize_tokens
+    serialize = dataset.serialize_tokens
     calls = []
 
     def interrupted(ids):  # Ctrl-C at the tenth document
@@ -400,7 +403,7 @@ class PrepareTest(absltest.TestCase):
         raise KeyboardInterrupt
       return serialize(ids)
 
-    with mock.patch.object(prepare, 'serialize_tokens', interrupted):
+    with mock.patch.object(dataset, 'serialize_tokens', interrupted):
       with self.assertRaises(KeyboardInterrupt):
         prepare.prepare(self.corpus, 'bytes', out, workers=1)
     self.assertNothingLeft(out)
@@ -415,7 +418,7 @@ class PrepareTest(absltest.TestCase):
     self.assertFalse(os.path.exists(out))
     self.assertEqual(glob.glob(out + '.incomplete-*'), left)
     with self.assertRaises(errors.UserError) as raised:
-      prepare.open_split(out, 'train')
+      dataset.open_split(out, 'train')
     self.assertEqual(str(raised.exception),
                      f"data directory '{out}' does not exist (a prepare into it did not "
                      f"finish: '{left[0]}' is left; run it again); make it with `python -m "
@@ -435,16 +438,16 @@ class PrepareTest(absltest.TestCase):
   def test_a_killed_prepare_leaves_no_process_behind(self):
     # Two workers (the input is over CHUNK_BYTES), one of them waiting on the FIFO.
     big = _write(os.path.join(self.dir, 'big.txt'), ''.join(self.texts) * 3)
-    self.assertGreater(os.path.getsize(big), prepare.CHUNK_BYTES)
+    self.assertGreater(os.path.getsize(big), inputs_lib.CHUNK_BYTES)
     proc = self.start_prepare_reading_fifo(big, os.path.join(self.dir, 'out'), '--workers=2')
     children = _descendants(proc.pid)  # the workers and multiprocessing's resource tracker
     self.assertGreaterEqual(len(children), 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()  # not communicate(): workers left running would hold its pipes open
     deadline = time.monotonic() + 10
-    while any(map(workdir.process_alive, children)) and time.monotonic() < deadline:
+    while any(map(processes.alive, children)) and time.monotonic() < deadline:
       time.sleep(0.05)
-    alive = [p for p in children if workdir.process_alive(p)]
+    alive = [p for p in children if processes.alive(p)]
     for pid in alive:  # not left to the rest of the suite
       os.kill(pid, signal.SIGKILL)
     self.assertEqual(alive, [])
@@ -471,7 +474,7 @@ class PrepareTest(absltest.TestCase):
                      'it?) and --overwrite was not given: it is left as it is, and the dataset '
                      f"this prepare made is in '{kept[0]}'; use it from there, move it, or "
                      'delete it.')
-    self.assertEqual(prepare.read_meta(out), prepare.read_meta(first))
+    self.assertEqual(dataset.read_meta(out), dataset.read_meta(first))
     self.assertEqual(_read_split(kept[0], 'train')[1]['inputs'], self.paths[10:20])
 
   def test_a_killed_overwrite_is_undone_by_the_next_prepare(self):
@@ -483,7 +486,7 @@ class PrepareTest(absltest.TestCase):
         from ncalm.data import prepare
         rename = os.rename
         def rename_or_die(src, dst):
-          if dst == {out!r} and {prepare.INCOMPLETE!r} in src and not os.path.exists(dst):
+          if dst == {out!r} and {dataset.INCOMPLETE!r} in src and not os.path.exists(dst):
             os._exit(9)
           rename(src, dst)
         os.rename = rename_or_die
@@ -496,18 +499,18 @@ class PrepareTest(absltest.TestCase):
     self.assertEqual((len(aside), len(new)), (1, 1))
     with self.assertRaisesRegex(errors.UserError, 'a prepare that replaced it was killed: the '
                                 f"previous dataset is in '{aside[0]}', and the next prepare"):
-      prepare.read_meta(out)
+      dataset.read_meta(out)
     # The next prepare, even one that is refused, puts the old dataset back first ...
     missing = os.path.join(self.dir, 'missing.txt')
     with self.assertRaisesRegex(errors.UserError, 'no such file'):
       prepare.prepare(missing, 'bytes', out, workers=1, overwrite=True)
-    self.assertEqual(prepare.read_meta(out), old.meta)
+    self.assertEqual(dataset.read_meta(out), old.meta)
     self.assertEqual(glob.glob(out + '.*'), [])
     # ... and, killed after the new dataset was in place, deletes the old one moved aside.
     shutil.copytree(out, aside[0])
     with self.assertRaisesRegex(errors.UserError, 'no such file'):
       prepare.prepare(missing, 'bytes', out, workers=1, overwrite=True)
-    self.assertEqual(prepare.read_meta(out), old.meta)
+    self.assertEqual(dataset.read_meta(out), old.meta)
     self.assertEqual(glob.glob(out + '.*'), [])
 
   def test_an_out_that_cannot_be_renamed_is_refused_before_the_work(self):
@@ -543,7 +546,7 @@ class PrepareTest(absltest.TestCase):
       out = os.path.join(self.dir, name)
       meta = prepare.prepare(paths, self.bpe, out, validation_fraction=0.3, workers=1,
                              shard_mb=shard_mb).meta
-      fingerprints[name] = prepare.dataset_fingerprint(out)
+      fingerprints[name] = dataset.dataset_fingerprint(out)
       self.assertEqual(fingerprints[name], meta['fingerprint'])
     self.assertRegex(fingerprints['a'], '^[0-9a-f]{64}$')
     self.assertEqual(fingerprints['same'], fingerprints['a'])  # other paths and shards
@@ -551,10 +554,10 @@ class PrepareTest(absltest.TestCase):
     # A dataset prepared before fingerprints were written: computed from its records.
     same = os.path.join(self.dir, 'same')
     self.assertGreater(len(glob.glob(f'{same}/ncalm_text-train.array_record-*')), 1)
-    meta = prepare.read_meta(same)
+    meta = dataset.read_meta(same)
     del meta['fingerprint']
-    _write(os.path.join(same, prepare.META_FILE), json.dumps(meta))
-    self.assertEqual(prepare.dataset_fingerprint(same), fingerprints['a'])
+    _write(os.path.join(same, dataset.META_FILE), json.dumps(meta))
+    self.assertEqual(dataset.dataset_fingerprint(same), fingerprints['a'])
 
   def test_readers_refuse_what_is_not_a_finished_dataset(self):
     out = os.path.join(self.dir, 'out')
@@ -562,28 +565,28 @@ class PrepareTest(absltest.TestCase):
     os.makedirs(out)
     for message in (f"data directory '{out}' is empty: it is not a dataset made by "
                     f'ncalm.prepare; make one with {make}.',
-                    f"data directory '{out}' has no {prepare.META_FILE}: it is not"):
+                    f"data directory '{out}' has no {dataset.META_FILE}: it is not"):
       with self.assertRaises(errors.UserError) as raised:
-        prepare.open_split(out, 'train')
+        dataset.open_split(out, 'train')
       self.assertStartsWith(str(raised.exception), message)
       _write(os.path.join(out, 'notes.txt'), 'x')
     shutil.rmtree(out)
     prepare.prepare(self.paths[:20], 'bytes', out, validation_fraction=0.3, workers=1)
     with self.assertRaisesRegex(errors.UserError, "has no split 'test'"):
-      prepare.open_split(out, 'test')
-    meta_path = os.path.join(out, prepare.META_FILE)
-    meta = prepare.read_meta(out)
+      dataset.open_split(out, 'test')
+    meta_path = os.path.join(out, dataset.META_FILE)
+    meta = dataset.read_meta(out)
     _write(meta_path, json.dumps({**meta, 'format': 2}))
     with self.assertRaisesRegex(errors.UserError, 'has format 2, and this ncalm reads format 1'):
-      prepare.open_split(out, 'train')
+      dataset.open_split(out, 'train')
     _write(meta_path, '{"format": 1, "spl')
     with self.assertRaisesRegex(errors.UserError, 'cannot be read'):
-      prepare.read_meta(out)
+      dataset.read_meta(out)
     _write(meta_path, json.dumps(meta))
     os.remove(glob.glob(os.path.join(out, 'ncalm_text-validation.array_record-*'))[0])
     with self.assertRaisesRegex(errors.UserError, f"data directory '{out}' is incomplete: 1 of "
                                                   'its validation files are missing'):
-      prepare.open_split(out, 'validation')
+      dataset.open_split(out, 'validation')
     self.assertLen(_read_split(out, 'train')[0], meta['splits']['train']['documents'])
 
   def test_serialize_tokens_is_what_tfds_writes(self):
@@ -591,17 +594,17 @@ class PrepareTest(absltest.TestCase):
     for vocab_size, edges in ((257, [0, 1, 127, 128, 256]),
                               (1 << 16, [0, 127, 128, 16383, 16384, 65535]),
                               (1 << 31, [0, 128, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**31 - 1])):
-      features = prepare.features(vocab_size)
-      dtype = prepare.token_dtype(vocab_size)
+      features = dataset.features(vocab_size)
+      dtype = dataset.token_dtype(vocab_size)
       arrays = [np.array(edges, dtype), np.array(edges[-1:], dtype)]
       arrays += [rng.integers(0, vocab_size, n).astype(dtype) for n in (1, 2, 100, 20_000)]
       for ids in arrays:
         with self.subTest(vocab_size=vocab_size, n=ids.size):
-          record = prepare.serialize_tokens(ids)
+          record = dataset.serialize_tokens(ids)
           self.assertEqual(record, features.serialize_example({'tokens': ids}))
           np.testing.assert_array_equal(features.deserialize_example_np(record)['tokens'], ids)
     with self.assertRaises(ValueError):
-      prepare.serialize_tokens(np.zeros(0, np.uint16))
+      dataset.serialize_tokens(np.zeros(0, np.uint16))
 
   def test_progress_line(self):
     class Terminal(io.StringIO):
@@ -635,7 +638,7 @@ class PrepareTest(absltest.TestCase):
          '--tokenizer=bytes', f'--out={out}-2'],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     self.assertEqual(good.returncode, 0, good.stderr)
-    meta = prepare.read_meta(out)
+    meta = dataset.read_meta(out)
     self.assertEqual(good.stdout.splitlines()[:2], prepare_cli.summary(prepare.Report(
         out, meta, 0, 0, 1, 1.0))[:2])
     self.assertRegex(good.stdout.splitlines()[2],
@@ -643,7 +646,7 @@ class PrepareTest(absltest.TestCase):
                      r'[0-9,]+ documents/s\) with 1 worker$')
     self.assertStartsWith(good.stdout.splitlines()[3], 'skipped 1 empty (no text) (e.g. ')
     self.assertEqual(good.stdout.splitlines()[-1],
-                     f'dataset fingerprint {prepare.dataset_fingerprint(out)}')
+                     f'dataset fingerprint {dataset.dataset_fingerprint(out)}')
     self.assertEqual(meta['tokenizer'], self.bpe)
     self.assertEqual(bad.returncode, errors.EXIT_USER_ERROR, bad.stderr)
     self.assertEqual(' '.join(bad.stderr.split()),

@@ -20,8 +20,10 @@ from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm import workdir as workdir_lib
+
 import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -353,7 +355,8 @@ class CorruptCheckpointTest(absltest.TestCase):
     for step in steps_on_disk(workdir):
       self._damage(workdir, step, 'flip')
     with self.assertRaisesRegex(errors.CheckpointError,
-                                r'none of the checkpoints .* \(steps \[9, 6, 3\]\) can be restored'):
+                                r'none of the checkpoints .* \(steps \[9, 6, 3\]\) '
+                                r'can be restored'):
       train.train_and_evaluate(self.cfg, workdir)
     self.assertEqual(steps_on_disk(workdir), [3, 6, 9])
     self.assertFalse(os.path.exists(os.path.join(workdir, 'corrupt_checkpoints')))
@@ -367,7 +370,7 @@ class CorruptCheckpointTest(absltest.TestCase):
 
 
 def load(workdir, cfg):
-  setup = train.create_setup(cfg, startup.model_config(cfg, 10002))
+  setup = step_lib.create_setup(cfg, startup.model_config(cfg, 10002))
   return checkpoint.load_latest(workdir, cfg, setup)
 
 
@@ -383,7 +386,7 @@ class CommandLineTest(absltest.TestCase):
     self.assertEqual(code, errors.EXIT_USER_ERROR, out)
     self.assertNotIn('Traceback', out)
     lines = out.strip().splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith('ncalm.main: error: '))
+    start = next(i for i, line in enumerate(lines) if line.startswith('ncalm.main: error: '))
     self.assertLessEqual(len(lines) - start, 4, out)  # one wrapped paragraph, at the end
     for needle in needles:
       self.assertIn(needle, ' '.join(lines[start:]))

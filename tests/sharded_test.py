@@ -34,9 +34,12 @@ import numpy as np
 from ncalm import model as model_lib
 from ncalm import sharding
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm.data import device_sources
 from ncalm.data import feeds
+
+import helpers
 import tiny_config
 
 GLOBAL_BATCH = 8   # divisible by the 8 data-parallel devices of the data and fsdp meshes
@@ -74,17 +77,6 @@ def run_config(mesh: dict[str, int], rules=(), global_batch: int = GLOBAL_BATCH)
   return cfg
 
 
-def flat(tree) -> dict[str, np.ndarray]:
-  """{'layers/mlp/gate': array, ...} of a pytree, fetched to the host."""
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
-  return {jax.tree_util.keystr(path, simple=True, separator='/'): np.asarray(leaf)
-          for path, leaf in leaves}
-
-
-def shard_shapes(array: jax.Array) -> list[list[int]]:
-  return sorted({tuple(s.data.shape) for s in array.addressable_shards})
-
-
 def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DATA_SEED):
   """STEPS real train steps on the mesh of RUNS[run]; writes `<label>.json` (losses,
   shardings), `<label>.params.npz` and `<label>.batch.npz` (the first step's batch)."""
@@ -92,10 +84,10 @@ def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DAT
   cfg = run_config(mesh, rules)
   num_devices = int(np.prod(list(mesh.values())))
   checked = startup.check(cfg)
-  setup = train.create_setup(cfg, checked.model, devices=jax.devices()[:num_devices])
+  setup = step_lib.create_setup(cfg, checked.model, devices=jax.devices()[:num_devices])
   startup.check_mesh(cfg, checked, setup.mesh)
-  state = train.create_state(setup, jax.random.PRNGKey(INIT_SEED))
-  train_step = train.make_train_step(setup)
+  state = step_lib.create_state(setup, jax.random.PRNGKey(INIT_SEED))
+  train_step = step_lib.make_train_step(setup)
   seed_key = jax.random.PRNGKey(data_seed)
   losses, grad_norms = [], []
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
@@ -104,7 +96,7 @@ def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DAT
       losses.append(float(scalars['train/loss']))
       grad_norms.append(float(scalars['train/grad_norm']))
     # The first step's batch as the step makes it: each device its own rows.
-    data_key, _ = train.step_keys(seed_key, 0)
+    data_key, _ = step_lib.step_keys(seed_key, 0)
     batch = jax.jit(lambda src, key: device_sources.make_sharded_batch(
         src, key, GLOBAL_BATCH, setup.mesh))(source, data_key)
   gate = state.params['layers']['mlp']['gate']   # [layers, embed, mlp]
@@ -115,15 +107,15 @@ def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DAT
       'gate_shape': list(gate.shape),
       'gate_spec': str(tuple(gate.sharding.spec)),
       'gate_fully_replicated': gate.sharding.is_fully_replicated,
-      'gate_shard_shapes': shard_shapes(gate),
-      'embedding_shard_shapes': shard_shapes(state.params['embedding']),
-      'batch_shard_shapes': shard_shapes(batch.inputs),
+      'gate_shard_shapes': helpers.shard_shapes(gate),
+      'embedding_shard_shapes': helpers.shard_shapes(state.params['embedding']),
+      'batch_shard_shapes': helpers.shard_shapes(batch.inputs),
   }
-  np.savez(os.path.join(out_dir, f'{label}.params.npz'), **flat(state.params))
-  np.savez(os.path.join(out_dir, f'{label}.batch.npz'), **flat(batch._asdict()))
+  np.savez(os.path.join(out_dir, f'{label}.params.npz'), **helpers.flat(state.params))
+  np.savez(os.path.join(out_dir, f'{label}.batch.npz'), **helpers.flat(batch._asdict()))
   if run == 'single':  # the reference batch: made in one piece, without shard_map
     whole = jax.jit(lambda src, key: src.batch(key, GLOBAL_BATCH))(source, data_key)
-    np.savez(os.path.join(out_dir, f'{label}.whole_batch.npz'), **flat(whole._asdict()))
+    np.savez(os.path.join(out_dir, f'{label}.whole_batch.npz'), **helpers.flat(whole._asdict()))
   return result
 
 
@@ -172,7 +164,7 @@ def splash_on_mesh(out_dir: str) -> dict:
       loss, grads = jax.jit(jax.value_and_grad(lambda p, t, cfg=cfg: jnp.sum(
           model_lib.Transformer(cfg).apply(p, t) ** 2)))(params, tokens)
       result[name] = float(loss)
-      np.savez(os.path.join(out_dir, f'splash.{name}.npz'), **flat(grads))
+      np.savez(os.path.join(out_dir, f'splash.{name}.npz'), **helpers.flat(grads))
   return result
 
 
@@ -314,7 +306,8 @@ class ShardedStepTest(absltest.TestCase):
         'mesh_3_slots': r'mesh=.* has 3 slots but there are 8 devices',
         'probe_2_on_8_data': r'evals.probe.sequences=2 is not divisible by the 8 data-parallel',
         'mesh_16_slots': r'mesh=.* has 16 slots but there are 8 devices',
-        'vocab_over_tensor4': r"'vocab' dimension \(10002\) does not split .* model.vocab_size=10004",
+        'vocab_over_tensor4':
+            r"'vocab' dimension \(10002\) does not split .* model.vocab_size=10004",
     }
     for case, pattern in want.items():
       with self.subTest(case):

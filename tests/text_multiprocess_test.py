@@ -28,7 +28,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ncalm import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ncalm.data import text  # pylint: disable=g-import-not-at-top,wrong-import-position
-import text_train_test  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def open_train_feed(data_dir: str) -> text.TextFeed:
@@ -67,7 +68,7 @@ class TwoProcessTextFeedTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = text_train_test.make_corpus(os.path.join(cls.tmp, 'corpus'))
+    cls.data_dir = helpers.make_corpus(os.path.join(cls.tmp, 'corpus'))
     port = free_port()
     env = xla_env.child_env(1)
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), CHILD_FLAG, cls.tmp,

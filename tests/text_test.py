@@ -10,6 +10,7 @@ import numpy as np
 
 from ncalm import errors
 from ncalm import sharding
+from ncalm.data import dataset
 from ncalm.data import prepare
 from ncalm.data import text
 
@@ -138,7 +139,7 @@ class DamagedDatasetTest(absltest.TestCase):
         self.assertStartsWith(message, f'{shard!r} of the dataset {data_dir!r} cannot be read (')
         self.assertIn('it is damaged', message)
         self.assertEndsWith(message, f'prepare it again with '
-                                     f'`{prepare.PREPARE_HINT.format(data_dir)}`.')
+                                     f'`{dataset.PREPARE_HINT.format(data_dir)}`.')
 
 
 if __name__ == '__main__':

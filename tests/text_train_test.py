@@ -4,7 +4,6 @@ SIGKILL (the batch of a step is a pure function of (seed, step))."""
 import json
 import os
 import signal
-import sysconfig
 import tempfile
 import time
 
@@ -18,27 +17,14 @@ from ncalm import errors
 from ncalm import metrics
 from ncalm import sharding
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
+from ncalm.data import dataset
 from ncalm.data import prepare
 from ncalm.data import text
 from ncalm.tools import tokenizer as tokenizer_cli
-import tiny_config
-import train_test
 
-STDLIB = sysconfig.get_path('stdlib')
-
-
-def make_corpus(out_dir: str, tokenizer: str = 'bytes') -> str:
-  """~300 KB of CPython's json/ and email/ packages, prepared with `tokenizer`."""
-  inputs = [os.path.join(STDLIB, 'json', '*.py'), os.path.join(STDLIB, 'email', '*.py')]
-  prepare.prepare(inputs, tokenizer, out_dir, validation_fraction=0.2, workers=1)
-  return out_dir
-
-
-def text_config(data_dir: str, variant: str = 'text'):
-  cfg = tiny_config.get_config(variant)
-  cfg.data.text.path = data_dir
-  return cfg
+import helpers
 
 
 class TextTrainingTest(absltest.TestCase):
@@ -47,16 +33,16 @@ class TextTrainingTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = make_corpus(os.path.join(cls.tmp, 'corpus'))
+    cls.data_dir = helpers.make_corpus(os.path.join(cls.tmp, 'corpus'))
 
   def test_resume_on_a_dataset_prepared_again_in_place_is_refused(self):
-    data_dir = make_corpus(os.path.join(self.create_tempdir().full_path, 'corpus'))
+    data_dir = helpers.make_corpus(os.path.join(self.create_tempdir().full_path, 'corpus'))
     workdir = self.create_tempdir().full_path
-    cfg = text_config(data_dir)
+    cfg = helpers.text_config(data_dir)
     cfg.train_steps = 3
     train.train_and_evaluate(cfg, workdir)
     # Another corpus prepared into the same path: same config, other data.
-    prepare.prepare([os.path.join(STDLIB, 'email', '*.py')], 'bytes', data_dir,
+    prepare.prepare([os.path.join(helpers.STDLIB, 'email', '*.py')], 'bytes', data_dir,
                     validation_fraction=0.2, workers=1, overwrite=True)
     cfg.train_steps = 6
     with self.assertRaisesRegex(errors.UserError, r'dataset: \w+ in the workdir, \w+ now\): '
@@ -64,13 +50,13 @@ class TextTrainingTest(absltest.TestCase):
       train.train_and_evaluate(cfg, workdir)
 
   def test_run_reports_text_metrics_and_trains_on_the_feeds_rows(self):
-    cfg = text_config(self.data_dir)
+    cfg = helpers.text_config(self.data_dir)
     workdir = self.create_tempdir().full_path
     result = train.train_and_evaluate(cfg, workdir)
     rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
     evals = [r for r in rows if 'eval/loss' in r]
     self.assertEqual([r['step'] for r in evals], [3, 6])
-    meta = prepare.read_meta(self.data_dir)
+    meta = dataset.read_meta(self.data_dir)
     for r in evals:
       self.assertAlmostEqual(r['eval/perplexity'], np.exp(r['eval/loss']), places=4)
       self.assertAlmostEqual(r['eval/bits_per_byte'],
@@ -90,24 +76,24 @@ class TextTrainingTest(absltest.TestCase):
     # The model's vocabulary: the tokeniser's 257 ids padded to a multiple of 128.
     run = startup.check(cfg).feeds
     self.assertEqual(run.train_source.vocab_size, 384)
-    setup = train.create_setup(cfg, startup.model_config(cfg, run.train_source.vocab_size))
+    setup = step_lib.create_setup(cfg, startup.model_config(cfg, run.train_source.vocab_size))
     self.assertEqual(setup.model.cfg.vocab_size, 384)
 
   def test_loop_step_equals_a_step_on_the_feeds_rows(self):
     # What the loop trains on at step t is the feed's rows t·B .. t·B + B - 1.
-    cfg = text_config(self.data_dir)
+    cfg = helpers.text_config(self.data_dir)
     cfg.train_steps = 1
     cfg.evals.heldout.every = 100
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(cfg, workdir)
     checked = startup.check(cfg)
-    run, setup = checked.feeds, train.create_setup(cfg, checked.model)
+    run, setup = checked.feeds, step_lib.create_setup(cfg, checked.model)
     state, _ = checkpoint.load_latest(workdir, cfg, setup)
-    by_hand = train.create_state(setup, jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
+    by_hand = step_lib.create_state(setup, jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
     rows = run.train_source.read_rows(0, cfg.global_batch)
     batch = text.to_global_batch(rows, sharding.batch_sharding(setup.mesh),
                                        cfg.global_batch)
-    step = train.make_train_step_on_batch(setup)
+    step = step_lib.make_train_step_on_batch(setup)
     train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
       by_hand, _ = step(by_hand, batch, train_key)
@@ -124,7 +110,7 @@ class TextTrainingTest(absltest.TestCase):
     prepare.prepare(lines, 'bytes', data_dir, validation_fraction=0.2, workers=1)
     losses = {}
     for masking in (False, True):
-      cfg = text_config(data_dir)
+      cfg = helpers.text_config(data_dir)
       cfg.train_steps, cfg.evals.heldout.every = 2, 2
       cfg.data.text.document_masking = masking
       workdir = self.create_tempdir().full_path
@@ -142,23 +128,23 @@ class TextTrainingTest(absltest.TestCase):
     for name, (path, pattern) in cases.items():
       with self.subTest(name):
         with self.assertRaisesRegex(errors.UserError, pattern):
-          train.train_and_evaluate(text_config(path), workdir)
+          train.train_and_evaluate(helpers.text_config(path), workdir)
     # A run that expects another tokeniser than the corpus was made with.
     bpe = os.path.join(self.tmp, 'other.json')
-    tokenizer_cli.train_bpe(os.path.join(STDLIB, 'json', '*.py'), 300, bpe)
-    cfg = text_config(self.data_dir)
+    tokenizer_cli.train_bpe(os.path.join(helpers.STDLIB, 'json', '*.py'), 300, bpe)
+    cfg = helpers.text_config(self.data_dir)
     cfg.data.text.tokenizer = bpe
     with self.assertRaisesRegex(errors.UserError, r'data.text.tokenizer=.*other.json.*'
                                 r"not the tokeniser .* \('bytes'"):
       train.train_and_evaluate(cfg, workdir)
     # A model vocabulary too small for the tokeniser's ids (257 bytes ids, padded to 384).
-    cfg = text_config(self.data_dir)
+    cfg = helpers.text_config(self.data_dir)
     cfg.model.vocab_size = 256
     with self.assertRaisesRegex(errors.UserError, r'model.vocab_size=256 is too small.*'
                                 r'model.vocab_size >= 384'):
       train.train_and_evaluate(cfg, workdir)
     # Windows longer than the validation split holds.
-    cfg = text_config(self.data_dir)
+    cfg = helpers.text_config(self.data_dir)
     cfg.seq_len = 1 << 20
     with self.assertRaisesRegex(errors.UserError, 'fewer than one window'):
       train.train_and_evaluate(cfg, workdir)
@@ -169,15 +155,15 @@ class TextResumeTest(absltest.TestCase):
 
   def test_sigkill_resumes_exactly(self):
     tmp = self.create_tempdir().full_path
-    data_dir = make_corpus(os.path.join(tmp, 'corpus'))
+    data_dir = helpers.make_corpus(os.path.join(tmp, 'corpus'))
     cache = os.path.join(tmp, 'jax_cache')
     extra = [f'--config.data.text.path={data_dir}']
     reference = os.path.join(tmp, 'uninterrupted')
-    code, out = train_test.run_main(reference, 'text_long', extra, cache_dir=cache)
+    code, out = helpers.run_main(reference, 'text_long', extra, cache_dir=cache)
     self.assertEqual(code, 0, out)
 
     workdir = os.path.join(tmp, 'killed')
-    proc = train_test.run_main(workdir, 'text_long', extra, wait=False, cache_dir=cache)
+    proc = helpers.run_main(workdir, 'text_long', extra, wait=False, cache_dir=cache)
     deadline = time.time() + 300
     while (not os.path.exists(os.path.join(workdir, 'checkpoints', '10'))
            and time.time() < deadline and proc.poll() is None):
@@ -188,14 +174,14 @@ class TextResumeTest(absltest.TestCase):
     killed_at = max(r['step'] for r in metrics.read_jsonl(
         os.path.join(workdir, 'metrics.jsonl')))
     self.assertLess(killed_at, 40, 'the run finished before the kill')
-    code, out = train_test.run_main(workdir, 'text_long', extra, cache_dir=cache)
+    code, out = helpers.run_main(workdir, 'text_long', extra, cache_dir=cache)
     self.assertEqual(code, 0, out)
 
     want = metrics.read_jsonl(os.path.join(reference, 'metrics.jsonl'))
     got = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-    self.assertEqual(train_test.comparable(got), train_test.comparable(want))
-    cfg = text_config(data_dir, 'text_long')
-    setup = train.create_setup(cfg, startup.check(cfg).model)
+    self.assertEqual(helpers.comparable(got), helpers.comparable(want))
+    cfg = helpers.text_config(data_dir, 'text_long')
+    setup = step_lib.create_setup(cfg, startup.check(cfg).model)
     (a, step_a), (b, step_b) = (checkpoint.load_latest(w, cfg, setup)
                                 for w in (reference, workdir))
     self.assertEqual((step_a, step_b), (40, 40))

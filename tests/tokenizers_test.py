@@ -5,7 +5,6 @@ code): a byte-level BPE through `ncalm.tools.tokenizer.train_bpe`, a SentencePie
 lossless options, and a small tiktoken encoding built from ranks. Nothing is downloaded.
 """
 import builtins
-import glob
 import json
 import os
 import pickle
@@ -14,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from unittest import mock
 
@@ -26,51 +24,22 @@ from ncalm import errors
 from ncalm.data import tokenizers
 from ncalm.tools import tokenizer as tokenizer_cli
 
+import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STDLIB = sysconfig.get_path('stdlib')
-CORPUS_GLOBS = [os.path.join(STDLIB, 'json', '*.py'), os.path.join(STDLIB, 'email', '*.py')]
-CORPUS_FILES = sorted(p for g in CORPUS_GLOBS for p in glob.glob(g))
 BYTES_FINGERPRINT = 'a3c4d5aa9ee672fe1a3d194853e8e96d95e1f3efc4d26cb5a5630c537cb40391'
 
-NASTY_TEXTS = [
-    '', 'a', 'hello world', 'The quick brown fox.\n',
-    '  two leading spaces', 'two trailing spaces  ', 'a     b', ' ', '   ', ' ' * 1000,
-    '\t', '\tindented\t\ttabs\t', '\n', '\n\n\n', '\r', 'a\rb', '\r\n', 'a\r\nb\r\n', '\n\r',
-    '\x00', 'a\x00b\x00', '\x01\x02\x07\x08\x0b\x0c\x1b[31mred\x1b[0m\x7f', '\x85\u2028\u2029',
-    '👍', '👍🏽', '👩\u200d👩\u200d👧\u200d👦', '🏳️\u200d🌈', '🇫🇷🇯🇵', 'a👩\u200d💻b',
-    '中文字符测试，标点。', '日本語のテキスト', '한국어 텍스트', '각',
-    'e\u0301', 'a\u0300\u0301\u0302\u0303\u0304', 'क्षि', 'שלום עולם', 'مرحبا بالعالم',
-    '\ufeffBOM first', 'non\u00a0breaking', 'ideographic\u3000space', 'ｆｕｌｌｗｉｄｔｈ', 'ﬁ ligature',
-    '\u200b\u200c\u200d', '\ufffd', '\U0010ffff', '\ue000',
-    '\u2581', '\u2581\u2581', 'a\u2581b', ' \u2581 ', '\u2581 x \u2581',
-    '<|endoftext|>', 'x<|endoftext|>y', ' <|endoftext|> ', '</s>', '<s>', '<unk>', '<pad>',
-    '<0x41>', '<|end_of_text|>', '[SEP]',
-    'a' * 10000, 'ü' * 3000, 'Donaudampfschifffahrtsgesellschaftskapitänswitwe' * 20,
-    'x' + '0123456789' * 300,
-    'def f(x):\n    return x  +  1\n\n\n# comment\n',
-]
-NASTY_TEXTS.append(''.join(NASTY_TEXTS))
 
 
 def _train_sentencepiece(path_prefix: str, vocab_size: int) -> str:
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  texts = [open(p, encoding='utf-8').read() for p in CORPUS_FILES]
+  texts = [open(p, encoding='utf-8').read() for p in helpers.CORPUS_FILES]
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_prefix=path_prefix, model_type='bpe',
       vocab_size=vocab_size, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1,
       max_sentence_length=1 << 20, num_threads=1, minloglevel=2,
       **tokenizers.SENTENCEPIECE_LOSSLESS_OPTIONS)
   return path_prefix + '.model'
-
-
-def _tiny_tiktoken(name: str = 'tiny', extra_merges: tuple[bytes, ...] = ()):
-  import tiktoken  # pylint: disable=import-outside-toplevel
-  from tiktoken_ext import openai_public  # pylint: disable=import-outside-toplevel
-  ranks = {bytes([b]): b for b in range(256)}
-  for token in (b'  ', b'    ', b'de', b'def', b'in', b'pr', b'pri', b'print') + extra_merges:
-    ranks[token] = len(ranks)
-  return tiktoken.Encoding(name, pat_str=openai_public.r50k_pat_str, mergeable_ranks=ranks,
-                           special_tokens={tokenizers.EOT_TEXT: len(ranks)})
 
 
 def _parse(argv: list[str]) -> tuple[flags.FlagValues, list[str]]:
@@ -88,15 +57,15 @@ class TokenizersTest(absltest.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
     cls.hf_path = os.path.join(cls.tmp, 'bpe600.json')
-    cls.hf_report = tokenizer_cli.train_bpe(','.join(CORPUS_GLOBS), 600, cls.hf_path)
+    cls.hf_report = tokenizer_cli.train_bpe(','.join(helpers.CORPUS_GLOBS), 600, cls.hf_path)
     cls.sp_path = _train_sentencepiece(os.path.join(cls.tmp, 'sp600'), 600)
     cls.tokenizers = {
         'bytes': tokenizers.load('bytes'),
         'hf': tokenizers.load(cls.hf_path),
         'sentencepiece': tokenizers.load(cls.sp_path),
-        'tiktoken': tokenizers.from_tiktoken(_tiny_tiktoken()),
+        'tiktoken': tokenizers.from_tiktoken(helpers.tiny_tiktoken()),
     }
-    cls.corpus_texts = [open(p, encoding='utf-8').read() for p in CORPUS_FILES[:8]]
+    cls.corpus_texts = [open(p, encoding='utf-8').read() for p in helpers.CORPUS_FILES[:8]]
 
   @classmethod
   def tearDownClass(cls):
@@ -104,12 +73,12 @@ class TokenizersTest(absltest.TestCase):
     super().tearDownClass()
 
   def test_corpus_is_there(self):
-    self.assertLen(CORPUS_FILES, self.hf_report.num_files)
+    self.assertLen(helpers.CORPUS_FILES, self.hf_report.num_files)
     self.assertGreater(self.hf_report.num_bytes, 200_000)
 
   def test_round_trip_is_identity_for_every_backend(self):
     for name, tokenizer in self.tokenizers.items():
-      for text in NASTY_TEXTS + self.corpus_texts:
+      for text in helpers.NASTY_TEXTS + self.corpus_texts:
         with self.subTest(backend=name, text=text[:40]):
           ids = tokenizer.encode(text)
           self.assertEqual(ids.dtype, np.int32)
@@ -118,7 +87,7 @@ class TokenizersTest(absltest.TestCase):
           self.assertTrue(((ids >= 0) & (ids < tokenizer.vocab_size)).all())
 
   def test_encode_batch_equals_encode(self):
-    texts = NASTY_TEXTS + self.corpus_texts
+    texts = helpers.NASTY_TEXTS + self.corpus_texts
     for name, tokenizer in self.tokenizers.items():
       with self.subTest(backend=name):
         batch = tokenizer.encode_batch(texts)
@@ -180,8 +149,9 @@ class TokenizersTest(absltest.TestCase):
     self.assertEqual(self.hf_report.fingerprint, hf.fingerprint)
     # Different tokenisers, different fingerprints: other backends, another vocabulary.
     other_path = os.path.join(self.tmp, 'bpe300.json')
-    other = tokenizers.load(tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, other_path).out_path)
-    retrained = tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300,
+    other = tokenizers.load(
+        tokenizer_cli.train_bpe(helpers.CORPUS_GLOBS[0], 300, other_path).out_path)
+    retrained = tokenizer_cli.train_bpe(helpers.CORPUS_GLOBS[0], 300,
                                         os.path.join(self.tmp, 'bpe300_again.json'))
     self.assertEqual(retrained.fingerprint, other.fingerprint)  # training is deterministic
     sp_other = tokenizers.load(_train_sentencepiece(os.path.join(self.tmp, 'sp400'), 400))
@@ -191,9 +161,9 @@ class TokenizersTest(absltest.TestCase):
     self.assertEqual({len(p) for p in prints}, {64})
 
   def test_tiktoken_fingerprint_depends_on_the_ranks_not_the_name(self):
-    base = tokenizers.from_tiktoken(_tiny_tiktoken('tiny'))
-    renamed = tokenizers.from_tiktoken(_tiny_tiktoken('renamed'))
-    more = tokenizers.from_tiktoken(_tiny_tiktoken('tiny', extra_merges=(b're',)))
+    base = tokenizers.from_tiktoken(helpers.tiny_tiktoken('tiny'))
+    renamed = tokenizers.from_tiktoken(helpers.tiny_tiktoken('renamed'))
+    more = tokenizers.from_tiktoken(helpers.tiny_tiktoken('tiny', extra_merges=(b're',)))
     self.assertEqual(renamed.fingerprint, base.fingerprint)
     self.assertNotEqual(more.fingerprint, base.fingerprint)
     self.assertEqual(more.vocab_size, 266)
@@ -303,12 +273,13 @@ class TokenizersTest(absltest.TestCase):
 
   def test_train_report(self):
     report = self.hf_report
-    num_bytes = sum(os.path.getsize(p) for p in CORPUS_FILES)
+    num_bytes = sum(os.path.getsize(p) for p in helpers.CORPUS_FILES)
     tokenizer = self.tokenizers['hf']
     num_tokens = sum(len(tokenizer.encode(open(p, encoding='utf-8').read()))
-                     for p in CORPUS_FILES)
+                     for p in helpers.CORPUS_FILES)
     self.assertEqual((report.vocab_size, report.eot_id, report.num_files, report.num_bytes,
-                      report.num_tokens), (600, 0, len(CORPUS_FILES), num_bytes, num_tokens))
+                      report.num_tokens),
+                     (600, 0, len(helpers.CORPUS_FILES), num_bytes, num_tokens))
     self.assertEqual(report.bytes_per_token, num_bytes / num_tokens)
     self.assertFalse(os.path.exists(self.hf_path.replace('.json', '.tmp.json')))
 
@@ -322,7 +293,7 @@ class TokenizersTest(absltest.TestCase):
     open(empty_file, 'w').close()
     out = os.path.join(self.tmp, 'out.json')
     nowhere = os.path.join(binary, 'out.json')   # under a file
-    corpus = CORPUS_GLOBS[0]
+    corpus = helpers.CORPUS_GLOBS[0]
     cases = [
         ((f'{self.tmp}/nothing/*.txt', 600, out),
          f"--input: '{self.tmp}/nothing/*.txt' matches nothing"),
@@ -385,14 +356,14 @@ class TokenizersTest(absltest.TestCase):
         with mock.patch.object(os, 'access', access_now), \
              mock.patch.object(tokenizer_cli, 'read_text', side_effect=AssertionError('trained')):
           with self.assertRaises(errors.UserError) as raised:
-            tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, out)
+            tokenizer_cli.train_bpe(helpers.CORPUS_GLOBS[0], 300, out)
         self.assertStartsWith(str(raised.exception), text)
     self.assertEqual((os.listdir(folder), os.listdir(a_directory)), ([], []))
     self.assertEqual([n for n in os.listdir(self.tmp) if '.tmp' in n], [])
 
   def test_train_makes_the_folders_of_out(self):
     out = os.path.join(self.tmp, 'new', 'deeper', 'tok.json')
-    report = tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, out)
+    report = tokenizer_cli.train_bpe(helpers.CORPUS_GLOBS[0], 300, out)
     self.assertEqual((report.out_path, tokenizers.load(out).vocab_size), (out, 300))
 
   def test_train_write_failure_leaves_no_temp_file(self):
@@ -400,7 +371,7 @@ class TokenizersTest(absltest.TestCase):
     with mock.patch.object(os, 'replace', side_effect=OSError(28, 'No space left on device')):
       with self.assertRaisesRegex(errors.UserError, rf'^--out={re.escape(repr(out))} could not '
                                   r'be written \(No space left on device\); nothing was written'):
-        tokenizer_cli.train_bpe(CORPUS_GLOBS[0], 300, out)
+        tokenizer_cli.train_bpe(helpers.CORPUS_GLOBS[0], 300, out)
     self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith('disk_full')], [])
 
   def test_training_pieces_keep_every_pre_token(self):
@@ -408,7 +379,7 @@ class TokenizersTest(absltest.TestCase):
     pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     def pre_tokens(texts):
       return [token for text in texts for token, _ in pre_tokenizer.pre_tokenize_str(text)]
-    short = [t for t in NASTY_TEXTS if len(t) < 2048]   # no stretch that must be cut anyway
+    short = [t for t in helpers.NASTY_TEXTS if len(t) < 2048]   # no stretch that must be cut anyway
     texts = self.corpus_texts + [''.join(short) * 10, ' \t\n'.join(short) * 10]
     for text in texts:
       pieces = tokenizer_cli.training_pieces(text)
@@ -430,7 +401,7 @@ class TokenizersTest(absltest.TestCase):
     self.assertEqual(train.returncode, 0, train.stderr)
     tokenizer = tokenizers.load(out)
     self.assertEqual(tokenizer.encode('a' * 4096).tolist(), [tokenizer.vocab_size - 1])
-    for text in NASTY_TEXTS + ['a' * 100_000]:
+    for text in helpers.NASTY_TEXTS + ['a' * 100_000]:
       self.assertEqual(tokenizer.decode(tokenizer.encode(text)), text)
 
   def test_main_bad_commands(self):
@@ -452,8 +423,8 @@ class TokenizersTest(absltest.TestCase):
   def test_cli_end_to_end(self):
     out = os.path.join(self.tmp, 'cli.json')
     train = subprocess.run(
-        [sys.executable, '-m', 'ncalm.tokenizer', 'train', f'--input={",".join(CORPUS_GLOBS)}',
-         '--vocab_size=400', f'--out={out}'],
+        [sys.executable, '-m', 'ncalm.tokenizer', 'train',
+         f'--input={",".join(helpers.CORPUS_GLOBS)}', '--vocab_size=400', f'--out={out}'],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     bad = subprocess.Popen(
         [sys.executable, '-m', 'ncalm.tokenizer', 'train', f'--input={self.tmp}/none/*.txt',
@@ -462,18 +433,19 @@ class TokenizersTest(absltest.TestCase):
     self.assertEqual(train.returncode, 0, train.stderr)
     tokenizer = tokenizers.load(out)
     self.assertEqual((tokenizer.vocab_size, tokenizer.eot_id), (400, 0))
-    num_bytes = sum(os.path.getsize(p) for p in CORPUS_FILES)
+    num_bytes = sum(os.path.getsize(p) for p in helpers.CORPUS_FILES)
     num_tokens = sum(len(tokenizer.encode(open(p, encoding='utf-8').read()))
-                     for p in CORPUS_FILES)
+                     for p in helpers.CORPUS_FILES)
     lines = train.stdout.splitlines()
     self.assertLen(lines, 3)
     self.assertEqual(lines[0], f'wrote {out}: byte-level BPE, vocab size 400, '
                                '<|endoftext|> = id 0')
-    self.assertStartsWith(lines[1], f'read {len(CORPUS_FILES)} files, {num_bytes:,} bytes in ')
+    self.assertStartsWith(lines[1],
+                          f'read {len(helpers.CORPUS_FILES)} files, {num_bytes:,} bytes in ')
     self.assertEndsWith(lines[1], f' s; {num_bytes / num_tokens:.3f} bytes per token on the '
                                   'training text')
     self.assertEqual(lines[2], f'fingerprint {tokenizer.fingerprint}')
-    for text in NASTY_TEXTS:
+    for text in helpers.NASTY_TEXTS:
       self.assertEqual(tokenizer.decode(tokenizer.encode(text)), text)
 
     info = subprocess.run([sys.executable, '-m', 'ncalm.tokenizer', 'info', f'--tokenizer={out}'],

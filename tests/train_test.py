@@ -3,8 +3,6 @@ checkpoints, exact resume after SIGTERM and SIGKILL, NaN stops, start-up errors.
 import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from unittest import mock
@@ -19,38 +17,17 @@ from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm.data import device_sources
 from ncalm.data import feeds
+
+import helpers
 import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(workdir, variant='', extra=(), wait=True, cache_dir=None):
-  """`python -m ncalm.main` on the tiny config, as a user would run it."""
-  config = os.path.join(REPO, 'tests', 'tiny_config.py') + (f':{variant}' if variant else '')
-  env = dict(os.environ)
-  if cache_dir:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  cmd = [sys.executable, '-m', 'ncalm.main', f'--config={config}', f'--workdir={workdir}',
-         *extra]
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  if wait:
-    out, _ = proc.communicate(timeout=600)
-    return proc.returncode, out
-  return proc
-
-
-def comparable(rows):
-  """Metric lines without timing-dependent fields."""
-  return [{k: v for k, v in r.items() if not k.startswith('perf/')} for r in rows]
 
 
 def final_params(workdir, cfg):
-  setup = train.create_setup(cfg, startup.model_config(cfg, 10002))
+  setup = step_lib.create_setup(cfg, startup.model_config(cfg, 10002))
   state, step = checkpoint.load_latest(workdir, cfg, setup)
   return step, jax.device_get(state.params)
 
@@ -62,7 +39,7 @@ class StepTest(absltest.TestCase):
     self.cfg = tiny_config.get_config()
     self.workdir = self.create_tempdir().full_path
     self.run_data = feeds.load(self.cfg, self.workdir)
-    self.setup = train.create_setup(self.cfg, startup.check(self.cfg).model)
+    self.setup = step_lib.create_setup(self.cfg, startup.check(self.cfg).model)
 
   def test_batch_made_in_step_equals_source_batch(self):
     source = self.run_data.train_source
@@ -73,7 +50,7 @@ class StepTest(absltest.TestCase):
       np.testing.assert_array_equal(a, b)
 
   def test_params_born_sharded_and_logical(self):
-    state = train.create_state(self.setup, jax.random.PRNGKey(0))
+    state = step_lib.create_state(self.setup, jax.random.PRNGKey(0))
     self.assertEqual(state.params['layers']['attn']['query'].shape, (2, 32, 4, 8))
     self.assertEqual(state.params['embedding'].dtype, jnp.float32)
     for leaf, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(self.setup.state_shardings)):
@@ -82,27 +59,27 @@ class StepTest(absltest.TestCase):
   def test_host_fed_batch_step_equals_in_step_data(self):
     key = jax.random.PRNGKey(0)
     source = self.run_data.train_source
-    data_key, _ = train.step_keys(key, 0)
+    data_key, _ = step_lib.step_keys(key, 0)
     batch = source.batch(data_key, self.cfg.global_batch)
     results = []
     with jax.set_mesh(self.setup.mesh), nn.logical_axis_rules(self.setup.rules):
-      for step_fn, data in ((train.make_train_step(self.setup), source),
-                            (train.make_train_step_on_batch(self.setup), batch)):
-        state, scalars = step_fn(train.create_state(self.setup, key), data, key)
+      for step_fn, data in ((step_lib.make_train_step(self.setup), source),
+                            (step_lib.make_train_step_on_batch(self.setup), batch)):
+        state, scalars = step_fn(step_lib.create_state(self.setup, key), data, key)
         results.append((jax.device_get(state.params), jax.device_get(scalars)))
     self.assertEqual(results[0][1], results[1][1])
     jax.tree.map(np.testing.assert_array_equal, results[0][0], results[1][0])
 
   def test_gradient_accumulation_equals_one_big_batch(self):
-    state = train.create_state(self.setup, jax.random.PRNGKey(0))
+    state = step_lib.create_state(self.setup, jax.random.PRNGKey(0))
     batch = self.run_data.train_source.batch(jax.random.PRNGKey(1), 4)
     self.cfg.unlock()
     results = []
     for accum in (1, 2, 4):
       self.cfg.grad_accum = accum
-      setup = train.create_setup(self.cfg, startup.model_config(self.cfg, 10002))
+      setup = step_lib.create_setup(self.cfg, startup.model_config(self.cfg, 10002))
       with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-        new, scalars = jax.jit(lambda s, b: train.update(setup, s, b, None))(state, batch)
+        new, scalars = jax.jit(lambda s, b: step_lib.update(setup, s, b, None))(state, batch)
       results.append((jax.device_get(new.params), float(scalars['train/loss'])))
     for params, loss in results[1:]:
       self.assertAlmostEqual(loss, results[0][1], places=5)
@@ -167,10 +144,10 @@ class LoopTest(absltest.TestCase):
     def zero_init(*args, **kwargs):
       state = real_init(*args, **kwargs)
       return state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
-    real_init = train.init_state
+    real_init = step_lib.init_state
     cfg = tiny_config.get_config()
     cfg.train_steps = 10
-    with mock.patch.object(train, 'init_state', zero_init):
+    with mock.patch.object(step_lib, 'init_state', zero_init):
       with self.assertRaisesRegex(errors.DeadGradient, r'exactly 0 on steps 1-3') as caught:
         train.train_and_evaluate(cfg, self.create_tempdir().full_path)
     self.assertEqual(caught.exception.exit_code, errors.EXIT_NON_FINITE)
@@ -214,13 +191,13 @@ class ResumeTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp()
     cls.cache = os.path.join(cls.tmp, 'jax_cache')
     cls.reference = os.path.join(cls.tmp, 'uninterrupted')
-    code, out = run_main(cls.reference, 'long', cache_dir=cls.cache)
+    code, out = helpers.run_main(cls.reference, 'long', cache_dir=cls.cache)
     assert code == 0, out
     cls.cfg = tiny_config.get_config('long')
 
   def _kill_and_resume(self, sig):
     workdir = os.path.join(self.tmp, f'killed_{sig}')
-    proc = run_main(workdir, 'long', wait=False, cache_dir=self.cache)
+    proc = helpers.run_main(workdir, 'long', wait=False, cache_dir=self.cache)
     first = os.path.join(workdir, 'checkpoints', '5')
     deadline = time.time() + 300
     while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
@@ -234,14 +211,14 @@ class ResumeTest(absltest.TestCase):
     # A SIGKILL mid-save leaves orbax's '<step>.orbax-checkpoint-tmp': never restored.
     saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
                    if s.isdigit())
-    code, out = run_main(workdir, 'long', cache_dir=self.cache)
+    code, out = helpers.run_main(workdir, 'long', cache_dir=self.cache)
     self.assertEqual(code, 0, out)
     return workdir, proc.returncode, killed_at, saved, out
 
   def _assert_same_as_reference(self, workdir):
     want = metrics.read_jsonl(os.path.join(self.reference, 'metrics.jsonl'))
     got = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-    self.assertEqual(comparable(got), comparable(want))
+    self.assertEqual(helpers.comparable(got), helpers.comparable(want))
     step_a, params_a = final_params(self.reference, self.cfg)
     step_b, params_b = final_params(workdir, self.cfg)
     self.assertEqual(step_a, step_b)

@@ -27,10 +27,11 @@ import numpy as np
 
 from ncalm import checkpoint
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm import transfer
-import sharded_test
-import text_train_test
+
+import helpers
 import tiny_config
 
 MESH_8 = dict(data=2, fsdp=2, tensor=2)
@@ -38,7 +39,7 @@ NCA_VOCAB, BYTES_VOCAB = 10_002, 384
 
 
 def config(mesh, stage1_dir='', data_dir=''):
-  cfg = text_train_test.text_config(data_dir) if data_dir else tiny_config.get_config()
+  cfg = helpers.text_config(data_dir) if data_dir else tiny_config.get_config()
   cfg.global_batch = 8
   cfg.train_steps = 2
   cfg.evals.probe.sequences = 4           # a multiple of the 4 data-parallel devices
@@ -51,7 +52,7 @@ def config(mesh, stage1_dir='', data_dir=''):
 def child_main(out_dir: str) -> None:
   assert jax.device_count() == 8, jax.devices()
   one = jax.devices()[:1]
-  data_dir = text_train_test.make_corpus(os.path.join(out_dir, 'corpus'))
+  data_dir = helpers.make_corpus(os.path.join(out_dir, 'corpus'))
   shards = {}
   for name, (mesh1, devices1, mesh2, devices2) in {
       'from8': (MESH_8, None, dict(data=1), one),
@@ -59,21 +60,21 @@ def child_main(out_dir: str) -> None:
     stage1_dir = os.path.join(out_dir, name, 'stage1')
     cfg1 = config(mesh1)
     train.train_and_evaluate(cfg1, stage1_dir, devices1)
-    setup1 = train.create_setup(cfg1, startup.model_config(cfg1, NCA_VOCAB), devices1)
+    setup1 = step_lib.create_setup(cfg1, startup.model_config(cfg1, NCA_VOCAB), devices1)
     state1, _ = checkpoint.load_latest(stage1_dir, cfg1, setup1)
     cfg2 = config(mesh2, stage1_dir, data_dir)
-    setup2 = train.create_setup(cfg2, startup.model_config(cfg2, BYTES_VOCAB), devices2)
+    setup2 = step_lib.create_setup(cfg2, startup.model_config(cfg2, BYTES_VOCAB), devices2)
     report_dir = os.path.join(out_dir, name, 'report')
     os.makedirs(report_dir)
     key = jax.random.PRNGKey(0)
-    state2 = transfer.initial_state(setup2, lambda: train.create_state(setup2, key), key,
+    state2 = transfer.initial_state(setup2, lambda: step_lib.create_state(setup2, key), key,
                                     report_dir)
-    np.savez(os.path.join(out_dir, f'{name}.stage1.npz'), **sharded_test.flat(state1.params))
-    np.savez(os.path.join(out_dir, f'{name}.stage2.npz'), **sharded_test.flat(state2.params))
+    np.savez(os.path.join(out_dir, f'{name}.stage1.npz'), **helpers.flat(state1.params))
+    np.savez(os.path.join(out_dir, f'{name}.stage2.npz'), **helpers.flat(state2.params))
     gate = state2.params['layers']['mlp']['gate']
     shards[name] = dict(devices=int(setup2.mesh.size),
-                        gate=sharded_test.shard_shapes(gate),
-                        stage1_gate=sharded_test.shard_shapes(state1.params['layers']['mlp']['gate']))
+                        gate=helpers.shard_shapes(gate),
+                        stage1_gate=helpers.shard_shapes(state1.params['layers']['mlp']['gate']))
     if name == 'from1':  # the whole stage-2 loop runs from the transfer on the 8-device mesh
       result = train.train_and_evaluate(cfg2, os.path.join(out_dir, name, 'stage2'), devices2)
       shards[name]['final_loss'] = result['eval/loss']

@@ -13,18 +13,15 @@ import numpy as np
 from ncalm import checkpoint
 from ncalm import errors
 from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm import transfer
-import text_train_test
+
+import helpers
 import tiny_config
 
 NCA_VOCAB = 10_002
 BYTES_VOCAB = 384  # 256 bytes + the tokeniser's specials, padded to a multiple of 128
-
-
-def flat(tree) -> dict[str, np.ndarray]:
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
-  return {jax.tree_util.keystr(p, simple=True, separator='/'): np.asarray(v) for p, v in leaves}
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -49,19 +46,19 @@ class TransferTest(absltest.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
     cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
-    cls.data_dir = text_train_test.make_corpus(os.path.join(cls.tmp, 'corpus'))
+    cls.data_dir = helpers.make_corpus(os.path.join(cls.tmp, 'corpus'))
     cls.stage1_dir = os.path.join(cls.tmp, 'stage1')
     cls.stage1_cfg = tiny_config.get_config()
     cls.stage1_cfg.train_steps = 3
     train.train_and_evaluate(cls.stage1_cfg, cls.stage1_dir)
-    setup = train.create_setup(cls.stage1_cfg, startup.model_config(cls.stage1_cfg, NCA_VOCAB))
+    setup = step_lib.create_setup(cls.stage1_cfg, startup.model_config(cls.stage1_cfg, NCA_VOCAB))
     state, step = checkpoint.load_latest(cls.stage1_dir, cls.stage1_cfg, setup)
     assert step == 3
-    cls.stage1 = {k[len('params/'):]: v for k, v in flat(state).items()
+    cls.stage1 = {k[len('params/'):]: v for k, v in helpers.flat(state).items()
                   if k.startswith('params/')}
 
   def config(self, **init):
-    cfg = text_train_test.text_config(self.data_dir)
+    cfg = helpers.text_config(self.data_dir)
     cfg.init.from_run = self.stage1_dir
     cfg.init.update(init)
     return cfg
@@ -70,14 +67,14 @@ class TransferTest(absltest.TestCase):
     """(params of the first stage-2 state, params of a scratch init with the same key,
     the report written to the workdir)."""
     workdir = workdir or self.create_tempdir().full_path
-    setup = train.create_setup(cfg, startup.check(cfg).model)
+    setup = step_lib.create_setup(cfg, startup.check(cfg).model)
     init_key, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    state = transfer.initial_state(setup, lambda: train.create_state(setup, init_key), init_key,
+    state = transfer.initial_state(setup, lambda: step_lib.create_state(setup, init_key), init_key,
                                    workdir)
-    fresh = train.create_state(setup, init_key)
+    fresh = step_lib.create_state(setup, init_key)
     with open(os.path.join(workdir, transfer.REPORT_FILE)) as f:
       report = json.load(f)
-    return flat(state.params), flat(fresh.params), report
+    return helpers.flat(state.params), helpers.flat(fresh.params), report
 
   def test_keeps_blocks_and_norms_bitwise_and_redraws_embedding_and_head(self):
     params, fresh, report = self.transferred(self.config())
@@ -151,8 +148,8 @@ class TransferTest(absltest.TestCase):
 
   def test_per_layer_stage1_into_stacked_stage2(self):
     cfg = self.config()
-    setup = train.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
-    fresh = train.create_state(setup, jax.random.PRNGKey(0)).params
+    setup = step_lib.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
+    fresh = step_lib.create_state(setup, jax.random.PRNGKey(0)).params
     per_layer = {'final_norm/scale': self.stage1['final_norm/scale']}
     for name, value in self.stage1.items():
       if name.startswith('layers/'):
@@ -160,7 +157,7 @@ class TransferTest(absltest.TestCase):
           per_layer[f'layers_{i}/{name[7:]}'] = value[i]
     params, how = transfer.build_params(transfer.init_spec(cfg), fresh, per_layer,
                                         jax.random.PRNGKey(1))
-    params = flat(params)
+    params = helpers.flat(params)
     for name, value in self.stage1.items():
       if name not in ('embedding', 'head'):
         self.assertTrue(same_bits(params[name], value), name)
@@ -171,10 +168,10 @@ class TransferTest(absltest.TestCase):
     cfg.model.scan_layers = False
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(cfg, workdir)
-    setup = train.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
+    setup = step_lib.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
     state, step = checkpoint.load_latest(workdir, cfg, setup)
     self.assertEqual(step, cfg.train_steps)
-    params = flat(state.params)
+    params = helpers.flat(state.params)
     frozen = [n for n in params if n.startswith('layers_0/attn') or n in (
         'layers_0/attn_norm/scale', 'layers_0/mlp_norm/scale')]
     self.assertLen(frozen, 6)
@@ -183,7 +180,7 @@ class TransferTest(absltest.TestCase):
     for name in ('layers_1/attn/query', 'layers_0/mlp/gate', 'layers_1/mlp_norm/scale'):
       stage1 = self.stage1[f'layers/{name[9:]}'][int(name[7])]
       self.assertGreater(np.abs(params[name] - stage1).max(), 1e-4, name)
-    opt_names = list(flat(state.opt_state))
+    opt_names = list(helpers.flat(state.opt_state))
     for name in frozen:
       self.assertEqual([n for n in opt_names if n.endswith('/' + name)], [], name)
     self.assertLen([n for n in opt_names if n.endswith('/layers_0/mlp/gate')], 2)  # mu, nu
@@ -204,7 +201,7 @@ class TransferTest(absltest.TestCase):
     shutil.rmtree(stage1)        # a preempted stage 2 resumes itself: stage 1 is not read
     cfg.train_steps = 6
     train.train_and_evaluate(cfg, workdir)
-    setup = train.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
+    setup = step_lib.create_setup(cfg, startup.model_config(cfg, BYTES_VOCAB))
     _, step = checkpoint.load_latest(workdir, cfg, setup)
     self.assertEqual(step, 6)
     self.assertEqual(snapshot(workdir)[transfer.REPORT_FILE], report)  # no second transfer
@@ -215,7 +212,7 @@ class TransferTest(absltest.TestCase):
     steps = os.path.join(stage1, checkpoint.CHECKPOINT_DIR)
     shutil.copytree(os.path.join(steps, '3'), os.path.join(steps, '5'))   # a newer step ...
     with open(os.path.join(steps, '5', 'state', '_METADATA'), 'w') as f:
-      f.write('{"tree_metadata": garbage')                               # ... whose metadata is damaged
+      f.write('{"tree_metadata": garbage')  # ... whose metadata is damaged
     cfg = self.config()
     cfg.init.from_run = stage1
     with self.assertLogs('absl', 'ERROR') as logs:

@@ -4,11 +4,14 @@
   run of the loop makes new jitted functions); a hit costs milliseconds, a compile seconds.
   Entries are keyed by the program, the flags and the devices.
 - LLVM at optimisation level 1 instead of XLA's default 2: compiling is most of the suite's
-  time, and at O1 the model and NCA tests take 61% of their time at O2. The programs are the same HLO, so every
-  property the suite checks holds as at O2, and the bit-exact checks against the published
-  test vectors pass at both. (Level 0 is faster still but changes the last bit of the
-  truncated-normal rule weights: tests/nca_test.py catches it.) To run the suite at XLA's
-  default, set XLA_FLAGS=--xla_backend_optimization_level=2.
+  time, and at O1 the model and NCA tests take 61% of their time at O2. The programs are the
+  same HLO, so every property the suite checks holds as at O2, and the bit-exact checks
+  against the published test vectors pass at both. (Level 0 is faster still but changes the
+  last bit of the truncated-normal rule weights: tests/nca_test.py catches it.) To run the
+  suite at XLA's default, set XLA_FLAGS=--xla_backend_optimization_level=2.
+- jax.numpy rank promotion raises (`JAX_NUMPY_RANK_PROMOTION=raise`): adding a (3,) to a
+  (2, 3) must be written as a broadcast, so a shape mistake fails instead of broadcasting
+  silently.
 """
 import os
 import re
@@ -25,6 +28,11 @@ def compilation_cache_env() -> dict[str, str]:
   cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
       tempfile.gettempdir(), 'ncalm_test_jax_cache')
   return {'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+
+
+def strict_numpy_env() -> dict[str, str]:
+  """jax.numpy refuses implicit rank promotion in the suite and the runs it starts."""
+  return {'JAX_NUMPY_RANK_PROMOTION': 'raise'}
 
 
 def xla_flags(device_count: int | None = 1) -> str:
@@ -44,5 +52,5 @@ def xla_flags(device_count: int | None = 1) -> str:
 def child_env(device_count: int = 1) -> dict[str, str]:
   """The environment for a JAX process the suite starts: this one's, with the cache and
   `device_count` host CPU devices."""
-  return {**os.environ, **compilation_cache_env(), 'JAX_PLATFORMS': 'cpu',
+  return {**os.environ, **compilation_cache_env(), **strict_numpy_env(), 'JAX_PLATFORMS': 'cpu',
           'XLA_FLAGS': xla_flags(device_count)}

@@ -133,8 +133,12 @@ def main(argv):
            'let benchmarks/gpu/fetch_carry.sh copy them into .testdata/ (carried with the run).')
 
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   # pylint: disable=g-import-not-at-top,multiple-imports
-  import correctness, data_speed, step_speed, text_feed
+  import correctness
+  import data_speed
+  import step_speed
+  import text_feed
   # pylint: enable=g-import-not-at-top,multiple-imports
   parts = {
       'correctness': lambda: correctness.run(smoke, dict(np.load(vectors_path))),

@@ -5,7 +5,7 @@
   * `gpt2_small`: the same run at the GPT-2-small shape (12 layers, d_model 768, 12 heads,
     MLP 3,072), the smallest paper-like model docs/transfer.md names.
 
-The per-device batch and the remat policy come from the dry run (`footprint.plan`), not from
+The per-device batch and the remat policy come from the dry run (`footprint.estimate`), not from
 trial and error: the least recomputation under which the paper's batch of 32 sequences fits
 on the device (<= footprint.FIT_FRACTION of its memory); if none does, the policy that fits
 the largest power-of-two batch. With `smoke`, tiny models on 76-token sequences instead.
@@ -13,8 +13,8 @@ the largest power-of-two batch. With `smoke`, tiny models on 76-token sequences 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import os
+import sys
 
 import jax
 import ml_collections
@@ -69,8 +69,8 @@ def choose(cfg: ml_collections.ConfigDict, target: perf.Target, smoke: bool) -> 
     fits = 0
     for batch in batches:
       cfg.global_batch = batch
-      p = footprint.plan(cfg, target, dict(data=1))
-      if p['fits'] != 'yes':
+      p = footprint.estimate(cfg, target, dict(data=1))
+      if p.fits != 'yes':
         break
       fits = batch
     considered[remat] = fits
@@ -78,15 +78,15 @@ def choose(cfg: ml_collections.ConfigDict, target: perf.Target, smoke: bool) -> 
       break
   remat = max(considered, key=lambda r: (considered[r], -REMAT_ORDER.index(r)))
   if not considered[remat]:
-    p = footprint.plan(cfg, target, dict(data=1))
+    p = footprint.estimate(cfg, target, dict(data=1))
     raise RuntimeError(f'{target.label}: not even batch 1 fits with full remat: the dry run '
-                       f'needs {p["bytes"]["total"] / footprint.GIB:.1f} GiB of '
-                       f'{target.hbm_gib:.1f} GiB ({p["hbm_fraction"]:.0%}).')
+                       f'needs {p.memory.total / footprint.GIB:.1f} GiB of '
+                       f'{target.hbm_gib:.1f} GiB ({p.hbm_fraction:.0%}).')
   cfg.model.remat, cfg.global_batch = remat, considered[remat]
-  p = footprint.plan(cfg, target, dict(data=1))
+  p = footprint.estimate(cfg, target, dict(data=1))
   return dict(remat=remat, batch=cfg.global_batch, largest_batch_by_remat=considered,
-              predicted_bytes=p['bytes'], predicted_fraction=p['hbm_fraction'],
-              hbm_gib=target.hbm_gib, params=p['params']['total'])
+              predicted_bytes=dataclasses.asdict(p.memory), predicted_fraction=p.hbm_fraction,
+              hbm_gib=target.hbm_gib, params=p.param_counts['total'])
 
 
 def config(name: str, target: perf.Target, smoke: bool) -> tuple[ml_collections.ConfigDict, dict]:

@@ -26,7 +26,7 @@ import numpy as np
 from ncalm import perf
 from ncalm import sharding
 from ncalm import startup
-from ncalm import train
+from ncalm import step as step_lib
 from ncalm.data import feeds
 from ncalm.tools import footprint
 
@@ -57,15 +57,15 @@ def _build(cfg, variant: str, state=None):
   v = copy.deepcopy(cfg)
   v.model.update(attn_dropout=dropout, attention=attention, attention_blocks=blocks)
   run = feeds.build(v, (_rule_keys(v.data.num_train_rules, 1), _rule_keys(v.data.num_val_rules, 2)))
-  setup = train.create_setup(v, startup.check(v).model)
+  setup = step_lib.create_setup(v, startup.check(v).model)
   source = jax.device_put(run.train_source, sharding.replicated(setup.mesh))
   if not fed:
-    return setup, train.make_train_step(setup), source
+    return setup, step_lib.make_train_step(setup), source
   make = jax.jit(lambda s, k: s.batch(k, v.global_batch),
                  out_shardings=sharding.batch_sharding(setup.mesh))
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     batch = make(source, jax.random.PRNGKey(3))
-  return setup, train.make_train_step_on_batch(setup), batch
+  return setup, step_lib.make_train_step_on_batch(setup), batch
 
 
 def _compile(setup, fn, state, data, key):
@@ -81,7 +81,7 @@ def measure_shape(name: str, target: perf.Target, smoke: bool) -> dict:
   while True:
     built = {v: _build(cfg, v) for v in VARIANTS}
     setup0 = built[PAPER_VARIANT][0]
-    state = train.create_state(setup0, key)
+    state = step_lib.create_state(setup0, key)
     lowered = {v: _compile(s, fn, state, data, key) for v, (s, fn, data) in built.items()}
     start = time.perf_counter()
     compiled = {PAPER_VARIANT: lowered[PAPER_VARIANT].compile()}

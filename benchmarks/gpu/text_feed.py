@@ -24,6 +24,7 @@ import jax
 from ncalm import sharding
 from ncalm import startup
 from ncalm import train
+from ncalm.data import dataset
 from ncalm.data import prepare
 from ncalm.data import text
 
@@ -38,7 +39,7 @@ def corpus(out_dir: str, smoke: bool) -> dict:
   start = time.perf_counter()
   report = prepare.prepare(inputs, TOKENIZER, out_dir, validation_fraction=0.2 if smoke
                            else 0.01, workers=1 if smoke else 0)
-  meta = prepare.read_meta(out_dir)
+  meta = dataset.read_meta(out_dir)
   return dict(inputs=inputs, seconds=time.perf_counter() - start,
               train_tokens=meta['splits']['train']['tokens'],
               documents=meta['splits']['train']['documents'],

@@ -7,7 +7,8 @@ the 50%+ NCA arm (the paper's best for web text and math).
 Paper scale needs --config.stage2.data.text.path=$DATA/... (README, "Text") and the C4
 paths as in code.py. `cpu`: stage 2 as configs/text_web.py:cpu, evaluated every 25 steps.
 At CPU scale the C4 stand-in (the King James Bible) is also web's stage-2 corpus, so
-that arm there is in-domain, not a baseline. Not run in this project yet: the CPU comparison that was run is code's (docs/transfer.md).
+that arm there is in-domain, not a baseline. Not run in this project yet: the CPU comparison
+that was run is code's (docs/transfer.md).
 """
 import ml_collections
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import zlib
 from typing import Iterator
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +120,8 @@ def parse_band(text: str | None) -> tuple[float, float] | None:
   return check_band((low, high))
 
 
-def candidate_rounds(key: jax.Array, num_candidates: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def candidate_rounds(key: jax.Array,
+                     num_candidates: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """The published sampler's rounds: (candidate rule keys, their simulation keys).
 
   Round keys advance by `split(key, 1)[0]`; a round's candidates are

@@ -24,11 +24,11 @@ import numpy as np
 from ncalm import errors
 from ncalm import files
 from ncalm.data import complexity
+from ncalm.data import dataset
 from ncalm.data import device_sources
 from ncalm.data import dyck
 from ncalm.data import nca
 from ncalm.data import nca_tokens
-from ncalm.data import prepare as prepare_lib
 from ncalm.data import text
 
 BANK_FILE = 'rule_bank.npz'
@@ -148,4 +148,4 @@ def content_fingerprints(cfg: ml_collections.ConfigDict) -> dict[str, str]:
   tokeniser's fingerprint among them). NCA and Dyck data are functions of the config."""
   if cfg.data.source != 'text':
     return {}
-  return {'dataset': prepare_lib.dataset_fingerprint(cfg.data.text.path)}
+  return {'dataset': dataset.dataset_fingerprint(cfg.data.text.path)}

@@ -182,14 +182,14 @@ def fuse_rule(params: Params, cfg: NCAConfig) -> FusedRule:
 
 def fast_logits(rule: FusedRule, state_HW: jax.Array, cfg: NCAConfig) -> jax.Array:
   """Logits H×W×S of one fused rule (before the identity bias and /tau)."""
-  hidden = rule.hidden_bias
+  hidden = jax.lax.broadcast_to_rank(rule.hidden_bias, state_HW.ndim + 1)
   for dy in range(3):
     for dx in range(3):
       neighbour = jnp.roll(state_HW, (1 - dy, 1 - dx), axis=(0, 1))
       hidden = hidden + rule.table[dy, dx][neighbour]
   hidden = jax.nn.relu(hidden)
   return jnp.einsum('yxh,hs->yxs', hidden, rule.out_kernel,
-                    precision=jax.lax.Precision.HIGHEST) + rule.out_bias
+                    precision=jax.lax.Precision.HIGHEST) + rule.out_bias[None, None, :]
 
 
 def sample_inverse_cdf(logits: jax.Array, uniform: jax.Array) -> jax.Array:
@@ -205,7 +205,8 @@ def fast_initial_state(sim_key: jax.Array, cfg: NCAConfig) -> jax.Array:
   """Initial grid H×W with the published distribution (z ~ N(0, I), cells ~ softmax(z))."""
   z_key, cell_key = jax.random.split(sim_key)
   z = jax.random.normal(z_key, (cfg.num_states,))
-  return sample_inverse_cdf(z, jax.random.uniform(cell_key, (cfg.grid, cfg.grid)))
+  logits = jnp.broadcast_to(z, (cfg.grid, cfg.grid, cfg.num_states))  # one z for every cell
+  return sample_inverse_cdf(logits, jax.random.uniform(cell_key, (cfg.grid, cfg.grid)))
 
 
 def fast_step(rule: FusedRule, state_HW: jax.Array, key: jax.Array,

@@ -7,6 +7,7 @@ start-of-frame (S^(P²)) and end-of-frame (S^(P²)+1) tokens.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -51,7 +52,8 @@ def decode_frames(ids_TN: jnp.ndarray, cfg: NCAConfig) -> jnp.ndarray:
   """...×(G/P)² patch ids → ...×G×G cell states (int32): the inverse of encode."""
   *lead, _ = ids_TN.shape
   n, p = cfg.grid // cfg.patch, cfg.patch
-  cells = (ids_TN[..., None] // _place_values(cfg)) % cfg.num_states
+  cells = (ids_TN[..., None] // jax.lax.broadcast_to_rank(_place_values(cfg), ids_TN.ndim + 1)
+           ) % cfg.num_states
   cells = cells.reshape(*lead, n, n, p, p)
   return jnp.swapaxes(cells, -3, -2).reshape(*lead, cfg.grid, cfg.grid).astype(jnp.int32)
 

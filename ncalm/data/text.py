@@ -4,10 +4,11 @@ Documents (token ids, one record each, written by `python -m ncalm.prepare`) are
 into one stream with the end-of-text id after each and cut into consecutive windows of
 seq_len + 1 tokens (inputs = window[:-1], targets = window[1:]), with no padding (docs/
 method.md §5); attention crosses document boundaries as in the paper unless
-data.text.document_masking gives each window's documents segment ids. grain shuffles the windows with a per-epoch
-permutation of the seed; row g of the run (step t, row r: g = t·B + r) is always the same
-window, so a step's batch is a pure function of (seed, step) and a resumed run reads
-exactly what an uninterrupted one would, with no iterator state to save.
+data.text.document_masking gives each window's documents segment ids. grain shuffles the
+windows with a per-epoch permutation of the seed; row g of the run (step t, row r:
+g = t·B + r) is always the same window, so a step's batch is a pure function of (seed, step)
+and a resumed run reads exactly what an uninterrupted one would, with no iterator state to
+save.
 
 Each process reads only the rows its devices hold (`jax.make_array_from_process_local_data`
 assembles the global batch), and a background thread prepares the next steps' rows while
@@ -26,7 +27,7 @@ import numpy as np
 
 from ncalm import errors
 from ncalm.data import batch as batch_lib
-from ncalm.data import prepare
+from ncalm.data import dataset as dataset_lib
 from ncalm.data import tokenizers
 
 VOCAB_MULTIPLE = 128  # the model's vocabulary = the tokeniser's, padded to a multiple of this
@@ -113,7 +114,7 @@ def open_feed(data_dir: str, split: str, seq_len: int, seed: int, shuffle: bool,
               tokenizer_spec: str = '') -> TextFeed:
   """The split as windows; refuses a dataset made with another tokeniser than
   `tokenizer_spec` (when given) or too small for one window."""
-  records, meta = prepare.open_split(data_dir, split)
+  records, meta = dataset_lib.open_split(data_dir, split)
   if tokenizer_spec:
     wanted = tokenizers.load(tokenizer_spec).fingerprint
     if wanted != meta['tokenizer_fingerprint']:
@@ -121,7 +122,7 @@ def open_feed(data_dir: str, split: str, seq_len: int, seed: int, shuffle: bool,
           f'data.text.tokenizer={tokenizer_spec!r} is not the tokeniser {data_dir!r} was '
           f'prepared with ({meta["tokenizer"]!r}; fingerprints differ): set '
           f'data.text.tokenizer={meta["tokenizer"]!r} or prepare the corpus again with yours.')
-  windows = Windows(records, seq_len, meta['eot_id'], prepare.document_lengths(data_dir, split))
+  windows = Windows(records, seq_len, meta['eot_id'], dataset_lib.document_lengths(data_dir, split))
   if len(windows) == 0:
     tokens = meta['splits'][split]['tokens']
     raise errors.UserError(

@@ -7,30 +7,26 @@
 
 Nothing is allocated. For each target the table shows the config's own mesh, the
 all-fsdp mesh and, when the config's mesh does not fit, the mesh to use instead;
-`footprint.plan(cfg, target, mesh)` is the pure function behind a row, and
-ncalm/footprint.py says what is counted per device. A config mesh of fixed sizes
+`footprint.estimate(cfg, target, mesh)` is the pure function behind a row, and
+ncalm/tools/footprint.py says what is counted per device. A config mesh of fixed sizes
 (e.g. --config.mesh.data=4 --config.mesh.fsdp=4) lays out only on targets with that many
 devices: on the others its row says so and is skipped (the fsdp and use rows remain).
 `--require_fit` (for launch/tpu.sh --check_fit, before paying for a slice) exits 2 unless
 the config, with its own mesh, runs and fits on every target; the one-paragraph error names
 the mesh that would (`fit_problem`).
 
-Checks: the real train step is lowered on this host's devices with abstract inputs
-(`lower_train_step`), and, given libtpu, compiled ahead of time for a TPU topology from
-this CPU (`compile_for_tpu`): XLA's own per-device memory, and an out-of-memory error
-if it does not fit.
+Checks (ncalm/tools/aot.py): the real train step is lowered on this host's devices with
+abstract inputs (`aot.lower_train_step`), and, given libtpu, compiled ahead of time for a
+TPU topology from this CPU (`aot.compile_for_tpu`): XLA's own per-device memory, and an
+out-of-memory error if it does not fit.
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
-import resource
-import time
 
 from absl import flags
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -41,141 +37,10 @@ from ncalm import errors
 from ncalm import perf
 from ncalm import sharding
 from ncalm import startup
-from ncalm import train
-from ncalm.data import feeds
+from ncalm.tools import aot
 from ncalm.tools import footprint
 
-
-# ------------------------------------------------------------------ checks
-
-
-def _with_mesh(cfg: ml_collections.ConfigDict, mesh: dict) -> ml_collections.ConfigDict:
-  cfg = copy.deepcopy(cfg)
-  cfg.mesh.update({a: int(mesh.get(a, 1)) for a in sharding.MESH_AXES})
-  return cfg
-
-
-def _lower(setup: train.Setup, cfg: ml_collections.ConfigDict):
-  step = train.make_train_step(setup)
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    return step.lower(setup.abstract_state, feeds.abstract(cfg).train_source, footprint.ABSTRACT_KEY)
-
-
-def _peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / footprint.GIB  # Linux: KiB
-
-
-def lower_train_step(cfg: ml_collections.ConfigDict, devices=None,
-                     compile_step: bool = False) -> dict:
-  """Lowers the real `train.make_train_step` on this host's devices with abstract state,
-  source and key: the full-size model traces and shards, and nothing is allocated.
-  Uses the config's mesh if it fits the local devices, else data-parallel over them.
-  With `compile_step`, also compiles it for this host (`compile_seconds`): how long the
-  first step waits, and how the layer loop (`model.scan_unroll`) changes that."""
-  devices = list(devices if devices is not None else jax.devices())
-  try:
-    sharding.mesh_shape(cfg.mesh.to_dict(), len(devices))
-  except ValueError:
-    cfg = _with_mesh(cfg, dict(data=len(devices)))
-  start = time.perf_counter()
-  setup = footprint.abstract_setup(cfg, devices)
-  lowered = _lower(setup, cfg)
-  seconds = time.perf_counter() - start
-  compile_seconds = None
-  if compile_step:
-    start = time.perf_counter()
-    lowered.compile()
-    compile_seconds = time.perf_counter() - start
-  return dict(seconds=seconds, compile_seconds=compile_seconds, mesh=dict(setup.mesh.shape),
-              scan_unroll=setup.model.cfg.scan_unroll,
-              platform=devices[0].platform, stablehlo_chars=len(lowered.as_text()),
-              peak_rss_gib=_peak_rss_gib())
-
-
-class AotUnavailable(RuntimeError):
-  """Compiling for a TPU topology is not possible here; the message says why."""
-
-
-def find_libtpu(path: str = '') -> str:
-  """libtpu.so from `path` (file or folder), $TPU_LIBRARY_PATH or the `libtpu` package."""
-  tried = []
-  for candidate in (path, os.environ.get('TPU_LIBRARY_PATH', '')):
-    if not candidate:
-      continue
-    for file in (candidate, os.path.join(candidate, 'libtpu.so'),
-                 os.path.join(candidate, 'libtpu', 'libtpu.so')):
-      if os.path.isfile(file):
-        return file
-    tried.append(candidate)
-  try:
-    import libtpu  # pylint: disable=g-import-not-at-top
-    return libtpu.get_library_path()
-  except ImportError:
-    pass
-  raise AotUnavailable(
-      'no libtpu: ' + (f'nothing at {tried}, ' if tried else '') + 'TPU_LIBRARY_PATH unset '
-      'and the `libtpu` package not installed. JAX compiles for TPU only through libtpu; '
-      f'jax {jax.__version__} pairs with libtpu 0.0.42 (jax[tpu]). Without installing it '
-      "here: pip download 'libtpu==0.0.42.*' --no-deps -d /tmp/libtpu && python -m zipfile "
-      '-e /tmp/libtpu/libtpu-*.whl /tmp/libtpu/x, then --libtpu=/tmp/libtpu/x')
-
-
-def tpu_devices(target: perf.Target, libtpu: str = ''):
-  """Compile-only devices of the target's TPU topology (needs libtpu, not a TPU)."""
-  if not target.topology:
-    raise AotUnavailable(f'{target.label} is not a TPU: no topology to compile for.')
-  library = find_libtpu(libtpu)
-  jax.devices()   # the default (CPU) backend first: the TPU plugin serves compile-only devices
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  previous = os.environ.get('TPU_LIBRARY_PATH')
-  os.environ['TPU_LIBRARY_PATH'] = library
-  try:
-    kwargs = dict(chip_config_name='megacore') if target.megacore else {}
-    devices = topologies.get_topology_desc(target.topology, 'tpu', **kwargs).devices
-  except Exception as e:  # pylint: disable=broad-except
-    raise AotUnavailable(f'get_topology_desc({target.topology!r}) with {library} failed: '
-                         f'{type(e).__name__}: {e}') from e
-  finally:
-    if previous is None:
-      os.environ.pop('TPU_LIBRARY_PATH', None)
-    else:
-      os.environ['TPU_LIBRARY_PATH'] = previous
-  if len(devices) != target.num_devices:
-    raise AotUnavailable(f'{target.topology} has {len(devices)} devices, expected '
-                         f'{target.num_devices}.')
-  return devices
-
-
-def compile_for_tpu(cfg: ml_collections.ConfigDict, target: perf.Target | str,
-                    mesh: dict | None = None, libtpu: str = '') -> dict:
-  """Compiles the real train step ahead of time for the target's TPU topology on this
-  CPU; XLA's per-device memory, or `oom` with XLA's message if it does not fit.
-  Raises AotUnavailable (with the reason) when there is no libtpu."""
-  target = perf.TARGETS[target] if isinstance(target, str) else target
-  devices = tpu_devices(target, libtpu)
-  cfg = _with_mesh(cfg, footprint.mesh_axes(target, mesh, cfg))
-  start = time.perf_counter()
-  setup = footprint.abstract_setup(cfg, devices, backend='tpu')  # 'auto' as on a TPU
-  lowered = _lower(setup, cfg)
-  try:
-    compiled = lowered.compile()
-  except Exception as e:  # pylint: disable=broad-except
-    message = str(e)
-    if 'RESOURCE_EXHAUSTED' not in message and 'memory' not in message.lower():
-      raise
-    return dict(mesh=dict(setup.mesh.shape), oom=message.strip().splitlines()[0][:300],
-                seconds=time.perf_counter() - start)
-  mem = compiled.memory_analysis()
-  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
-  return dict(mesh=dict(setup.mesh.shape), oom='', seconds=time.perf_counter() - start,
-              argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-              alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-              code_bytes=mem.generated_code_size_in_bytes, total_bytes=total,
-              peak_rss_gib=_peak_rss_gib())
-
-
-# ------------------------------------------------------------------ table and CLI
+# ------------------------------------------------------------------ the table
 
 _COLUMNS = ('target', 'dev', 'hosts', 'row', 'data', 'fsdp', 'tens', 'B/dev', 'params',
             'adam', 'grads', 'w', 'act', 'total', 'HBM', 'use', 'fits', 's/step', 'hours')
@@ -187,9 +52,9 @@ def _gib(n: float) -> str:
   return f'{n / footprint.GIB:.2f}'
 
 
-def format_header(cfg: ml_collections.ConfigDict, p: dict) -> list[str]:
-  m, n = footprint.model_config(cfg), p['params']
-  tokens = p['tokens_per_step']
+def format_header(cfg: ml_collections.ConfigDict, p: footprint.Footprint) -> list[str]:
+  m, n = footprint.model_config(cfg), p.param_counts
+  tokens = p.tokens_per_step
   return [
       f'model       {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads (dim '
       f'{m.head_dim}), mlp {m.mlp_dim}, vocab {m.vocab_size:,}, seq {cfg.seq_len:,}; '
@@ -198,7 +63,7 @@ def format_header(cfg: ml_collections.ConfigDict, p: dict) -> list[str]:
       f'{n["non_embedding"]:,} non-embedding',
       f'            (blocks {n["blocks"]:,} + final norm {m.d_model:,} + head {n["head"]:,}); '
       f'sum over eval_shape leaves {n["leaves"]:,}',
-      f'FLOPs       {p["flops_per_token"] / 1e9:.2f} GFLOP per token (perf.flops_per_token: '
+      f'FLOPs       {p.flops_per_token / 1e9:.2f} GFLOP per token (perf.flops_per_token: '
       '6 x matmul params + attention; remat recomputation not counted)',
       f'tokens      {tokens:,} per step ({cfg.global_batch} x {cfg.seq_len:,}), grad_accum '
       f'{cfg.grad_accum}; {cfg.train_steps:,} steps = {tokens * cfg.train_steps / 1e6:,.1f}M',
@@ -246,34 +111,34 @@ def fit_problem(cfg: ml_collections.ConfigDict, target: perf.Target | str,
   own, why = rows['config']
   if own is None:
     problem = why.removeprefix('skipped: ')
-  elif own['problems']:
-    problem = f'config.mesh {_mesh_text(own["mesh"])} cannot run: ' + '; '.join(
-        q.rstrip('.') for q in own['problems'])
-  elif own['fits'] != 'yes':
-    problem = (f'config.mesh {_mesh_text(own["mesh"])} needs {own["hbm_fraction"]:.0%} of HBM '
-               f'per device (fits: {own["fits"]}; yes is <= {footprint.FIT_FRACTION:.0%})')
+  elif own.problems:
+    problem = f'config.mesh {_mesh_text(own.mesh)} cannot run: ' + '; '.join(
+        q.rstrip('.') for q in own.problems)
+  elif own.fits != 'yes':
+    problem = (f'config.mesh {_mesh_text(own.mesh)} needs {own.hbm_fraction:.0%} of HBM '
+               f'per device (fits: {own.fits}; yes is <= {footprint.FIT_FRACTION:.0%})')
   else:
     return ''
   use, note = rows.get('use', (None, ''))
   if use is None:
     return f'{target.label}: {problem}; no mesh of its devices fits ({note or "see the table"}).'
-  fix = _mesh_text(use['mesh'], '--config.mesh.')
-  if use['vocab_size'] != footprint.model_config(cfg).vocab_size:
-    fix += f' --config.model.vocab_size={use["vocab_size"]}'
+  fix = _mesh_text(use.mesh, '--config.mesh.')
+  if use.vocab_size != footprint.model_config(cfg).vocab_size:
+    fix += f' --config.model.vocab_size={use.vocab_size}'
   return (f'{target.label}: {problem}; this mesh fits: {fix} (the "use" row, '
-          f'{use["hbm_fraction"]:.0%} of HBM).')
+          f'{use.hbm_fraction:.0%} of HBM).')
 
 
 def target_rows(cfg: ml_collections.ConfigDict, target: perf.Target | str,
-                mfu: float = 0.4) -> list[tuple[str, dict | None, str]]:
+                mfu: float = 0.4) -> list[tuple[str, footprint.Footprint | None, str]]:
   """`footprint.target_rows`, except that a config mesh the target's devices cannot hold
-  gives a 'config' row without a plan (its note says why) and always a 'use' row. A row
-  without a plan has a note that starts with why."""
+  gives a 'config' row without a footprint (its note says why) and always a 'use' row. A
+  row without a footprint has a note that starts with why."""
   target = perf.TARGETS[target] if isinstance(target, str) else target
   why = mesh_mismatch(cfg, target)
   if why:
     rows = [('config', None, why),
-            ('fsdp', footprint.plan(cfg, target, dict(fsdp=target.num_devices), mfu), ''),
+            ('fsdp', footprint.estimate(cfg, target, dict(fsdp=target.num_devices), mfu), ''),
             ('use', *footprint.recommend(cfg, target, mfu))]
   else:
     rows = footprint.target_rows(cfg, target, mfu)
@@ -281,33 +146,33 @@ def target_rows(cfg: ml_collections.ConfigDict, target: perf.Target | str,
           for row, p, note in rows]
 
 
-def format_row(row: str, p: dict | None, note: str,
+def format_row(row: str, p: footprint.Footprint | None, note: str,
                target: perf.Target | None = None) -> list[str]:
   if p is None:
     where = (target.label, target.num_devices,
              max(1, target.num_devices // target.devices_per_host)) if target else ('', '', '')
     return [_FORMAT.format(*where, row, *['-'] * 15), f'    ! {note}']
-  b, mesh = p['bytes'], p['mesh']
+  b, mesh = p.memory, p.mesh
   line = _FORMAT.format(
-      p['label'], p['num_devices'], p['hosts'], row, mesh['data'], mesh['fsdp'],
-      mesh['tensor'], p['micro_batch_per_device'], _gib(b['params']), _gib(b['opt_state']),
-      _gib(b['grads']), _gib(b['weights_compute']), _gib(b['activations']), _gib(b['total']),
-      f'{p["hbm_bytes"] / footprint.GIB:.0f}', f'{p["hbm_fraction"]:.0%}', p['fits'],
-      f'{p["step_seconds"]:.3f}', f'{p["hours"]:.2f}')
-  return ([line] + [f'    ! cannot run: {q}' for q in p['problems']]
+      p.label, p.num_devices, p.hosts, row, mesh['data'], mesh['fsdp'],
+      mesh['tensor'], p.micro_batch_per_device, _gib(b.params), _gib(b.opt_state),
+      _gib(b.grads), _gib(b.weights_compute), _gib(b.activations), _gib(b.total),
+      f'{p.hbm_bytes / footprint.GIB:.0f}', f'{p.hbm_fraction:.0%}', p.fits,
+      f'{p.step_seconds:.3f}', f'{p.hours:.2f}')
+  return ([line] + [f'    ! cannot run: {q}' for q in p.problems]
           + ([f'    note: {note}'] if note else []))
 
 
 def format_table(cfg: ml_collections.ConfigDict, targets: list[str], mfu: float) -> str:
   # The header's numbers (parameters, FLOPs, tokens) do not depend on the mesh.
-  first = footprint.plan(cfg, targets[0], dict(data=-1), mfu)
+  first = footprint.estimate(cfg, targets[0], dict(data=-1), mfu)
   lines = format_header(cfg, first) + ['']
   lines.append(_FORMAT.format(*_COLUMNS))
   for name in targets:
     for row, p, note in target_rows(cfg, name, mfu):
       lines += format_row(row, p, note, perf.TARGETS[name])
-  c = jnp.dtype(first['compute_dtype']).itemsize
-  saved = _SAVED_PER_LAYER[first['remat']].format(c=c)
+  c = jnp.dtype(first.compute_dtype).itemsize
+  saved = _SAVED_PER_LAYER[first.remat].format(c=c)
   peaks = ', '.join(sorted({_peak_label(t) for t in targets}))
   lines += [
       '',
@@ -315,21 +180,22 @@ def format_table(cfg: ml_collections.ConfigDict, targets: list[str], mfu: float)
       'the mesh to use',
       '  (runnable, fits, least model parallelism). params f32 + adam (mu, nu f32) + grads '
       'f32, sharded by the',
-      f'  logical-axis rules; w = {first["compute_dtype"]} copy of the local weights (casts '
+      f'  logical-axis rules; w = {first.compute_dtype} copy of the local weights (casts '
       'hoisted out of the layer scan)',
       '  + one gathered block under fsdp; act = activations of B/dev sequences '
-      '(ncalm.footprint.activation_bytes):',
-      f'  N x saved/layer [remat {first["remat"]!r}: {saved}]',
+      '(ncalm.tools.footprint.activation_bytes):',
+      f'  N x saved/layer [remat {first.remat!r}: {saved}]',
       f'  + one block recomputed [B*H*L^2*(4+4+{c}+1) f32 scores, probs, dropout; '
       f'3*B*L*M*{c} MLP; B*L*(3E+6E/t)*{c} rest]',
       '  + 3*B*L*V*4 f32 logits, log-softmax and gradient; H, M, V (and E in q, k, v) split '
       'over tensor t.',
-      f'fits: yes <= {footprint.FIT_FRACTION:.0%} of HBM, tight <= 100%, no above. s/step: {mfu:.0%} MFU '
-      f'of the dense bf16 peak ({peaks}',
+      f'fits: yes <= {footprint.FIT_FRACTION:.0%} of HBM, tight <= 100%, no above. '
+      f's/step: {mfu:.0%} MFU of the dense bf16 peak ({peaks}',
       f'  TFLOP/s per device), every device computing; hours for train_steps='
       f'{cfg.train_steps:,}.',
   ]
-  notes = [f'  {perf.TARGETS[t].label}: {perf.TARGETS[t].note}' for t in targets if perf.TARGETS[t].note]
+  notes = [f'  {perf.TARGETS[t].label}: {perf.TARGETS[t].note}'
+           for t in targets if perf.TARGETS[t].note]
   if notes:
     lines += ['Devices:'] + notes
   return '\n'.join(lines)
@@ -346,6 +212,9 @@ _SAVED_PER_LAYER = {
 def _peak_label(name: str) -> str:
   t = perf.TARGETS[name]
   return f'{t.chip} {perf.peak_flops(t.device_kind) / 1e12:.0f}'
+
+
+# ------------------------------------------------------------------ --aot
 
 
 def parse_aot(spec: str) -> list[tuple[str, str]]:
@@ -366,8 +235,8 @@ def aot_lines(cfg: ml_collections.ConfigDict, requests: list[tuple[str, str]], l
               mfu: float):
   """Yields one line per AOT request (compiles take minutes: lines come as they finish)."""
   try:
-    library = find_libtpu(libtpu)
-  except AotUnavailable as e:
+    library = aot.find_libtpu(libtpu)
+  except aot.AotUnavailable as e:
     yield f'AOT for TPU: skipped: {e}'
     return
   if not requests:
@@ -381,12 +250,12 @@ def aot_lines(cfg: ml_collections.ConfigDict, requests: list[tuple[str, str]], l
     if p is None:
       yield f'AOT {perf.TARGETS[name].label} {row}: {rows["config"][1]}'
       continue
-    label = f'AOT {perf.TARGETS[name].label} ' + ' '.join(f'{a}={n}' for a, n in p['mesh'].items())
+    label = f'AOT {perf.TARGETS[name].label} ' + ' '.join(f'{a}={n}' for a, n in p.mesh.items())
     run_cfg = copy.deepcopy(cfg)
-    run_cfg.model.vocab_size = p['vocab_size']   # the 'use' row may pad the vocabulary
+    run_cfg.model.vocab_size = p.vocab_size   # the 'use' row may pad the vocabulary
     try:
-      r = compile_for_tpu(run_cfg, name, p['mesh'], libtpu)
-    except AotUnavailable as e:
+      r = aot.compile_for_tpu(run_cfg, name, p.mesh, libtpu)
+    except aot.AotUnavailable as e:
       yield f'{label}: not possible here: {e}'
       continue
     except Exception as e:  # pylint: disable=broad-except
@@ -399,7 +268,10 @@ def aot_lines(cfg: ml_collections.ConfigDict, requests: list[tuple[str, str]], l
              f'{_gib(r["total_bytes"])} GiB per device (arguments {_gib(r["argument_bytes"])}, '
              f'temporaries {_gib(r["temp_bytes"])}, unaliased outputs '
              f'{_gib(r["output_bytes"] - r["alias_bytes"])}, code {_gib(r["code_bytes"])}); '
-             f'estimated {_gib(p["bytes"]["total"])}')
+             f'estimated {_gib(p.memory.total)}')
+
+
+# ------------------------------------------------------------------ the command
 
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -450,7 +322,7 @@ def main(argv):
     if problems:
       raise errors.UserError('--require_fit: ' + ' '.join(problems))
   if _LOWER.value:
-    r = lower_train_step(cfg, compile_step=_COMPILE.value)
+    r = aot.lower_train_step(cfg, compile_step=_COMPILE.value)
     mesh = ' '.join(f'{a}={n}' for a, n in r['mesh'].items())
     print(f'Lowering: the train step lowers on {len(jax.devices())} {r["platform"]} device(s) '
           f'({mesh}, {r["scan_unroll"]} layer(s) per scan iteration) with abstract inputs in '

@@ -24,11 +24,9 @@ or adds to a finished one) and removes its own folder.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
-import socket
 
 from absl import flags
 from absl import logging
@@ -43,7 +41,7 @@ from ncalm import hf_llama
 from ncalm import hf_tokenizer
 from ncalm import run_params
 from ncalm import workdir as workdir_lib
-from ncalm.data import prepare
+from ncalm.data import dataset
 from ncalm.data import tokenizers
 
 EXPORT_INFO = 'ncalm_export.json'
@@ -81,15 +79,11 @@ def check_out(out: str) -> None:
 def _staging_folder(out: str) -> str:
   """A new `OUT.tmp-HOST-PID-RANDOM` beside `out`, once the folders of exports that died on
   this host are removed (those of live ones are left alone)."""
-  prefix = f'{out}{files.TMP_SUFFIX}-'
-  host = socket.gethostname()
-  for path in glob.glob(glob.escape(prefix) + '*'):
-    owner_host, pid, _ = (path[len(prefix):].rsplit('-', 2) + ['', ''])[:3]
-    if owner_host == host and pid.isdigit() and not workdir_lib.process_alive(int(pid)):
+  tag = f'{files.TMP_SUFFIX}-'
+  for path in files.siblings(out, tag):
+    if files.left_by_dead_process(path, out, tag, unique=True):
       shutil.rmtree(path, ignore_errors=True)
-  staging = f'{prefix}{host}-{os.getpid()}-{os.urandom(4).hex()}'   # unique in this process too
-  os.makedirs(staging)
-  return staging
+  return files.claim_sibling(out, tag, unique=True)   # unique in this process too
 
 
 def _move_into_place(staging: str, out: str) -> None:
@@ -126,7 +120,7 @@ def tokenizer_spec(config: dict) -> str | None:
   if text.get('tokenizer'):
     return text['tokenizer']
   try:
-    return prepare.read_meta(text['path'])['tokenizer']
+    return dataset.read_meta(text['path'])['tokenizer']
   except errors.UserError:
     return None
 

@@ -1,17 +1,19 @@
 """What a config costs on a target mesh, from abstract shapes only (no allocation).
 
-Parameters and optimizer state come from `jax.eval_shape` of `train.init_state`, and their
+Parameters and optimizer state come from `jax.eval_shape` of `step_lib.init_state`, and their
 per-device bytes from the config's logical-axis rules on the target's mesh (data × fsdp ×
 tensor), leaf by leaf. Per device: params f32 + Adam mu, nu f32 + gradients f32 (sharded
 like the params), the compute-dtype copy of the local weights (XLA hoists the casts out of
 the layer scan), and activations of one micro-batch under the remat policy
 (`activation_bytes`). Step time assumes the given MFU of the dense bf16 peak
 (`perf.PEAK_FLOPS_BF16`) on the model FLOPs of `perf.flops_per_token`.
-`plan(cfg, target, mesh)` is the pure function behind a row of `python -m ncalm.dryrun`.
+`estimate(cfg, target, mesh) -> Footprint` is the pure function behind a row of
+`python -m ncalm.dryrun`.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import json
@@ -28,11 +30,10 @@ from ncalm import optim
 from ncalm import perf
 from ncalm import sharding
 from ncalm import startup
-from ncalm import train
+from ncalm import step as step_lib
 from ncalm.data import feeds
 from ncalm.data import text
 from ncalm.data import tokenizers
-
 
 GIB = 2 ** 30
 FIT_FRACTION = 0.9   # 'yes' up to 90% of HBM (runtime, fragmentation); 'tight' up to 100%
@@ -56,19 +57,19 @@ def abstract_state(cfg: ml_collections.ConfigDict):
 @functools.lru_cache(maxsize=16)
 def _cached_state(model_cfg: model_lib.ModelConfig, seq_len: int, train_steps: int,
                   optim_json: str):
-  """eval_shape of `train.init_state`, once per (model, optimizer): the only trace."""
+  """eval_shape of `step_lib.init_state`, once per (model, optimizer): the only trace."""
   cfg = ml_collections.ConfigDict(dict(seq_len=seq_len, train_steps=train_steps,
                                        optim=json.loads(optim_json)))
   tx, _ = optim.make_optimizer(cfg.optim, train_steps)
-  init = functools.partial(train.init_state, model_lib.Transformer(model_cfg), tx, cfg)
+  init = functools.partial(step_lib.init_state, model_lib.Transformer(model_cfg), tx, cfg)
   return jax.eval_shape(init, ABSTRACT_KEY)
 
 
 def abstract_setup(cfg: ml_collections.ConfigDict, devices,
-                   backend: str | None = None) -> train.Setup:
-  """`train.create_setup` for the config's data (it touches no device, so it also works
+                   backend: str | None = None) -> step_lib.Setup:
+  """`step_lib.create_setup` for the config's data (it touches no device, so it also works
   on compile-only TPU devices)."""
-  return train.create_setup(cfg, model_config(cfg, backend), devices)
+  return step_lib.create_setup(cfg, model_config(cfg, backend), devices)
 
 
 # ------------------------------------------------------------------ memory per device
@@ -176,8 +177,58 @@ def activation_bytes(m: model_lib.ModelConfig, batch: int, seq_len: int,
   return terms
 
 
-def plan(cfg: ml_collections.ConfigDict, target: perf.Target | str, mesh: dict | None = None,
-         mfu: float = 0.4) -> dict:
+# ------------------------------------------------------------------ the estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceMemory:
+  """Bytes per device of one training step (the table's params .. total columns)."""
+  params: int            # f32 parameters, as the logical-axis rules shard them
+  opt_state: int         # Adam mu, nu (f32, sharded like the params), counts, step counter
+  grads: int             # f32 gradients, sharded like the params; x2 with grad_accum > 1
+  weights_compute: int   # compute-dtype copy of the local weights (+ one gathered block
+                         # and its f32 grads under fsdp); 0 when computing in f32
+  activations: int       # one micro-batch's forward + backward (`activation_bytes` total)
+  total: int             # the sum of the five above
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+  """What a config costs per device on one target with one mesh (`estimate`)."""
+  # The target and the mesh.
+  target: str                        # perf.Target.name, what --targets takes
+  label: str                         # perf.Target.label, what the table prints
+  num_devices: int                   # devices in the mesh
+  hosts: int                         # num_devices / devices_per_host, at least 1
+  mesh: dict[str, int]               # {'data', 'fsdp', 'tensor'}: sizes, -1 resolved
+  # The model and the run.
+  param_counts: dict[str, int]       # model.count_params (total, embedding, blocks, head,
+                                     # non_embedding) + leaves: the sum over eval_shape
+  flops_per_token: float             # perf.flops_per_token (remat recompute not counted)
+  tokens_per_step: int               # global_batch x seq_len
+  train_steps: int
+  micro_batch_per_device: int        # sequences per device per micro-batch (at least 1)
+  vocab_size: int                    # the model's (a 'use' row may have padded it)
+  remat: str                         # the model's remat policy
+  compute_dtype: str                 # the model's compute dtype, e.g. 'bfloat16'
+  # Memory per device.
+  memory: DeviceMemory               # bytes per device, by kind
+  activation_terms: dict[str, int]   # `activation_bytes`: its terms and total
+  leaf_param_bytes: dict[str, int]   # bytes per device of each '.params...' leaf (keystr)
+  hbm_bytes: int                     # the target's memory per device
+  hbm_fraction: float                # memory.total / hbm_bytes
+  fits: str                          # 'yes' (<= FIT_FRACTION), 'tight' (<= 1) or 'no'
+  # Time.
+  mfu: float                         # model FLOPs utilisation assumed
+  peak_flops: float | None           # dense bf16 peak per device; None if unknown
+  step_seconds: float                # at `mfu` of the peak, every device computing; nan
+                                     # without a peak
+  hours: float                       # step_seconds x train_steps
+  problems: tuple[str, ...]          # why the mesh cannot run the config; () if it can
+
+
+def estimate(cfg: ml_collections.ConfigDict, target: perf.Target | str,
+             mesh: dict | None = None, mfu: float = 0.4) -> Footprint:
   """What `cfg` costs per device on `target` with `mesh` (None = the config's mesh).
 
   Pure: abstract shapes and arithmetic only. `problems` lists why the mesh cannot run
@@ -222,41 +273,42 @@ def plan(cfg: ml_collections.ConfigDict, target: perf.Target | str, mesh: dict |
   peak = perf.peak_flops(target.device_kind)
   step_s = flops * tokens / (target.num_devices * peak * mfu) if peak else math.nan
   fraction = total / hbm
-  return dict(
+  return Footprint(
       target=target.name, label=target.label, num_devices=target.num_devices,
       hosts=max(1, target.num_devices // target.devices_per_host), mesh=sizes,
-      params=counts, flops_per_token=flops, tokens_per_step=tokens,
+      param_counts=counts, flops_per_token=flops, tokens_per_step=tokens,
       train_steps=cfg.train_steps, micro_batch_per_device=batch_local,
       vocab_size=m.vocab_size, remat=m.remat, compute_dtype=m.dtype,
-      bytes=dict(params=params, opt_state=opt_state, grads=grads,
-                 weights_compute=weights_compute, activations=acts['total'], total=total),
+      memory=DeviceMemory(params=params, opt_state=opt_state, grads=grads,
+                          weights_compute=weights_compute, activations=acts['total'],
+                          total=total),
       activation_terms=acts, leaf_param_bytes=leaf_param_bytes,
       hbm_bytes=hbm, hbm_fraction=fraction,
       fits='yes' if fraction <= FIT_FRACTION else 'tight' if fraction <= 1 else 'no',
       mfu=mfu, peak_flops=peak, step_seconds=step_s,
-      hours=step_s * cfg.train_steps / 3600, problems=problems)
+      hours=step_s * cfg.train_steps / 3600, problems=tuple(problems))
 
 
 def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _search(cfg, target, mfu) -> tuple[dict | None, str]:
+def _search(cfg, target, mfu) -> tuple[Footprint | None, str]:
   why = ''
   for tensor in _divisors(target.num_devices):
     for fsdp in _divisors(target.num_devices // tensor):
-      p = plan(cfg, target, dict(data=-1, fsdp=fsdp, tensor=tensor), mfu)
-      if not p['problems'] and p['fits'] == 'yes':
+      p = estimate(cfg, target, dict(data=-1, fsdp=fsdp, tensor=tensor), mfu)
+      if not p.problems and p.fits == 'yes':
         return p, ''
-      if not why and not any('micro-batch' in q for q in p['problems']):
-        why = (f'data={p["mesh"]["data"]} fsdp={fsdp} tensor={tensor}: '   # the first one
-               + ('; '.join(p['problems']) or f'needs {p["hbm_fraction"]:.0%} of HBM'))
+      if not why and not any('micro-batch' in q for q in p.problems):
+        why = (f'data={p.mesh["data"]} fsdp={fsdp} tensor={tensor}: '   # the first one
+               + ('; '.join(p.problems) or f'needs {p.hbm_fraction:.0%} of HBM'))
   return None, why or 'the batch does not split over any data x fsdp of these devices'
 
 
 def recommend(cfg: ml_collections.ConfigDict, target: perf.Target | str,
-              mfu: float = 0.4) -> tuple[dict | None, str]:
-  """(plan, note) of the runnable mesh that fits (≤ FIT_FRACTION of HBM) with the least
+              mfu: float = 0.4) -> tuple[Footprint | None, str]:
+  """(footprint, note) of the runnable mesh that fits (≤ FIT_FRACTION of HBM) with the least
   model parallelism: smallest tensor, then smallest fsdp, the rest data. If none does,
   the search is repeated with the vocabulary padded to a multiple of 128 (the note says
   so); (None, why) if that fails too."""
@@ -275,13 +327,13 @@ def recommend(cfg: ml_collections.ConfigDict, target: perf.Target | str,
 
 
 def target_rows(cfg: ml_collections.ConfigDict, target: perf.Target | str,
-                mfu: float = 0.4) -> list[tuple[str, dict | None, str]]:
-  """(row, plan, note): 'config' (the config's mesh), 'fsdp' (all devices on fsdp) and,
+                mfu: float = 0.4) -> list[tuple[str, Footprint | None, str]]:
+  """(row, footprint, note): 'config' (the config's mesh), 'fsdp' (all devices on fsdp) and,
   when the config's mesh cannot run or does not fit, 'use' (the recommended mesh)."""
   target = perf.TARGETS[target] if isinstance(target, str) else target
-  own = plan(cfg, target, None, mfu)
+  own = estimate(cfg, target, None, mfu)
   rows = [('config', own, ''),
-          ('fsdp', plan(cfg, target, dict(fsdp=target.num_devices), mfu), '')]
-  if own['problems'] or own['fits'] != 'yes':
+          ('fsdp', estimate(cfg, target, dict(fsdp=target.num_devices), mfu), '')]
+  if own.problems or own.fits != 'yes':
     rows.append(('use', *recommend(cfg, target, mfu)))
   return rows

@@ -23,7 +23,9 @@ from typing import Sequence
 
 from absl import flags
 
-from ncalm import cli, errors
+from ncalm import cli
+from ncalm import errors
+from ncalm.data import inputs
 from ncalm.data import prepare as prepare_lib
 from ncalm.data import tokenizers
 
@@ -101,7 +103,7 @@ def summary(report: prepare_lib.Report) -> list[str]:
       f'{report.seconds:.1f} s ({report.input_bytes / 1e6 / seconds:.2f} MB/s, '
       f'{documents / seconds:,.0f} documents/s) with {_count(report.workers, "worker")}',
   ]
-  skipped = [f'{s["count"]:,} {prepare_lib.SKIP_REASONS[reason]} (e.g. '
+  skipped = [f'{s["count"]:,} {inputs.SKIP_REASONS[reason]} (e.g. '
              f'{", ".join(s["examples"][:3])})'
              for reason, s in meta['skipped'].items() if s['count']]
   if skipped:

@@ -34,7 +34,9 @@ from typing import Iterator, Sequence
 
 from absl import flags
 
-from ncalm import cli, errors, files
+from ncalm import cli
+from ncalm import errors
+from ncalm import files
 from ncalm.data import tokenizers
 
 MIN_VOCAB_SIZE = 256 + 1 + 1  # the bytes, <|endoftext|>, and at least one merge

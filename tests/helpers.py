@@ -1,0 +1,104 @@
+"""What several test files share: the repository path, a small real corpus (CPython's own
+json/ and email/ packages, so nothing is downloaded), awkward texts for tokenisers, a tiny
+tiktoken encoding, the tiny text config, `python -m ncalm.main` as a user runs it, and
+comparisons of parameter trees and metric lines. Test files import this, never each other."""
+import glob
+import os
+import subprocess
+import sys
+import sysconfig
+
+import jax
+import numpy as np
+
+import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STDLIB = sysconfig.get_path('stdlib')
+CORPUS_GLOBS = [os.path.join(STDLIB, 'json', '*.py'), os.path.join(STDLIB, 'email', '*.py')]
+CORPUS_FILES = sorted(p for g in CORPUS_GLOBS for p in glob.glob(g))
+
+# Texts that break careless tokenisers: whitespace runs, control characters, emoji
+# sequences, combining marks, right-to-left scripts, specials written as text, long runs.
+NASTY_TEXTS = [
+    '', 'a', 'hello world', 'The quick brown fox.\n',
+    '  two leading spaces', 'two trailing spaces  ', 'a     b', ' ', '   ', ' ' * 1000,
+    '\t', '\tindented\t\ttabs\t', '\n', '\n\n\n', '\r', 'a\rb', '\r\n', 'a\r\nb\r\n', '\n\r',
+    '\x00', 'a\x00b\x00', '\x01\x02\x07\x08\x0b\x0c\x1b[31mred\x1b[0m\x7f', '\x85\u2028\u2029',
+    '👍', '👍🏽', '👩\u200d👩\u200d👧\u200d👦', '🏳️\u200d🌈', '🇫🇷🇯🇵', 'a👩\u200d💻b',
+    '中文字符测试，标点。', '日本語のテキスト', '한국어 텍스트', '각',
+    'e\u0301', 'a\u0300\u0301\u0302\u0303\u0304', 'क्षि', 'שלום עולם', 'مرحبا بالعالم',
+    '\ufeffBOM first', 'non\u00a0breaking', 'ideographic\u3000space',
+    'ｆｕｌｌｗｉｄｔｈ', 'ﬁ ligature',
+    '\u200b\u200c\u200d', '\ufffd', '\U0010ffff', '\ue000',
+    '\u2581', '\u2581\u2581', 'a\u2581b', ' \u2581 ', '\u2581 x \u2581',
+    '<|endoftext|>', 'x<|endoftext|>y', ' <|endoftext|> ', '</s>', '<s>', '<unk>', '<pad>',
+    '<0x41>', '<|end_of_text|>', '[SEP]',
+    'a' * 10000, 'ü' * 3000, 'Donaudampfschifffahrtsgesellschaftskapitänswitwe' * 20,
+    'x' + '0123456789' * 300,
+    'def f(x):\n    return x  +  1\n\n\n# comment\n',
+]
+NASTY_TEXTS.append(''.join(NASTY_TEXTS))
+
+
+def tiny_tiktoken(name: str = 'tiny', extra_merges: tuple[bytes, ...] = ()):
+  """A tiktoken encoding of 256 bytes plus a few merges and `<|endoftext|>`, built from
+  ranks (no download)."""
+  import tiktoken  # pylint: disable=import-outside-toplevel
+  from tiktoken_ext import openai_public  # pylint: disable=import-outside-toplevel
+
+  from ncalm.data import tokenizers  # pylint: disable=import-outside-toplevel
+  ranks = {bytes([b]): b for b in range(256)}
+  for token in (b'  ', b'    ', b'de', b'def', b'in', b'pr', b'pri', b'print') + extra_merges:
+    ranks[token] = len(ranks)
+  return tiktoken.Encoding(name, pat_str=openai_public.r50k_pat_str, mergeable_ranks=ranks,
+                           special_tokens={tokenizers.EOT_TEXT: len(ranks)})
+
+
+def make_corpus(out_dir: str, tokenizer: str = 'bytes') -> str:
+  """~300 KB of CPython's json/ and email/ packages, prepared with `tokenizer`."""
+  from ncalm.data import prepare  # pylint: disable=import-outside-toplevel
+  prepare.prepare(CORPUS_GLOBS, tokenizer, out_dir, validation_fraction=0.2, workers=1)
+  return out_dir
+
+
+def text_config(data_dir: str, variant: str = 'text'):
+  """The tiny config's `variant`, reading the prepared dataset at `data_dir`."""
+  cfg = tiny_config.get_config(variant)
+  cfg.data.text.path = data_dir
+  return cfg
+
+
+def run_main(workdir, variant='', extra=(), wait=True, cache_dir=None):
+  """`python -m ncalm.main` on the tiny config, as a user would run it: (exit code, output),
+  or with `wait=False` the running process."""
+  config = os.path.join(REPO, 'tests', 'tiny_config.py') + (f':{variant}' if variant else '')
+  env = dict(os.environ)
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  cmd = [sys.executable, '-m', 'ncalm.main', f'--config={config}', f'--workdir={workdir}',
+         *extra]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  if wait:
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+  return proc
+
+
+def comparable(rows):
+  """Metric lines without timing-dependent fields."""
+  return [{k: v for k, v in r.items() if not k.startswith('perf/')} for r in rows]
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+  """{'layers/mlp/gate': array, ...} of a pytree, fetched to the host."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): np.asarray(leaf)
+          for path, leaf in leaves}
+
+
+def shard_shapes(array: jax.Array) -> list[list[int]]:
+  """The distinct shapes of the shards of `array` this process holds, sorted."""
+  return sorted({tuple(s.data.shape) for s in array.addressable_shards})
