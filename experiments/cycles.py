@@ -14,6 +14,7 @@ import os
 import jax
 import numpy as np
 
+from ncalm import run_files
 from ncalm.data import complexity
 from ncalm.data import nca
 
@@ -28,11 +29,11 @@ def main() -> None:
   print('| run | in a cycle by frame 2 | 4 | 7 | 8 | 16 | 28 | most common periods |')
   print('|---|---|---|---|---|---|---|---|')
   for run in args.runs:
-    with open(os.path.join(run, 'run_config.json')) as f:
+    with open(os.path.join(run, run_files.CONFIG)) as f:
       config = json.load(f)['config']
     fields = {k.split('.')[-1]: v for k, v in config.items() if k.startswith('data.nca.')}
     cfg = nca.NCAConfig(**{**fields, 'frames': args.frames})
-    bank = complexity.RuleBank.load(os.path.join(run, 'rule_bank.npz'))
+    bank = complexity.RuleBank.load(os.path.join(run, run_files.RULE_BANK))
     keys = bank.keys[-SEQUENCES:]
     sims = jax.random.split(jax.random.PRNGKey(5), len(keys))
     frames = np.asarray(nca.rollout(keys, sims, cfg, 'fast')).reshape(len(keys), args.frames, -1)

@@ -12,10 +12,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ncalm import metrics
+from ncalm import run_files
 
 
 def last_eval(run_dir: str) -> dict:
-  rows = [r for r in metrics.read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
+  rows = [r for r in metrics.read_jsonl(os.path.join(run_dir, run_files.METRICS))
           if 'eval/loss' in r]
   return rows[-1]
 

@@ -36,10 +36,9 @@ from ncalm import errors
 from ncalm import files
 from ncalm import hashing
 from ncalm import param_names
+from ncalm import run_files
 from ncalm import sharding
 
-CHECKPOINT_DIR = 'checkpoints'
-CORRUPT_DIR = 'corrupt_checkpoints'
 ITEMS = ('state', 'checksum')
 
 
@@ -101,7 +100,7 @@ class Checkpoints:
   def __init__(self, workdir: str, cfg: ml_collections.ConfigDict, abstract_state,
                mesh: jax.sharding.Mesh):
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    self.directory = os.path.join(self.workdir, run_files.CHECKPOINTS)
     self.abstract_state = abstract_state
     self.mesh = mesh
     self.bytes = nbytes(abstract_state)
@@ -203,7 +202,7 @@ class Checkpoints:
         self._set_aside(damaged)
         logging.warning('Resuming from the newest intact checkpoint, step %d; the damaged '
                         'one(s) of step(s) %s were moved to %s.', step, damaged,
-                        os.path.join(self.workdir, CORRUPT_DIR))
+                        os.path.join(self.workdir, run_files.CORRUPT_CHECKPOINTS))
       self.last_good = step
       return state, step
     if damaged:
@@ -218,7 +217,7 @@ class Checkpoints:
     """Moves damaged steps out of orbax's sight (kept for inspection, never deleted)."""
     multihost_utils.sync_global_devices('ncalm_checkpoint_set_aside_start')
     if jax.process_index() == 0:
-      target = os.path.join(self.workdir, CORRUPT_DIR)
+      target = os.path.join(self.workdir, run_files.CORRUPT_CHECKPOINTS)
       os.makedirs(target, exist_ok=True)
       for step in steps:
         dest = os.path.join(target, str(step))
@@ -233,7 +232,7 @@ class Checkpoints:
 def finished_steps(workdir: str) -> list[int]:
   """The finished checkpoint steps of a workdir, newest first, read from the directory
   alone (orbax renames a step into place only once it is complete)."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  directory = os.path.join(workdir, run_files.CHECKPOINTS)
   names = os.listdir(directory) if os.path.isdir(directory) else []
   return sorted((int(d) for d in names if d.isdigit()), reverse=True)
 

@@ -34,6 +34,7 @@ from ncalm import errors
 from ncalm import files
 from ncalm import metrics
 from ncalm import perf
+from ncalm import run_files
 from ncalm import startup
 from ncalm import train
 from ncalm import workdir as workdir_lib
@@ -182,7 +183,7 @@ def _result(run_dir: str, stage1_dir: str | None) -> comparison.ArmResult | None
   if stage1_dir:
     with open(os.path.join(stage1_dir, DONE_FILE)) as f:
       stage1 = json.load(f)
-  path = os.path.join(run_dir, 'metrics.jsonl')
+  path = os.path.join(run_dir, run_files.METRICS)
   rows = metrics.read_jsonl(path) if os.path.exists(path) else []
   curve = [(r['step'], r['eval/loss']) for r in rows if r.get('eval/loss') is not None]
   return comparison.ArmResult(curve=curve, stage1_tokens=stage1['tokens'],
@@ -238,7 +239,7 @@ def check_finished(todo) -> None:
   """Refuses, before anything runs, a config that would change a run already finished
   (it is skipped, so its config must still describe it); new runs need no check."""
   for run_dir, cfg in todo:
-    made = os.path.join(run_dir, workdir_lib.RUN_CONFIG_NAME)
+    made = os.path.join(run_dir, run_files.CONFIG)
     if os.path.exists(os.path.join(run_dir, DONE_FILE)) and os.path.exists(made):
       workdir_lib.check_finished_run(run_dir, cfg, feeds.content_fingerprints(cfg))
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ncalm import files
+from ncalm import run_files
 
 
 def _import_tensorboardx():
@@ -39,8 +40,6 @@ def _import_tensorboardx():
 
 tensorboardX, event_pb2 = _import_tensorboardx()
 
-JSONL_NAME = 'metrics.jsonl'
-TENSORBOARD_DIR = 'tensorboard'
 
 
 # ------------------------------------------------------------------------ writers
@@ -78,12 +77,12 @@ class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
-    self.jsonl_path = os.path.join(workdir, JSONL_NAME)
+    self.jsonl_path = os.path.join(workdir, run_files.METRICS)
     self._tb = None
     self._jsonl = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, run_files.TENSORBOARD))
       self._jsonl = open(self.jsonl_path, 'a')
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:

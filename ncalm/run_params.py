@@ -23,7 +23,7 @@ from ncalm import checkpoint
 from ncalm import cli
 from ncalm import errors
 from ncalm import param_names
-from ncalm import workdir as workdir_lib
+from ncalm import run_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +44,13 @@ def run_steps(ref: RunRef, workdir: str) -> list[int]:
   if workdir and os.path.realpath(run) == os.path.realpath(workdir):
     raise errors.UserError(f'{field}={run!r} is this run\'s own --workdir: stage 2 needs '
                            'its own workdir (a rerun of it resumes by itself).')
-  if not os.path.exists(os.path.join(run, workdir_lib.RUN_CONFIG_NAME)):
+  if not os.path.exists(os.path.join(run, run_files.CONFIG)):
     raise errors.UserError(
-        f'{field}={run!r} is not an ncalm workdir (no {workdir_lib.RUN_CONFIG_NAME}): '
+        f'{field}={run!r} is not an ncalm workdir (no {run_files.CONFIG}): '
         'name the directory a `python -m ncalm.main ... --workdir=DIR` run wrote.')
   steps = checkpoint.finished_steps(run)
   if not steps:
-    directory = os.path.join(run, checkpoint.CHECKPOINT_DIR)
+    directory = os.path.join(run, run_files.CHECKPOINTS)
     raise errors.UserError(
         f'{field}={run!r} has no finished checkpoint in {directory} (the run stopped before '
         'its first save): resume it with its own command until it saves one.')
@@ -103,7 +103,7 @@ def open_run(ref: RunRef, workdir: str = ''):
   if ref.step and ref.step not in steps:
     raise errors.UserError(f'{ref.step_field}={ref.step}: {ref.run!r} has checkpoints of '
                            f'steps {sorted(steps)}; name one of them or 0 (the newest).')
-  directory = os.path.join(os.path.abspath(ref.run), checkpoint.CHECKPOINT_DIR)
+  directory = os.path.join(os.path.abspath(ref.run), run_files.CHECKPOINTS)
   manager = ocp.CheckpointManager(
       directory, item_handlers={'state': ocp.PyTreeCheckpointHandler(),
                                 'checksum': ocp.JsonCheckpointHandler()},

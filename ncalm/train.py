@@ -24,6 +24,7 @@ from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics as metrics_lib
 from ncalm import perf
+from ncalm import run_files
 from ncalm import sharding
 from ncalm import startup
 from ncalm import step as step_lib
@@ -161,7 +162,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, devices=Non
   finally:
     lock.release()
   if is_host0:
-    viz.plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/loss_curves.png',
+    viz.plot_curves(os.path.join(workdir, run_files.METRICS),
+                    os.path.join(workdir, run_files.LOSS_CURVES),
                             keys=('train/loss', 'eval/loss', 'eval/unigram_loss'))
   if last.get('stopped_at') is not None:
     raise errors.Interrupted(
@@ -286,9 +288,9 @@ def _evaluate(evaluators: dict, params, step: int, workdir: str, writer) -> dict
     images.update(more_images)
   if jax.process_index() == 0:
     for tag, picture in images.items():
-      folder = os.path.join(workdir, tag.split('/')[0])
-      os.makedirs(folder, exist_ok=True)
-      viz.save_png(os.path.join(folder, f'step_{step:07d}.png'), picture)
+      path = os.path.join(workdir, run_files.picture(tag, step))
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      viz.save_png(path, picture)
       writer.write_image(step, tag, picture)
   writer.write(step, scalars)
   if jax.process_index() == 0:

@@ -34,11 +34,10 @@ from ncalm import config_lib
 from ncalm import errors
 from ncalm import files
 from ncalm import processes
+from ncalm import run_files
 
-LOCK_NAME = '.ncalm.lock'
-RUN_CONFIG_NAME = 'run_config.json'
 # Files whose presence means the workdir already holds a run.
-RUN_ARTIFACTS = ('checkpoints', 'rule_bank.npz', 'metrics.jsonl')
+RUN_ARTIFACTS = (run_files.CHECKPOINTS, run_files.RULE_BANK, run_files.METRICS)
 
 # Config fields (a path, or a prefix ending in '.') that decide the data a run sees or
 # the shape and meaning of its state. `model.remat`, `scan_unroll`, `attention` and
@@ -104,7 +103,7 @@ class Lock:
   """An exclusive lock file in the workdir; use as a context manager."""
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(workdir, LOCK_NAME)
+    self.path = os.path.join(workdir, run_files.LOCK)
     self.enabled = enabled
     self.owner = dict(pid=os.getpid(), host=socket.gethostname(),
                       start_time=processes.start_time_of(os.getpid()),
@@ -237,14 +236,14 @@ def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = T
   a dataset prepared again in place is refused like a changed field. A workdir made before
   fingerprints were recorded takes them on its next run.
   """
-  path = os.path.join(workdir, RUN_CONFIG_NAME)
+  path = os.path.join(workdir, run_files.CONFIG)
   now = _plain(cfg)
   content = {f'{CONTENT_PREFIX}{k}': v for k, v in (content or {}).items()}
   found = made_by_a_run(workdir)
   if not os.path.exists(path) or not found:  # new, or nothing made yet (e.g. a failed start)
     if found:
       raise errors.UserError(
-          f'workdir {workdir!r} holds {", ".join(found)} but no {RUN_CONFIG_NAME}, so what it '
+          f'workdir {workdir!r} holds {", ".join(found)} but no {run_files.CONFIG}, so what it '
           'was made for cannot be checked (an older ncalm, or files put there by hand): give '
           'this run a new --workdir, or move those files away.')
     if write:
@@ -319,7 +318,7 @@ def check_finished_run(workdir: str, cfg: ml_collections.ConfigDict,
 def read_run_config(workdir: str) -> dict:
   """{'identity': ..., 'config': ...} of `run_config.json`, or one paragraph if it is
   damaged (a truncated write by hand, a full disk before atomic writes)."""
-  path = os.path.join(workdir, RUN_CONFIG_NAME)
+  path = os.path.join(workdir, run_files.CONFIG)
   try:
     with open(path) as f:
       saved = json.load(f)
@@ -347,7 +346,7 @@ def _directory_bytes(path: str) -> int:
 
 def warn_if_short_of_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   """Warns when free space cannot hold `keep` checkpoints (plus the one being written)."""
-  existing = _directory_bytes(os.path.join(workdir, 'checkpoints'))
+  existing = _directory_bytes(os.path.join(workdir, run_files.CHECKPOINTS))
   needed = max(0, (keep + 1) * checkpoint_bytes - existing)
   free = shutil.disk_usage(workdir).free
   if free < needed:

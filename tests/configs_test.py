@@ -8,6 +8,7 @@ from absl.testing import absltest
 from ncalm import config_lib
 from ncalm import errors
 from ncalm import experiment
+from ncalm import run_files
 from ncalm import startup
 from ncalm import workdir as workdir_lib
 
@@ -76,7 +77,7 @@ class MovedFieldsTest(absltest.TestCase):
     cfg.evals.probe.update(every=7, sequences=4)
     workdir = self.create_tempdir().full_path
     workdir_lib.check_identity(workdir, cfg)
-    path = os.path.join(workdir, workdir_lib.RUN_CONFIG_NAME)
+    path = os.path.join(workdir, run_files.CONFIG)
     with open(path) as f:
       saved = json.load(f)
     for new in [k for k in saved['config'] if k.startswith('evals.')]:

@@ -19,6 +19,7 @@ from orbax.checkpoint._src.path import atomicity
 from ncalm import checkpoint
 from ncalm import errors
 from ncalm import metrics
+from ncalm import run_files
 from ncalm import startup
 from ncalm import step as step_lib
 from ncalm import train
@@ -85,7 +86,7 @@ class WorkdirIdentityTest(absltest.TestCase):
   def test_first_run_writes_the_identity_and_same_config_passes(self):
     cfg = tiny()
     workdir_lib.check_identity(self.workdir, cfg)
-    saved = json.load(open(os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)))
+    saved = json.load(open(os.path.join(self.workdir, run_files.CONFIG)))
     self.assertEqual(saved['identity']['data.band'], [0.5, 1.0])
     self.assertNotIn('train_steps', saved['identity'])
     workdir_lib.check_identity(self.workdir, tiny())  # no error
@@ -116,7 +117,7 @@ class WorkdirIdentityTest(absltest.TestCase):
     with self.assertLogs('absl', 'WARNING') as logs:
       workdir_lib.check_identity(self.workdir, cfg)
     self.assertIn('train_steps: 6 → 60', logs.output[0])
-    saved = json.load(open(os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)))
+    saved = json.load(open(os.path.join(self.workdir, run_files.CONFIG)))
     self.assertEqual(saved['config']['train_steps'], 60)
 
   def test_data_prepared_again_in_place_is_refused(self):
@@ -131,7 +132,7 @@ class WorkdirIdentityTest(absltest.TestCase):
     workdir_lib.check_identity(self.workdir, tiny())
     open(os.path.join(self.workdir, 'metrics.jsonl'), 'w').close()
     workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'aaa'})
-    saved = json.load(open(os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)))
+    saved = json.load(open(os.path.join(self.workdir, run_files.CONFIG)))
     self.assertEqual(saved['identity']['content.dataset'], 'aaa')
     with self.assertRaisesRegex(errors.UserError, 'prepared again in place'):
       workdir_lib.check_identity(self.workdir, tiny(), content={'dataset': 'bbb'})
@@ -139,7 +140,7 @@ class WorkdirIdentityTest(absltest.TestCase):
   def test_damaged_run_config_is_one_paragraph(self):
     workdir_lib.check_identity(self.workdir, tiny())
     open(os.path.join(self.workdir, 'metrics.jsonl'), 'w').close()
-    path = os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)
+    path = os.path.join(self.workdir, run_files.CONFIG)
     with open(path, 'r+') as f:
       f.truncate(20)
     with self.assertRaisesRegex(errors.UserError, r'run_config.json cannot be read \(.*\), so '
@@ -151,7 +152,7 @@ class WorkdirIdentityTest(absltest.TestCase):
     cfg = tiny()
     cfg.data.update(band=(0.2, 0.3))
     workdir_lib.check_identity(self.workdir, cfg)
-    saved = json.load(open(os.path.join(self.workdir, workdir_lib.RUN_CONFIG_NAME)))
+    saved = json.load(open(os.path.join(self.workdir, run_files.CONFIG)))
     self.assertEqual(saved['identity']['data.band'], [0.2, 0.3])
 
   def test_workdir_with_data_but_no_identity_is_refused(self):
@@ -168,7 +169,7 @@ class WorkdirIdentityTest(absltest.TestCase):
     with self.assertRaisesRegex(errors.UserError, 'data.band'):
       train.train_and_evaluate(cfg, self.workdir)
     self.assertEqual(open(bank, 'rb').read(), before)
-    self.assertFalse(os.path.exists(os.path.join(self.workdir, workdir_lib.LOCK_NAME)))
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, run_files.LOCK)))
 
 
 class TwoRunsTest(absltest.TestCase):
@@ -192,7 +193,7 @@ class TwoRunsTest(absltest.TestCase):
     steps = [r['step'] for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
              if 'train/loss' in r]
     self.assertEqual(steps, list(range(1, steps[-1] + 1)))  # every step once, none lost
-    self.assertFalse(os.path.exists(os.path.join(workdir, workdir_lib.LOCK_NAME)))
+    self.assertFalse(os.path.exists(os.path.join(workdir, run_files.LOCK)))
 
 
 class LockTest(absltest.TestCase):
@@ -205,7 +206,7 @@ class LockTest(absltest.TestCase):
     with workdir_lib.Lock(self.workdir):
       with self.assertRaisesRegex(errors.UserError, rf'in use by process {os.getpid()} on '):
         workdir_lib.Lock(self.workdir).acquire()
-    self.assertFalse(os.path.exists(os.path.join(self.workdir, workdir_lib.LOCK_NAME)))
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, run_files.LOCK)))
     with workdir_lib.Lock(self.workdir):  # free again
       pass
 
@@ -214,7 +215,7 @@ class LockTest(absltest.TestCase):
     dead.wait()
     stale = dict(pid=dead.pid, host=workdir_lib.socket.gethostname(), start_time=None,
                  started='yesterday', command='python -m ncalm.main ...')
-    path = os.path.join(self.workdir, workdir_lib.LOCK_NAME)
+    path = os.path.join(self.workdir, run_files.LOCK)
     with open(path, 'w') as f:
       json.dump(stale, f)
     with self.assertLogs('absl', 'WARNING') as logs:
@@ -225,7 +226,7 @@ class LockTest(absltest.TestCase):
     lock.release()
 
   def test_lock_from_another_host_is_refused_with_how_to_clear_it(self):
-    path = os.path.join(self.workdir, workdir_lib.LOCK_NAME)
+    path = os.path.join(self.workdir, run_files.LOCK)
     with open(path, 'w') as f:
       json.dump(dict(pid=1, host='elsewhere', started='now', command='x'), f)
     with self.assertRaisesRegex(errors.UserError, 'on elsewhere.*delete the lock file'):

@@ -12,6 +12,7 @@ import numpy as np
 
 from ncalm import checkpoint
 from ncalm import errors
+from ncalm import run_files
 from ncalm import startup
 from ncalm import step as step_lib
 from ncalm import train
@@ -209,7 +210,7 @@ class TransferTest(absltest.TestCase):
   def test_damaged_newest_checkpoint_falls_back_and_none_intact_is_exit_4(self):
     stage1 = os.path.join(self.create_tempdir().full_path, 'stage1')
     shutil.copytree(self.stage1_dir, stage1)
-    steps = os.path.join(stage1, checkpoint.CHECKPOINT_DIR)
+    steps = os.path.join(stage1, run_files.CHECKPOINTS)
     shutil.copytree(os.path.join(steps, '3'), os.path.join(steps, '5'))   # a newer step ...
     with open(os.path.join(steps, '5', 'state', '_METADATA'), 'w') as f:
       f.write('{"tree_metadata": garbage')  # ... whose metadata is damaged

@@ -21,6 +21,7 @@ import time
 
 import jax
 
+from ncalm import run_files
 from ncalm import sharding
 from ncalm import startup
 from ncalm import train
@@ -87,7 +88,7 @@ def run(smoke: bool) -> dict:
   start = time.perf_counter()
   train.train_and_evaluate(cfg, workdir)
   loop_s = time.perf_counter() - start
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+  with open(os.path.join(workdir, run_files.METRICS)) as f:
     rows = [json.loads(line) for line in f]
   logged = [r for r in rows if 'perf/data_wait' in r][1:]   # the first stretch holds the compile
   wait = [r['perf/data_wait'] for r in logged]

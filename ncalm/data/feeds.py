@@ -23,6 +23,7 @@ import numpy as np
 
 from ncalm import errors
 from ncalm import files
+from ncalm import run_files
 from ncalm.data import complexity
 from ncalm.data import dataset
 from ncalm.data import device_sources
@@ -30,8 +31,6 @@ from ncalm.data import dyck
 from ncalm.data import nca
 from ncalm.data import nca_tokens
 from ncalm.data import text
-
-BANK_FILE = 'rule_bank.npz'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +117,7 @@ def abstract(cfg: ml_collections.ConfigDict) -> Feeds:
 
 def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str) -> complexity.RuleBank:
   """The run's rule bank: read from the workdir, or sampled and saved there once."""
-  path = os.path.join(workdir, BANK_FILE)
+  path = os.path.join(workdir, run_files.RULE_BANK)
   if os.path.exists(path):
     return complexity.RuleBank.load(path)
   d = cfg.data

@@ -39,8 +39,8 @@ from ncalm import errors
 from ncalm import files
 from ncalm import hf_llama
 from ncalm import hf_tokenizer
+from ncalm import run_files
 from ncalm import run_params
-from ncalm import workdir as workdir_lib
 from ncalm.data import dataset
 from ncalm.data import tokenizers
 
@@ -49,10 +49,10 @@ EXPORT_INFO = 'ncalm_export.json'
 
 def run_config(workdir: str) -> dict:
   """The config a run was made with (its run_config.json)."""
-  path = os.path.join(workdir, workdir_lib.RUN_CONFIG_NAME)
+  path = os.path.join(workdir, run_files.CONFIG)
   if not os.path.exists(path):
     raise errors.UserError(f'--workdir={workdir!r} is not an ncalm workdir (no '
-                           f'{workdir_lib.RUN_CONFIG_NAME}): name the --workdir of a '
+                           f'{run_files.CONFIG}): name the --workdir of a '
                            '`python -m ncalm.main` run.')
   fix = (f'--workdir={workdir!r} cannot be exported without the config the run was made '
          'with, which this file holds; restore it from a copy of the workdir')
