@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_val_rules = 2000     # held-out rules for evaluation and the probe
   c.data.bank_seed = 0            # seed of the rule sampler (bank saved to the workdir)
   c.data.bank_mode = 'fast'       # rollout mode used to score candidate rules
+  c.data.reject_periodic = False  # also reject rules whose trajectory over the training
+                                  # window repeats a frame (fixed points, cycles, translations)
+  c.data.shuffle = ''             # the shuffled-NCA control: 'frames' (each sequence's frames
+                                  # in a random order) or 'patches' (each frame's patches at
+                                  # random places): the same tokens, without the dynamics
   c.data.nca = ml_collections.ConfigDict()
   c.data.nca.grid = 12            # cells per side (torus)
   c.data.nca.num_states = 10      # states per cell
@@ -86,8 +91,13 @@ def base_config() -> ml_collections.ConfigDict:
                                   # (a rerun resumes itself)
   c.init.from_step = 0            # its checkpoint step; 0 = the newest intact one
   c.init.embedding = 'normal'     # new embedding and head: 'normal' (N(0, 0.02)), 'framework'
-                                  # (published code: PyTorch's N(0,1) / Kaiming-uniform), or
-                                  # 'keep' (stage 1's own; same vocabulary only)
+                                  # (published code: PyTorch's N(0,1) / Kaiming-uniform; also
+                                  # for scratch, to compare like for like), or 'keep' (stage
+                                  # 1's own; same vocabulary only)
+  c.init.kept = 'weights'         # what stage 2 takes of stage 1's blocks and norms: 'weights'
+                                  # (published), or 'statistics': this run's own draws moved
+                                  # to each layer's mean and std of stage 1's tensor (the
+                                  # weight-statistics control)
   c.init.reinit = ''              # groups re-drawn after loading, comma-separated: attention,
                                   # mlp, norms (per layer), final_norm
   c.init.freeze = ''              # groups frozen (no update, no optimizer state): those, and
@@ -126,6 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.probe.every = 500       # steps between next-frame probes (NCA)
   c.evals.probe.sequences = 16    # held-out sequences whose next frame is decoded greedily;
                                   # 0 turns the probe off
+  c.evals.induction = ml_collections.ConfigDict()
+  c.evals.induction.every = 500   # steps between induction probes (text)
+  c.evals.induction.sequences = 0  # rows of random tokens shown twice; 0 = off
+  c.evals.induction.length = 64   # tokens in each copy (two copies fit in seq_len + 1)
   c.checkpoint_every = 500        # steps between checkpoints (and at the end, and on SIGTERM)
   c.keep_checkpoints = 3          # checkpoints kept in the workdir
   c.async_checkpoint = True       # write checkpoints in the background
@@ -194,6 +208,7 @@ def check_fields(cfg: ml_collections.ConfigDict) -> None:
 
 POSITIVE_FIELDS = ('train_steps', 'global_batch', 'grad_accum', 'log_every',
                    'evals.heldout.every', 'evals.heldout.batches', 'evals.probe.every',
+                   'evals.induction.every',
                    'checkpoint_every', 'keep_checkpoints',
                    'data.num_train_rules', 'data.num_val_rules')
 DTYPES = ('float32', 'bfloat16', 'float16')

@@ -180,7 +180,7 @@ def _train(cfg, workdir: str, setup: step_lib.Setup, store: checkpoint.Checkpoin
   is_host0 = jax.process_index() == 0
 
   restored = store.restore_latest()  # the workdir's own checkpoint first, then init.from_run
-  if restored is None and cfg.init.from_run:
+  if restored is None and setup.init_spec.changes_fresh_init:
     state = transfer.initial_state(setup, lambda: step_lib.create_state(setup, init_key), init_key,
                                    workdir)
     resumed_from = None
@@ -275,7 +275,8 @@ def _train(cfg, workdir: str, setup: step_lib.Setup, store: checkpoint.Checkpoin
 
 
 SHOWN = ('eval/loss', 'eval/unigram_loss', 'eval/perplexity', 'eval/bits_per_byte',
-         'probe/cell_accuracy', 'probe/frame_accuracy', 'probe/copy_baseline')
+         'probe/cell_accuracy', 'probe/frame_accuracy', 'probe/copy_baseline',
+         'induction/second_copy_loss')
 
 
 def _evaluate(evaluators: dict, params, step: int, workdir: str, writer) -> dict[str, float]:

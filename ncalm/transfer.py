@@ -24,6 +24,7 @@ import json
 import math
 import os
 from typing import Any
+import zlib
 
 from absl import logging
 import jax
@@ -45,6 +46,7 @@ GLOBAL_GROUPS = {'final_norm': 'final_norm/scale', 'embedding': 'embedding', 'he
 REINIT_GROUPS = ('attention', 'mlp', 'norms', 'final_norm')
 FREEZE_GROUPS = (*LAYER_GROUPS, *GLOBAL_GROUPS)
 EMBEDDINGS = ('normal', 'framework', 'keep')
+KEPT = ('weights', 'statistics')
 REPORT_FILE = 'transfer.json'
 TRANSFER_KEY = 7    # fold_in of the init key for the 'framework' embedding and head draws
 HF_PREFIX = 'hf:'   # init.from_run='hf:DIR': a Hugging Face Llama checkpoint (ncalm/hf_llama.py)
@@ -59,6 +61,7 @@ class InitSpec:
   from_run: str
   from_step: int
   embedding: str
+  kept: str                   # 'weights' | 'statistics' of stage 1's blocks and norms
   reinit: tuple[str, ...]
   freeze: tuple[str, ...]
   layers: tuple[int, int]     # [start, stop) of the per-layer groups
@@ -69,6 +72,11 @@ class InitSpec:
   @property
   def from_hf(self) -> bool:
     return self.from_run.startswith(HF_PREFIX)
+
+  @property
+  def changes_fresh_init(self) -> bool:
+    """Whether the run's first parameters differ from its own init (`initial_state`)."""
+    return bool(self.from_run) or self.embedding == 'framework'
 
   def layer_mask(self) -> np.ndarray:
     """bool [num_layers]: the layers the per-layer groups act on."""
@@ -91,6 +99,8 @@ def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
   init, layers = cfg.init, cfg.model.num_layers
   if init.embedding not in EMBEDDINGS:
     raise errors.UserError(f'init.embedding={init.embedding!r}: use one of {list(EMBEDDINGS)}.')
+  if init.kept not in KEPT:
+    raise errors.UserError(f'init.kept={init.kept!r}: use one of {list(KEPT)}.')
   stop = init.layer_stop or layers
   if not 0 <= init.layer_start < stop <= layers:
     raise errors.UserError(
@@ -98,16 +108,19 @@ def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
         f'range [{init.layer_start}, {stop}) is outside the model\'s {layers} layers; use '
         f'0 <= layer_start < layer_stop <= {layers} (layer_stop=0 means {layers}).')
   p = InitSpec(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
+           kept=init.kept,
            reinit=_groups(init.reinit, 'reinit', REINIT_GROUPS),
            freeze=_groups(init.freeze, 'freeze', FREEZE_GROUPS), layers=(init.layer_start, stop),
            num_layers=layers, scan_layers=cfg.model.scan_layers, model=cfg.model.to_dict())
   if p.from_hf and p.from_step:
     raise errors.UserError(f'init.from_step={p.from_step} with init.from_run={p.from_run!r}: a '
                            'Hugging Face checkpoint has no steps; set init.from_step=0.')
-  if not p.from_run and (p.reinit or p.embedding != 'normal' or p.from_step):
+  if not p.from_run and (p.reinit or p.embedding == 'keep' or p.from_step
+                         or p.kept != 'weights'):
     raise errors.UserError(
-        'init.reinit, init.embedding and init.from_step describe a transfer, but init.from_run '
-        'is empty: name the stage-1 workdir in init.from_run, or drop them (scratch).')
+        'init.reinit, init.embedding=keep, init.kept and init.from_step describe a transfer, '
+        'but init.from_run is empty: name the stage-1 workdir in init.from_run, or drop them '
+        '(scratch; init.embedding=framework alone is allowed there).')
   partial = (p.layers != (0, layers))
   if p.freeze and partial and p.scan_layers and set(p.freeze) & set(LAYER_GROUPS):
     raise errors.UserError(
@@ -243,15 +256,38 @@ def _stage1_value(stage1: dict[str, jax.Array], name: str) -> jax.Array:
   return stage1[f'layers/{rest}'][layer]   # per layer in stage 2, stacked in stage 1
 
 
-def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array], key: jax.Array):
-  """The stage-2 parameters from fresh ones (this run's init) and stage 1's (either layout),
-  assembled in one jitted function straight into the fresh parameters' shardings (no
-  eager op on arrays that span hosts).
+def matched_statistics(fresh: jax.Array, stage1: jax.Array, stacked: bool,
+                       key: jax.Array) -> jax.Array:
+  """`fresh` moved to stage 1's mean and std, per layer (per slice of axis 0 when
+  `stacked`): mean1 + std1 · (fresh − mean0) / std0. A constant fresh layer (a norm's
+  ones: std0 = 0) is replaced by a standard normal draw from `key` first."""
+  axes = tuple(range(1 if stacked else 0, fresh.ndim))
+  stats = lambda x: (x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True))
+  base = jnp.where(stats(fresh)[1] > 0, fresh, jax.random.normal(key, fresh.shape, fresh.dtype))
+  mean0, std0 = stats(base)
+  mean1, std1 = stats(stage1.astype(fresh.dtype))
+  return mean1 + std1 * (base - mean0) / std0
 
-  Returns (params, {name: 'kept' | 'new' | 'reinit' | 'mixed'}); 'mixed' marks a stacked
-  tensor with some layers kept and some re-initialised."""
+
+def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array] | None, key: jax.Array):
+  """The stage-2 parameters from fresh ones (this run's init) and stage 1's (either layout;
+  None for scratch), assembled in one jitted function straight into the fresh parameters'
+  shardings (no eager op on arrays that span hosts).
+
+  Returns (params, {name: 'kept' | 'statistics' | 'new' | 'reinit' | 'mixed' | 'own'});
+  'mixed' marks a stacked tensor with some layers kept and some re-initialised, 'own' a
+  scratch run's own init, 'statistics' init.kept='statistics'."""
   layer_mask = p.layer_mask()
   how = {}
+
+  def keep(name, fresh_value, stage1, key):
+    if p.kept == 'weights':
+      how[name] = 'kept'
+      return _stage1_value(stage1, name)
+    how[name] = 'statistics'
+    stacked = param_names.split_layer(name)[0] is None   # 'layers/...': [num_layers, ...]
+    sub = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    return matched_statistics(fresh_value, _stage1_value(stage1, name), stacked, sub)
 
   def pick(path, fresh_value, stage1, key):
     name = param_names.leaf_name(path)
@@ -264,16 +300,20 @@ def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array], key: jax.Arra
         sub = jax.random.fold_in(key, 0 if name == 'embedding' else 1)
         return framework_init(sub, name, fresh_value.shape, fresh_value.dtype)
       return fresh_value
+    if stage1 is None:
+      how[name] = 'own'
+      return fresh_value
     layer, rest = param_names.split_layer(name)
     reinit = any((g in LAYER_GROUPS and rest in LAYER_GROUPS[g])
                  or (g in GLOBAL_GROUPS and name == GLOBAL_GROUPS[g]) for g in p.reinit)
     if not reinit or (layer is not None and layer >= 0 and not layer_mask[layer]):
-      how[name] = 'kept'
-      return _stage1_value(stage1, name)
+      return keep(name, fresh_value, stage1, key)
     if layer is None and not layer_mask.all():  # stacked: [num_layers, ...], some layers
       how[name] = 'mixed'
       select = jnp.asarray(layer_mask).reshape((-1,) + (1,) * (fresh_value.ndim - 1))
-      return jnp.where(select, fresh_value, _stage1_value(stage1, name))
+      kept = keep(name, fresh_value, stage1, key)
+      how[name] = 'mixed'
+      return jnp.where(select, fresh_value, kept)
     how[name] = 'reinit'
     return fresh_value
 
@@ -293,10 +333,11 @@ def report(p: InitSpec, params, how: dict[str, str], mask, step: int) -> dict:
   by = lambda kind: sorted(n for n, k in how.items() if k == kind)
   return dict(
       from_run=source_name(p.from_run), from_step=step, embedding=p.embedding,
-      reinit=list(p.reinit), freeze=list(p.freeze), layers=list(p.layers),
-      kept=by('kept'), new=by('new'), reinitialised=by('reinit'), mixed=by('mixed'),
-      frozen=sorted(frozen),
-      counts=dict(total=count(sizes), kept=count(by('kept')), new=count(by('new')),
+      kept_as=p.kept, reinit=list(p.reinit), freeze=list(p.freeze), layers=list(p.layers),
+      kept=by('kept'), statistics=by('statistics'), new=by('new'), reinitialised=by('reinit'),
+      mixed=by('mixed'), frozen=sorted(frozen),
+      counts=dict(total=count(sizes), kept=count(by('kept')),
+                  statistics=count(by('statistics')), new=count(by('new')),
                   reinitialised=count(by('reinit')), mixed=count(by('mixed')),
                   frozen=count(frozen), trainable=count(set(sizes) - frozen)))
 
@@ -314,8 +355,10 @@ def summary_line(r: dict) -> str:
             if (r['reinit'] or r['freeze']) else '')
   source = r['from_run'] if r['from_run'].startswith(HF_PREFIX) else (
       f'{r["from_run"]} step {r["from_step"]}')
-  return (f'Stage 2 from {source}: kept {c["kept"]:,} parameters '
-          f'({len(r["kept"])} tensors), new embedding and head {c["new"]:,} '
+  kept = (f'kept {c["kept"]:,} parameters ({len(r["kept"])} tensors)' if not c['statistics']
+          else f'matched {c["statistics"]:,} parameters ({len(r["statistics"])} tensors) to '
+               'the mean and std of stage 1\'s')
+  return (f'Stage 2 from {source}: {kept}, new embedding and head {c["new"]:,} '
           f'({r["embedding"]}), re-initialised {c["reinitialised"] + c["mixed"]:,} '
           f'({",".join(r["reinit"]) or "none"}{layers if r["reinit"] else ""}), frozen '
           f'{c["frozen"]:,} ({",".join(r["freeze"]) or "none"}{layers if r["freeze"] else ""}); '
@@ -333,15 +376,22 @@ def write_report(workdir: str, r: dict) -> None:
 
 def initial_state(setup, make_fresh, rng: jax.Array, workdir: str):
   """The first state of a stage-2 run, from `make_fresh()` (this run's own initial state,
-  of which only the parameters are kept): stage 1's blocks and norms, new embedding and
-  head, the init ablations of `setup.init_spec`, and a fresh optimizer state; the report is
-  logged and written to the workdir."""
+  of which only the parameters are kept): stage 1's blocks and norms (or their statistics),
+  new embedding and head, the init ablations of `setup.init_spec`, and a fresh optimizer
+  state; the report is logged and written to the workdir. Without init.from_run (scratch
+  with init.embedding='framework'), the run's own init with that embedding and head."""
   fresh = make_fresh()
   spec, state_type, step0 = setup.init_spec, type(fresh), fresh.step
   fresh_params = fresh.params
   del fresh   # its optimizer state is not kept
+  key = jax.random.fold_in(rng, TRANSFER_KEY)
+  if not spec.from_run:   # scratch with the published (framework) embedding and head
+    params, _ = build_params(spec, fresh_params, None, key)
+    logging.info('Scratch, with the %s embedding and head.', spec.embedding)
+    opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params)
+    return state_type(step=step0, params=params, opt_state=opt_state)
   stage1, step = read_stage1(spec, fresh_params, setup.mesh, workdir)
-  params, how = build_params(spec, fresh_params, stage1, jax.random.fold_in(rng, TRANSFER_KEY))
+  params, how = build_params(spec, fresh_params, stage1, key)
   del fresh_params, stage1
   opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params)
   mask = setup.trainable if setup.trainable is not None else jax.tree.map(lambda _: True, params)

@@ -276,8 +276,10 @@ def check_identity(workdir: str, cfg: ml_collections.ConfigDict, write: bool = T
         f'workdir {workdir!r} was made for another experiment, and these fields change its '
         f'data or state: {shown}. Use a new --workdir for the new config, or set the fields '
         f'back (the workdir\'s config is in {path}).')
-  changed = sorted(k for k in set(saved['config']) | set(now)
-                   if saved['config'].get(k) != now.get(k))
+  plain_defaults = _plain(config_lib.base_config())   # a field newer than the workdir at
+  changed = sorted(k for k in set(saved['config']) | set(now)   # its default is no change
+                   if saved['config'].get(k) != now.get(k)
+                   and not (k not in saved['config'] and now.get(k) == plain_defaults.get(k)))
   if changed:
     logging.warning('Config changes since this workdir was last run (allowed: they change '
                     'neither its data nor its state): %s', '; '.join(

@@ -54,6 +54,39 @@ class NCASourceTest(absltest.TestCase):
     rule_keys, _ = source.row_keys(jax.random.PRNGKey(4), 3)
     self.assertLen(np.unique(np.asarray(rule_keys), axis=0), 3)
 
+  def test_shuffled_controls_keep_every_token_and_lose_the_order(self):
+    """data.shuffle: the same trajectory (same keys) with its frames reordered, or each
+    frame's patches moved; never a token added or lost."""
+    cfg = CFG                                  # 12×12, 2×2 patches: 36 per frame
+    bank = jax.random.split(jax.random.PRNGKey(3), 4)
+    tpf = nca_tokens.tokens_per_frame(cfg)
+    seq_len = 10 * tpf - 1                     # ten whole frames per row
+    keys = device_sources.NCASource(cfg, seq_len, rule_keys=bank).row_keys(
+        jax.random.PRNGKey(4), 3)
+    rows = {kind: np.asarray(jax.jit(lambda src, k: src.rows(k))(
+        device_sources.NCASource(cfg, seq_len, rule_keys=bank, shuffle=kind), keys))
+            for kind in device_sources.SHUFFLES}
+    frames = {k: np.asarray(nca_tokens.tokens_to_frames(v, cfg)) for k, v in rows.items()}
+    plain = frames['']
+    self.assertEqual(plain.shape, (3, 10, 12, 12))
+    sim_keys = keys[1]
+    for b in range(3):   # the reference: numpy indexing with the permutations of the keys
+      key = jax.random.fold_in(sim_keys[b], device_sources.SHUFFLE_KEY)
+      np.testing.assert_array_equal(frames['frames'][b],
+                                    plain[b][np.asarray(jax.random.permutation(key, 10))])
+      for t, frame_key in enumerate(jax.random.split(key, 10)):
+        order = np.asarray(jax.random.permutation(frame_key, 36))
+        tiles = plain[b, t].reshape(6, 2, 6, 2).swapaxes(1, 2).reshape(36, 2, 2)
+        want = tiles[order].reshape(6, 6, 2, 2).swapaxes(1, 2).reshape(12, 12)
+        np.testing.assert_array_equal(frames['patches'][b, t], want)
+    self.assertFalse(np.array_equal(frames['frames'], plain))
+    self.assertFalse(np.array_equal(frames['patches'], plain))
+    for kind in ('frames', 'patches'):   # every token kept: the unigram counts are the same
+      np.testing.assert_array_equal(np.bincount(rows[kind].ravel()),
+                                    np.bincount(rows[''].ravel()))
+    with self.assertRaisesRegex(Exception, r"data.shuffle='rows': use one of"):
+      device_sources.NCASource(cfg, seq_len, shuffle='rows')
+
   def test_bad_settings(self):
     with self.assertRaisesRegex(ValueError, 'mode'):
       device_sources.NCASource(CFG, mode='exact')

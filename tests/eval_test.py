@@ -3,6 +3,7 @@ hand, they write nothing, and the registry picks and schedules them from the sou
 import os
 import sysconfig
 import tempfile
+import types
 
 from absl.testing import absltest
 import jax
@@ -17,7 +18,9 @@ from ncalm.data import device_sources
 from ncalm.data import feeds as feeds_lib
 from ncalm.data import nca_tokens
 from ncalm.data import prepare
+from ncalm.data import text
 from ncalm.eval import heldout
+from ncalm.eval import induction
 from ncalm.eval import nca_probe
 from ncalm.eval import registry
 
@@ -173,6 +176,34 @@ class TextHeldoutTest(WritesNothing, absltest.TestCase):
                      float(-np.log(counts / counts.sum())[rows[:, 1:]].mean()))
     self.assertEqual(images, {})
 
+  def test_induction_probe_equals_the_losses_by_hand(self):
+    cfg = self.cfg.copy_and_resolve_references()
+    cfg.evals.induction.update(sequences=4, length=12)
+    probe = induction.InductionProbe(self.setup, cfg, self.feeds)
+    scalars, images = self.run_in_empty_dir(probe, self.params)
+    self.assertEqual(images, {})
+    n, vocab = 12, self.feeds.val_source.meta['vocab_size']
+    rows = np.asarray(induction.induction_rows(
+        jax.random.fold_in(heldout.eval_key(cfg), induction.INDUCTION_KEY), 4, n,
+        cfg.seq_len, vocab))
+    self.assertEqual(rows.shape, (4, cfg.seq_len + 1))
+    np.testing.assert_array_equal(rows[:, :n], rows[:, n:2 * n])   # the same n, twice
+    self.assertLess(rows.max(), vocab)
+    np.testing.assert_array_equal(np.asarray(probe.rows), rows)
+    batch = device_sources.to_batch(jnp.asarray(rows), jnp.ones(cfg.seq_len))
+    logits = np.asarray(self.setup.model.apply({'params': self.params}, batch.inputs,
+                                               deterministic=True))
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)))
+    ce = -np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
+    # Target t is token t + 1: the first copy's tokens 1..n-1, the second's n+1..2n-1.
+    np.testing.assert_allclose(scalars['induction/first_copy_loss'], ce[:, 0:n - 1].mean(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(scalars['induction/second_copy_loss'],
+                               ce[:, n:2 * n - 1].mean(), rtol=1e-5)
+    right = logits.argmax(-1) == rows[:, 1:]
+    self.assertAlmostEqual(scalars['induction/second_copy_accuracy'],
+                           right[:, n:2 * n - 1].mean(), places=6)
+
 
 class RegistryTest(absltest.TestCase):
 
@@ -190,13 +221,22 @@ class RegistryTest(absltest.TestCase):
                      ('heldout',))
     nca_cfg.evals.probe.sequences = 0   # turns the probe off
     self.assertEqual(registry.names(nca_cfg, nca_source), ('heldout',))
+    text_source = types.SimpleNamespace(evaluators=text.TextFeed.evaluators)  # as a feed says
+    text_cfg = tiny_config.get_config('text')
+    self.assertEqual(registry.names(text_cfg, text_source), ('heldout',))   # induction off
+    text_cfg.evals.induction.sequences = 8
+    self.assertEqual(registry.names(text_cfg, text_source), ('heldout', 'induction'))
+    nca_cfg.evals.induction.sequences = 8
+    self.assertEqual(registry.names(nca_cfg, nca_source), ('heldout',))   # not for NCA
 
   def test_each_evaluator_has_its_own_cadence(self):
     cfg = tiny_config.get_config()
     cfg.train_steps = 10
     cfg.evals.heldout.every, cfg.evals.probe.every = 2, 5
+    cfg.evals.induction.every = 3
     due = {n: [s for s in range(1, 11) if registry.due(cfg, n, s)] for n in registry.EVALUATORS}
-    self.assertEqual(due, {'heldout': [2, 4, 6, 8, 10], 'probe': [5, 10]})
+    self.assertEqual(due, {'heldout': [2, 4, 6, 8, 10], 'probe': [5, 10],
+                           'induction': [3, 6, 9, 10]})
 
   def test_probe_refusals_name_their_field(self):
     cfg = tiny_config.get_config()
@@ -208,6 +248,16 @@ class RegistryTest(absltest.TestCase):
     cfg.seq_len = 40   # one whole frame of 38 tokens: no context to decode from
     with self.assertRaisesRegex(errors.UserError, 'the next-frame probe needs two'):
       startup.check(cfg)
+
+  def test_induction_refusals_name_their_field(self):
+    cfg = tiny_config.get_config('text')
+    cfg.evals.induction.update(sequences=3, length=8)
+    with self.assertRaisesRegex(errors.UserError, r'evals.induction.sequences=3 is not '
+                                r'divisible by the 2 data-parallel'):
+      induction.InductionProbe.check_mesh(cfg, None, 2)
+    cfg.evals.induction.length = cfg.seq_len
+    with self.assertRaisesRegex(errors.UserError, r'evals.induction.length=\d+: two copies'):
+      induction.InductionProbe.check(cfg, None)
 
 
 if __name__ == '__main__':

@@ -113,6 +113,53 @@ class TransferTest(absltest.TestCase):
     self.assertFalse(same_bits(embedding, fresh['embedding']))
     self.assertTrue(same_bits(params['layers/mlp/gate'], self.stage1['layers/mlp/gate']))
 
+  def test_scratch_with_the_framework_embedding_and_head(self):
+    """The published init for scratch too (like for like with the arms): the run's own
+    blocks and norms bit for bit, the embedding and head drawn as a transfer draws them."""
+    cfg = helpers.text_config(self.data_dir)
+    cfg.init.embedding = 'framework'
+    setup = step_lib.create_setup(cfg, startup.check(cfg).model)
+    self.assertTrue(setup.init_spec.changes_fresh_init)
+    init_key, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    workdir = self.create_tempdir().full_path
+    state = transfer.initial_state(setup, lambda: step_lib.create_state(setup, init_key),
+                                   init_key, workdir)
+    params = helpers.flat(state.params)
+    fresh = helpers.flat(step_lib.create_state(setup, init_key).params)
+    with_transfer, _, _ = self.transferred(self.config(embedding='framework'))
+    for name in params:
+      if name in ('embedding', 'head'):
+        self.assertTrue(same_bits(params[name], with_transfer[name]), name)
+        self.assertFalse(same_bits(params[name], fresh[name]), name)
+      else:
+        self.assertTrue(same_bits(params[name], fresh[name]), name)
+    self.assertEqual(os.listdir(workdir), [])    # no transfer report: nothing was read
+    plain = helpers.text_config(self.data_dir)
+    self.assertFalse(step_lib.create_setup(plain, startup.check(plain).model)
+                     .init_spec.changes_fresh_init)
+
+  def test_statistics_control_has_stage1s_mean_and_std_per_layer(self):
+    """init.kept='statistics': each kept tensor is this run's own draw moved to stage 1's
+    mean and std, layer by layer; the weights themselves are not stage 1's."""
+    params, fresh, report = self.transferred(self.config(kept='statistics'))
+    matched = [n for n in params if n not in ('embedding', 'head')]
+    self.assertEqual(sorted(report['statistics']), sorted(matched))
+    self.assertEqual(report['kept'], [])
+    self.assertEqual(report['counts']['statistics'], sum(params[n].size for n in matched))
+    for name in matched:
+      got, want, own = params[name], self.stage1[name], fresh[name]
+      layers = [(got[i], want[i], own[i]) for i in range(len(got))] if name.startswith(
+          'layers/') else [(got, want, own)]
+      for g, w, o in layers:
+        np.testing.assert_allclose(g.mean(), w.mean(), atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(g.std(), w.std(), rtol=1e-4, atol=1e-7, err_msg=name)
+        self.assertFalse(np.array_equal(g, w), name)
+        if o.std() > 0:   # an affine image of the own draw: the same pattern, new scale
+          np.testing.assert_allclose(np.corrcoef(g.ravel(), o.ravel())[0, 1], 1.0,
+                                     rtol=1e-5, err_msg=name)
+    with self.assertRaisesRegex(errors.UserError, r'init.kept=.weight.: use one of'):
+      self.transferred(self.config(kept='weight'))
+
   def test_reinit_groups_touch_exactly_their_parameters_in_the_layer_range(self):
     groups = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),
               'mlp': ('mlp/gate', 'mlp/up', 'mlp/down'),

@@ -74,6 +74,32 @@ def score_rules(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
   return scores
 
 
+@functools.partial(jax.jit, static_argnames=('cfg', 'mode', 'frames'))
+def repeats_a_frame(rule_keys: jax.Array, sim_keys: jax.Array, cfg: nca.NCAConfig,
+                    mode: str, frames: int) -> jax.Array:
+  """bool [B]: whether each rule's trajectory of `frames` frames (after the burn-in, from
+  its scoring simulation key) shows some frame twice — a fixed point or a cycle, which a
+  model learns to copy from one period back. Translations on the torus are cycles too."""
+  traj = nca.rollout(rule_keys, sim_keys, cfg.replace(frames=frames), mode)
+  flat = traj.reshape(traj.shape[0], frames, -1)
+  same = jnp.all(flat[:, :, None, :] == flat[:, None, :, :], axis=-1)   # [B, T, T]
+  earlier = jnp.tril(jnp.ones((frames, frames), bool), k=-1)[None]
+  return jnp.any(same & earlier, axis=(1, 2))
+
+
+def periodic_rules(rule_keys: np.ndarray, sim_keys: np.ndarray, cfg: nca.NCAConfig,
+                   mode: str, frames: int, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+  """`repeats_a_frame` over any number of rules, in fixed-size chunks (one compile)."""
+  n = len(rule_keys)
+  out = np.empty(n, bool)
+  for start in range(0, n, chunk):
+    rk = pad_rows(np.asarray(rule_keys[start:start + chunk]), chunk)
+    sk = pad_rows(np.asarray(sim_keys[start:start + chunk]), chunk)
+    out[start:start + chunk] = np.asarray(repeats_a_frame(rk, sk, cfg, mode, frames))[
+        :min(chunk, n - start)]
+  return out
+
+
 def _chunk_for(n: int, chunk: int) -> int:
   """The smallest power of two >= n, capped at chunk: few distinct compiled shapes."""
   return min(chunk, 1 << max(0, (n - 1).bit_length()))
@@ -166,12 +192,14 @@ class RuleBank:
 
 def sample_rule_bank(key: jax.Array, num_rules: int, band, cfg: nca.NCAConfig,
                      mode: str = 'fast', max_rounds: int = DEFAULT_MAX_ROUNDS,
-                     chunk: int = DEFAULT_CHUNK) -> RuleBank:
+                     chunk: int = DEFAULT_CHUNK, aperiodic_frames: int = 0) -> RuleBank:
   """Rejection-samples num_rules rules with low < score < high (or any, if band is None).
 
   Follows the published sampler round by round, so in reference mode the same key
-  gives the same accepted rules. Raises `errors.UserError` after max_rounds rounds if
-  the band is still short of rules, instead of searching forever.
+  gives the same accepted rules. With `aperiodic_frames` > 0, a rule is also rejected
+  when its trajectory of that many frames repeats a frame (`repeats_a_frame`; the gzip
+  score over 10 frames does not see a longer period). Raises `errors.UserError` after
+  max_rounds rounds if the band is still short of rules, instead of searching forever.
   """
   if band is not None:
     band = check_band(band)
@@ -182,14 +210,19 @@ def sample_rule_bank(key: jax.Array, num_rules: int, band, cfg: nca.NCAConfig,
     candidates, sim_keys = next(rounds)
     round_scores = score_rules(candidates, sim_keys, cfg, mode, _chunk_for(num_rules, chunk))
     keep = in_band(round_scores, band) if band else np.ones(num_rules, bool)
+    if aperiodic_frames and keep.any():
+      keep[keep] = ~periodic_rules(candidates[keep], sim_keys[keep], cfg, mode,
+                                   aperiodic_frames, _chunk_for(num_rules, chunk))
     keys.append(candidates[keep])
     scores.append(round_scores[keep])
     have += int(keep.sum())
     if have >= num_rules:
       return RuleBank(np.concatenate(keys)[:num_rules], np.concatenate(scores)[:num_rules], band)
   tried = max_rounds * num_rules
+  aperiodic = (f' and without a repeated frame in {aperiodic_frames} frames'
+               if aperiodic_frames else '')
   raise errors.UserError(
-      f'band={band}: only {have} of {num_rules} rules scored inside the band out of {tried:,} '
-      f'candidates ({have / tried:.2%} accepted). Widen the band (data.band in a config, '
+      f'band={band}: only {have} of {num_rules} rules scored inside the band{aperiodic} out of '
+      f'{tried:,} candidates ({have / tried:.2%} accepted). Widen the band (data.band in a config, '
       '--band or --bands on the command line) or ask for fewer rules (data.num_train_rules '
       'and data.num_val_rules, --count or --rules_per_band).')

@@ -48,6 +48,26 @@ class _OnDevice:
     return np.log(counts / counts.sum())
 
 
+SHUFFLES = ('', 'frames', 'patches')
+SHUFFLE_KEY = 3   # fold_in of a sequence's simulation key for its shuffle
+
+
+def shuffled(frames_THW: jax.Array, key: jax.Array, kind: str, patch: int) -> jax.Array:
+  """The shuffled-NCA control of one trajectory: 'frames' puts its frames in a random
+  order; 'patches' puts each frame's p×p patches at random places (a new permutation per
+  frame). Every token of the sequence stays (so do its unigram statistics); the dynamics,
+  or the space they act in, go."""
+  t, g, _ = frames_THW.shape
+  if kind == 'frames':
+    return frames_THW[jax.random.permutation(key, t)]
+  n = g // patch
+  patches = frames_THW.reshape(t, n, patch, n, patch).swapaxes(2, 3).reshape(t, n * n, patch,
+                                                                            patch)
+  orders = jax.vmap(lambda k: jax.random.permutation(k, n * n))(jax.random.split(key, t))
+  moved = jax.vmap(lambda frame, order: frame[order])(patches, orders)
+  return moved.reshape(t, n, n, patch, patch).swapaxes(2, 3).reshape(t, g, g)
+
+
 @dataclasses.dataclass(frozen=True)
 class NCASource(_OnDevice):
   """NCA sequences: a rule drawn from the bank and a fresh initial state per sequence.
@@ -58,10 +78,14 @@ class NCASource(_OnDevice):
   seq_len: int = 1024                 # model context; seq_len + 1 tokens are simulated
   mode: str = 'fast'                  # 'fast' (training default) or 'reference'
   rule_keys: jax.Array | None = None  # uint32 [N, 2] rule bank, or None for fresh rules
+  shuffle: str = ''                   # the shuffled-NCA control: '' | 'frames' | 'patches'
 
   def __post_init__(self):
     if self.mode not in nca.MODES:
       raise errors.UserError(f'mode={self.mode!r}: use one of {nca.MODES}.')
+    if self.shuffle not in SHUFFLES:
+      raise errors.UserError(f'data.shuffle={self.shuffle!r}: use one of {list(SHUFFLES)} '
+                             "('' = the NCA as simulated).")
     if self.seq_len < nca_tokens.tokens_per_frame(self.cfg):
       raise errors.UserError(f'seq_len={self.seq_len} is shorter than one frame '
                              f'({nca_tokens.tokens_per_frame(self.cfg)} tokens): nothing to score.')
@@ -83,6 +107,10 @@ class NCASource(_OnDevice):
   def sequences(self, rule_keys: jax.Array, sim_keys: jax.Array) -> jax.Array:
     """Token sequences B × frames·tokens_per_frame for explicit keys."""
     frames = nca.rollout(rule_keys, sim_keys, self.sim_cfg, self.mode)
+    if self.shuffle:
+      shuffle_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sim_keys, SHUFFLE_KEY)
+      frames = jax.vmap(shuffled, in_axes=(0, 0, None, None))(
+          frames, shuffle_keys, self.shuffle, self.cfg.patch)
     return nca_tokens.frames_to_tokens(frames, self.cfg)
 
   def loss_mask(self) -> jax.Array:
@@ -141,5 +169,5 @@ def to_batch(rows: jax.Array, loss_mask: jax.Array) -> batch_lib.Batch:
 
 
 jax.tree_util.register_dataclass(
-    NCASource, data_fields=['rule_keys'], meta_fields=['cfg', 'seq_len', 'mode'])
+    NCASource, data_fields=['rule_keys'], meta_fields=['cfg', 'seq_len', 'mode', 'shuffle'])
 jax.tree_util.register_dataclass(DyckSource, data_fields=[], meta_fields=['cfg', 'seq_len'])

@@ -72,7 +72,8 @@ def _nca(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
   nca_cfg = nca_config(cfg)
   if cfg.data.band is not None:
     complexity.check_band(cfg.data.band)
-  make = lambda keys: device_sources.NCASource(nca_cfg, cfg.seq_len, cfg.data.mode, keys)
+  make = lambda keys: device_sources.NCASource(nca_cfg, cfg.seq_len, cfg.data.mode, keys,
+                                               cfg.data.shuffle)
   train_keys, val_keys = rule_keys or (None, None)
   return Feeds(make(train_keys), make(val_keys))
 
@@ -104,6 +105,11 @@ def build(cfg: ml_collections.ConfigDict, rule_keys=None) -> Feeds:
   """The feeds of `cfg` (checking its data section); bank-less when `rule_keys` is None."""
   if cfg.data.source not in BUILDERS:
     raise errors.UserError(f'data.source={cfg.data.source!r}: use one of {list(BUILDERS)}.')
+  if cfg.data.source != 'nca' and (cfg.data.shuffle or cfg.data.reject_periodic):
+    raise errors.UserError(
+        f'data.shuffle={cfg.data.shuffle!r} and data.reject_periodic='
+        f'{cfg.data.reject_periodic} act on NCA data, but data.source={cfg.data.source!r}: '
+        "set them to '' and False, or data.source='nca'.")
   return BUILDERS[cfg.data.source](cfg, rule_keys)
 
 
@@ -124,8 +130,10 @@ def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str) -> complex
   total = d.num_train_rules + d.num_val_rules
   band = tuple(d.band) if d.band else None
   logging.info('Sampling %d rules in band %s ...', total, band)
-  bank = complexity.sample_rule_bank(jax.random.PRNGKey(d.bank_seed), total, band,
-                                     nca_config(cfg), d.bank_mode)
+  nca_cfg = nca_config(cfg)
+  bank = complexity.sample_rule_bank(jax.random.PRNGKey(d.bank_seed), total, band, nca_cfg,
+                                     d.bank_mode,
+                                     aperiodic_frames=nca_cfg.frames if d.reject_periodic else 0)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with files.atomic_path(path) as tmp:

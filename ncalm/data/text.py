@@ -74,7 +74,7 @@ class TextFeed:
   shuffle: bool
   on_device = False             # rows read by the host (`Prefetcher`), not made in the step
   tokens_per_frame = 0          # text has no frames
-  evaluators = ('heldout',)     # names in ncalm.eval.registry.EVALUATORS that suit it
+  evaluators = ('heldout', 'induction')  # names in ncalm.eval.registry.EVALUATORS that suit it
 
   @property
   def vocab_size(self) -> int:

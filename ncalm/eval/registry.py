@@ -11,11 +11,13 @@ its section in `config_lib.base_config().evals`.
 from __future__ import annotations
 
 from ncalm.eval import heldout
+from ncalm.eval import induction
 from ncalm.eval import nca_probe
 
 # name → class with enabled(cfg), check(cfg, source), check_mesh(cfg, source,
 # data_parallel) (static; refusals at start-up), __init__(setup, cfg, feeds), run(params)
-EVALUATORS = {'heldout': heldout.HeldoutLoss, 'probe': nca_probe.NextFrameProbe}
+EVALUATORS = {'heldout': heldout.HeldoutLoss, 'probe': nca_probe.NextFrameProbe,
+              'induction': induction.InductionProbe}
 
 
 def names(cfg, source) -> tuple[str, ...]:
