@@ -38,7 +38,7 @@ class ConfigsTest(absltest.TestCase):
     files = {f for f in os.listdir(CONFIGS) if f.endswith('.py')}
     self.assertEqual(files, set(RUN_CONFIGS))
     self.assertEqual({f for f in os.listdir(os.path.join(CONFIGS, 'experiments'))
-                      if f.endswith('.py')}, {'code.py', 'math.py', 'web.py'})
+                      if f.endswith('.py')}, {'code.py', 'math.py', 'web.py', 'code_controls.py'})
 
   def test_run_configs(self):
     for name, variants in RUN_CONFIGS.items():
@@ -48,13 +48,26 @@ class ConfigsTest(absltest.TestCase):
           check(config_lib.load_file(path))
 
   def test_experiment_configs(self):
-    for name in ('code', 'math', 'web'):
-      for variant in ('', ':cpu'):
+    for name, variants in (('code', ('', ':cpu')), ('math', ('', ':cpu')), ('web', ('', ':cpu')),
+                           ('code_controls', (':cpu', ':tiny'))):
+      for variant in variants:
         with self.subTest(f'{name}{variant}'):
           exp = config_lib.load_file(os.path.join(CONFIGS, 'experiments', f'{name}.py{variant}'))
           experiment.check(exp)
           for _, cfg in experiment.jobs(exp, '/nonexistent'):
             check(cfg)
+
+  def test_start_up_check_refuses_the_schedule_and_init_before_any_run(self):
+    """An experiment checks every run with startup.check before the first: the optimizer's
+    and the init section's refusals must be among its checks."""
+    cfg = tiny_config.get_config()
+    cfg.optim.update(schedule='warmup_cosine', warmup_steps=0)
+    with self.assertRaisesRegex(errors.UserError, r'optim.warmup_steps=0 must be >= 1'):
+      startup.check(cfg)
+    cfg = tiny_config.get_config()
+    cfg.init.kept = 'statistics'    # without init.from_run
+    with self.assertRaisesRegex(errors.UserError, r'init.from_run is empty'):
+      startup.check(cfg)
 
   def test_unknown_variant_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'Unknown arm'):
