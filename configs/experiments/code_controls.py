@@ -29,8 +29,8 @@ Stage 2: configs/text_code.py:cpu for 1,000 steps (warmup 100, cosine to 0), eva
 
 Prepare the corpora once (README, "Text": the stage-2 corpus and its BPE), then the control's:
 
-    python -m ncalm.prepare \
-        --input="$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/test/**/*.py" \
+    STDLIB=$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+    python -m ncalm.prepare --input="$STDLIB/test/**/*.py" \
         --tokenizer=/tmp/ncalm_data/stdlib_bpe4096.json --out=/tmp/ncalm_data/stdlib_tests
 
 The stage-2 learning rate is screened before the comparison, the same way for every arm
