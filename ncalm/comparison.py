@@ -1,10 +1,14 @@
 """The comparison of arms: final perplexity, the step each arm reaches scratch's final
-perplexity, the speed-up, and compute — over seeds — as Markdown, CSV and a PNG.
+perplexity, the speed-up, and compute — over seeds — as Markdown, CSV and a PNG; and the
+paired statistics fixed before the runs (docs/transfer.md): each arm's loss minus scratch's
+on the same seed at fixed fractions of stage 2, with 95% t-intervals, and the onset of
+in-context copying (the induction probe).
 
-Inputs are plain: for each arm and seed, the stage-2 validation curve [(step, loss)] and
-the run's compute. The speed-up of an arm on a seed is T_scratch / T_arm, where T is the
-first step at which a run's validation loss reaches scratch's final loss on the same seed
-(linear in loss between evaluations; docs/method.md §7).
+Inputs are plain: for each arm and seed, the stage-2 validation curve [(step, loss)], the
+induction curve [(step, second-copy loss / first-copy loss)] when measured, and the run's
+compute. The speed-up of an arm on a seed is T_scratch / T_arm, where T is the first step at
+which a run's validation loss reaches scratch's final loss on the same seed (linear in loss
+between evaluations; docs/method.md §7).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class ArmResult:
   stage2_tokens: int = 0
   flops: float = 0.0           # training FLOPs of both stages (6·N·tokens + attention)
   diverged: bool = False
+  induction: Curve = dataclasses.field(default_factory=list)  # (step, second / first copy)
 
 
 def crossing_step(curve: Curve, target: float) -> float | None:
@@ -43,6 +48,99 @@ def crossing_step(curve: Curve, target: float) -> float | None:
       return s0 + (step - s0) * (l0 - target) / (l0 - loss)
     previous = (step, loss)
   return None
+
+
+def loss_at(curve: Curve, step: float) -> float | None:
+  """The loss at `step`, linear between evaluations; None outside the curve."""
+  for (s0, l0), (s1, l1) in zip(curve, curve[1:]):
+    if s0 <= step <= s1:
+      return l0 if s1 == s0 else l0 + (l1 - l0) * (step - s0) / (s1 - s0)
+  return curve[0][1] if curve and curve[0][0] == step else None
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (tested against scipy).
+_T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582, 6: 2.446912,
+         7: 2.364624, 8: 2.306004, 9: 2.262157, 10: 2.228139, 11: 2.200985, 12: 2.178813,
+         13: 2.160369, 14: 2.144787, 15: 2.131450, 16: 2.119905, 17: 2.109816, 18: 2.100922,
+         19: 2.093024, 20: 2.085963, 25: 2.059539, 30: 2.042272, 40: 2.021075, 60: 2.000298,
+         120: 1.979930}
+
+
+def t975(df: int) -> float:
+  """The 0.975 quantile of Student's t with `df` degrees of freedom (the nearest tabulated
+  df at or below it; 1.96 beyond 120)."""
+  if df < 1:
+    raise ValueError(f'df={df}: a t-interval needs two or more values.')
+  if df > 120:
+    return 1.959964
+  return _T975[max(d for d in _T975 if d <= df)]
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float] | None:
+  """(mean, low, high): the mean and its 95% t-interval; None for fewer than 2 values."""
+  a = np.asarray(values, np.float64)
+  if len(a) < 2:
+    return None
+  half = t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
+  return float(a.mean()), float(a.mean() - half), float(a.mean() + half)
+
+
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)   # of stage 2, where paired differences are reported
+ONSET_RATIO = 0.5                   # induction onset: second-copy loss ≤ half the first's
+
+
+@dataclasses.dataclass
+class Paired:
+  """An arm against the reference on the seeds both finished."""
+  arm: str
+  seeds: int
+  differences: dict[float, tuple[float, float, float] | None]  # fraction → mean, 95% CI
+  onset: tuple[float, float] | None                           # mean, std of onset step
+  onset_reached: int
+
+
+def paired(results: dict[str, dict[int, ArmResult]], reference: str = 'scratch',
+           fractions: tuple[float, ...] = FRACTIONS) -> list[Paired]:
+  """Per arm (the reference included, for its onset): loss(arm) − loss(reference) on the
+  same seed at each fraction of the reference's last step, as a mean and 95% t-interval
+  over seeds; and the step at which the induction ratio falls to ONSET_RATIO."""
+  ref = {s: r for s, r in results.get(reference, {}).items() if r.curve and not r.diverged}
+  out = []
+  for arm, by_seed in results.items():
+    ok = {s: r for s, r in by_seed.items() if r.curve and not r.diverged}
+    both = sorted(set(ok) & set(ref))
+    differences = {}
+    for fraction in fractions:
+      diffs = []
+      for seed in both:
+        step = fraction * ref[seed].curve[-1][0]
+        a, b = loss_at(ok[seed].curve, step), loss_at(ref[seed].curve, step)
+        if a is not None and b is not None:
+          diffs.append(a - b)
+      differences[fraction] = mean_interval(diffs) if arm != reference else None
+    onsets = [step for r in ok.values() if r.induction
+              and (step := crossing_step(r.induction, ONSET_RATIO)) is not None]
+    out.append(Paired(arm, len(both), differences, _mean_std(onsets) if onsets else None,
+                      len(onsets)))
+  return out
+
+
+def paired_markdown(rows: list[Paired], reference: str = 'scratch') -> str:
+  """The paired table: differences in nats (negative: the arm is ahead of scratch)."""
+  fractions = list(rows[0].differences) if rows else list(FRACTIONS)
+  header = ['arm', 'paired seeds'] + [f'Δ loss at {f:.0%} [95% CI]' for f in fractions] + [
+      f'induction onset (step; second/first copy ≤ {ONSET_RATIO})']
+  out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for r in rows:
+    cells = []
+    for f in fractions:
+      d = r.differences.get(f)
+      cells.append('reference' if r.arm == reference else
+                   '–' if d is None else f'{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]')
+    onset = ('–' if r.onset is None else f'{r.onset[0]:.0f} ± {r.onset[1]:.0f}'
+             + (f' ({r.onset_reached} seeds)' if r.onset_reached else ''))
+    out.append('| ' + ' | '.join([r.arm, str(r.seeds), *cells, onset]) + ' |')
+  return '\n'.join(out) + '\n'
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -171,7 +269,8 @@ def plot(results: dict[str, dict[int, ArmResult]], png_path: str, title: str,
 def write(results: dict[str, dict[int, ArmResult]], out_prefix: str, title: str) -> list[Row]:
   """out_prefix.md, .csv and .png; returns the rows."""
   rows = summarise(results)
-  for suffix, text in (('.md', markdown(rows)), ('.csv', csv_text(rows))):
+  for suffix, text in (('.md', markdown(rows) + '\n' + paired_markdown(paired(results))),
+                       ('.csv', csv_text(rows))):
     with files.atomic_open(out_prefix + suffix) as f:
       f.write(text)
   plot(results, out_prefix + '.png', title)

@@ -186,10 +186,12 @@ def _result(run_dir: str, stage1_dir: str | None) -> comparison.ArmResult | None
   path = os.path.join(run_dir, run_files.METRICS)
   rows = metrics.read_jsonl(path) if os.path.exists(path) else []
   curve = [(r['step'], r['eval/loss']) for r in rows if r.get('eval/loss') is not None]
+  induction = [(r['step'], r['induction/second_copy_loss'] / r['induction/first_copy_loss'])
+               for r in rows if r.get('induction/second_copy_loss') is not None]
   return comparison.ArmResult(curve=curve, stage1_tokens=stage1['tokens'],
                            stage2_tokens=record['tokens'],
                            flops=stage1['flops'] + record['flops'],
-                           diverged=record.get('diverged', False))
+                           diverged=record.get('diverged', False), induction=induction)
 
 
 def collect(exp, workdir: str) -> tuple[dict, dict]:

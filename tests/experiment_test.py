@@ -13,6 +13,7 @@ import time
 from absl.testing import absltest
 import numpy as np
 from PIL import Image
+from scipy import stats
 
 from ncalm import comparison
 from ncalm import config_lib
@@ -64,6 +65,64 @@ class CompareTest(absltest.TestCase):
     self.assertIn('2.00× [2.00, 2.00]', table)
     self.assertIn('(1/2 seeds reach it)', table)
     self.assertIn('| broken | 1 (1 diverged) |', table)
+
+  def test_paired_differences_with_t_intervals_and_induction_onset(self):
+    scratch = {s: arm([(0, 6.0), (50, 5.0), (100, 4.0)],
+                      induction=[(0, 1.0), (50, 0.8), (100, 0.6)]) for s in range(3)}
+    shifts = (0.1, 0.3, 0.2)   # the arm's loss minus scratch's, per seed
+    ahead = {s: arm([(0, 6.0 - d), (50, 5.0 - d), (100, 4.0 - d)],
+                    induction=[(0, 1.0), (50, 0.5), (100, 0.2)]) for s, d in enumerate(shifts)}
+    rows = {r.arm: r for r in comparison.paired({'scratch': scratch, 'ahead': ahead},
+                                                 fractions=(0.25, 1.0))}
+    mean, low, high = rows['ahead'].differences[1.0]
+    want = -np.mean(shifts)
+    half = stats.t.ppf(0.975, 2) * np.std(shifts, ddof=1) / np.sqrt(3)   # the textbook one
+    np.testing.assert_allclose((mean, low, high), (want, want - half, want + half), rtol=1e-6)
+    self.assertAlmostEqual(rows['ahead'].differences[0.25][0], want)   # at step 25, linear
+    self.assertEqual(rows['ahead'].seeds, 3)
+    self.assertEqual(rows['ahead'].onset, (50.0, 0.0))       # ratio 0.5 at step 50
+    self.assertIsNone(rows['scratch'].onset)                 # never below 0.5
+    self.assertIsNone(rows['scratch'].differences[1.0])      # the reference itself
+    table = comparison.paired_markdown(list(rows.values()))
+    self.assertIn(f'| ahead | 3 | {want:+.3f} [{want - half:+.3f}, {want + half:+.3f}]', table)
+    self.assertIn('| scratch | 3 | reference | reference |', table)
+    for df in (1, 2, 4, 9, 19, 29, 200):
+      self.assertAlmostEqual(comparison.t975(df), stats.t.ppf(0.975, df), delta=0.02)
+    for df in (1, 2, 4, 10, 20, 30, 60, 120):
+      self.assertAlmostEqual(comparison.t975(df), stats.t.ppf(0.975, df), places=5)
+
+
+class ControlsRecipeTest(absltest.TestCase):
+  """configs/experiments/code_controls.py: the runs it makes are the recipes it names."""
+
+  def test_the_runs_of_the_controls_experiment(self):
+    exp = config_lib.load_file(os.path.join(ROOT, 'configs', 'experiments',
+                                            'code_controls.py:cpu'))
+    experiment.check(exp)
+    runs = {os.path.relpath(path, '/w'): cfg for path, cfg in experiment.jobs(exp, '/w')}
+    self.assertLen(runs, 5 * (5 + 6 + 1))   # per seed: 5 stage 1, 6 arms' stage 2, 1 ablation
+    stage2 = runs['seed_0/scratch/stage2']
+    self.assertEqual((stage2.init.from_run, stage2.init.embedding), ('', 'framework'))
+    self.assertEqual(stage2.train_steps, 1000)
+    stage2_tokens = stage2.train_steps * stage2.global_batch * stage2.seq_len
+    for arm in ('nca', 'nca_annealed', 'nca_aperiodic', 'nca_shuffled', 'code'):
+      stage1 = runs[f'seed_3/{arm}/stage1']
+      tokens = stage1.train_steps * stage1.global_batch * stage1.seq_len
+      self.assertLessEqual(tokens, 0.1 * stage2_tokens, arm)     # ≤ 10% of stage 2
+      warm_only = (stage1.optim.schedule, stage1.optim.warmup_steps) == ('warmup', 100)
+      self.assertEqual(warm_only, arm != 'nca_annealed', arm)     # handed over at peak lr
+      after = runs[f'seed_3/{arm}/stage2']
+      self.assertEqual(after.init.from_run, f'/w/seed_3/{arm}/stage1')
+      self.assertEqual(after.init.embedding, 'framework')
+      self.assertEqual(after.seed, 3)
+    self.assertEqual(runs['seed_0/nca_shuffled/stage1'].data.shuffle, 'frames')
+    aperiodic = runs['seed_0/nca_aperiodic/stage1'].data
+    self.assertEqual((aperiodic.reject_periodic, aperiodic.nca.grid), (True, 16))
+    self.assertEqual(runs['seed_0/code/stage1'].data.source, 'text')
+    control = runs['seed_0/nca_statistics/stage2']
+    self.assertEqual((control.init.from_run, control.init.kept),
+                     ('/w/seed_0/nca/stage1', 'statistics'))
+    self.assertEqual(runs['seed_0/nca/stage2'].init.kept, 'weights')
 
 
 class ExperimentTest(absltest.TestCase):
