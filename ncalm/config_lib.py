@@ -104,6 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
                                   # embedding, head
   c.init.layer_start = 0          # per-layer groups act on layers [layer_start, layer_stop)
   c.init.layer_stop = 0           # 0 = num_layers
+  # Transfer practice the paper does not use (each an arm of code_controls.py, none default):
+  c.init.warm_steps = 0           # the first steps train only the new embedding and head
+  c.init.transferred_lr_scale = 1.0  # the kept parameters' learning rate × this, throughout
+  c.init.norms = 'kept'           # kept norms: 'kept' as trained, or 'unit_rms' (each layer's
+                                  # scale vector divided by its RMS: the pattern, not the size)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'           # 'adam' | 'adamw'

@@ -6,6 +6,8 @@ checkpoint sits at peak lr). `warmup_cosine` is the decay variant (and stage 2's
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import optax
 
 from ncalm import errors
@@ -32,17 +34,28 @@ def schedule(name: str, peak_lr: float, warmup_steps: int, total_steps: int,
   return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, final_lr)
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, lr schedule) from an `optim` config block."""
+def make_optimizer(cfg, total_steps: int, lr_factors: dict[str, Callable] | None = None,
+                   labels=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, lr schedule) from an `optim` config block. With `lr_factors` ({group:
+  factor(step)}) and `labels` (a pytree of group names like the parameters, or a function
+  of them), each group's learning rate is the schedule × its factor; clipping stays global.
+  The schedule returned is the block's own."""
   lr = schedule(cfg.schedule, cfg.lr, cfg.warmup_steps, total_steps, cfg.get('final_lr', 0.0))
-  if cfg.name == 'adam':
-    if cfg.weight_decay:
-      raise errors.UserError('optim.weight_decay needs optim.name="adamw" (adam has none).')
-    core = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-  elif cfg.name == 'adamw':
-    core = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-  else:
+  if cfg.name == 'adam' and cfg.weight_decay:
+    raise errors.UserError('optim.weight_decay needs optim.name="adamw" (adam has none).')
+  if cfg.name not in ('adam', 'adamw'):
     raise errors.UserError(f'optim.name={cfg.name!r}: use "adam" or "adamw".')
+
+  def adam(factor):
+    rate = lr if factor is None else (lambda step: lr(step) * factor(step))
+    if cfg.name == 'adam':
+      return optax.adam(rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    return optax.adamw(rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+  if lr_factors:
+    core = optax.multi_transform({g: adam(f) for g, f in lr_factors.items()}, labels)
+  else:
+    core = adam(None)
   if cfg.clip_norm:
     core = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core)
   return core, lr

@@ -76,11 +76,14 @@ def create_setup(cfg: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfi
   mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices)
   rules = sharding.rules_from_config(cfg.logical_axis_rules)
   model = model_lib.Transformer(model_cfg)
-  tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps)
   params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
                                              jnp.zeros((1, cfg.seq_len), jnp.int32)))['params']
   init_spec = transfer.init_spec(cfg)
   trainable = transfer.trainable_mask(init_spec, nn.meta.unbox(params))
+  lr_factors = transfer.lr_factors(init_spec)   # None unless the kept parameters are slowed
+  tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps, lr_factors,
+                                transfer.lr_groups(init_spec, nn.meta.unbox(params))
+                                if lr_factors else None)
   tx = transfer.freeze_optimizer(tx, trainable)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),

@@ -47,6 +47,8 @@ REINIT_GROUPS = ('attention', 'mlp', 'norms', 'final_norm')
 FREEZE_GROUPS = (*LAYER_GROUPS, *GLOBAL_GROUPS)
 EMBEDDINGS = ('normal', 'framework', 'keep')
 KEPT = ('weights', 'statistics')
+NORMS = ('kept', 'unit_rms')
+NORM_NAMES = ('attn_norm/scale', 'mlp_norm/scale', 'final_norm/scale')
 REPORT_FILE = 'transfer.json'
 TRANSFER_KEY = 7    # fold_in of the init key for the 'framework' embedding and head draws
 HF_PREFIX = 'hf:'   # init.from_run='hf:DIR': a Hugging Face Llama checkpoint (ncalm/hf_llama.py)
@@ -67,6 +69,9 @@ class InitSpec:
   layers: tuple[int, int]     # [start, stop) of the per-layer groups
   num_layers: int
   scan_layers: bool
+  warm_steps: int = 0         # the first steps train only the new embedding and head
+  transferred_lr_scale: float = 1.0   # the kept parameters' lr × this
+  norms: str = 'kept'         # 'kept' | 'unit_rms' (kept norm scales divided by their RMS)
   model: dict = dataclasses.field(default_factory=dict, compare=False)  # cfg.model, for hf:
 
   @property
@@ -101,6 +106,14 @@ def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
     raise errors.UserError(f'init.embedding={init.embedding!r}: use one of {list(EMBEDDINGS)}.')
   if init.kept not in KEPT:
     raise errors.UserError(f'init.kept={init.kept!r}: use one of {list(KEPT)}.')
+  if init.norms not in NORMS:
+    raise errors.UserError(f'init.norms={init.norms!r}: use one of {list(NORMS)}.')
+  if not 0 <= init.warm_steps < cfg.train_steps:
+    raise errors.UserError(f'init.warm_steps={init.warm_steps}: use 0 (none) up to '
+                           f'train_steps - 1 = {cfg.train_steps - 1}.')
+  if init.transferred_lr_scale < 0:
+    raise errors.UserError(f'init.transferred_lr_scale={init.transferred_lr_scale} must be >= 0 '
+                           '(1 = the run\'s learning rate, 0 = the kept parameters stay).')
   stop = init.layer_stop or layers
   if not 0 <= init.layer_start < stop <= layers:
     raise errors.UserError(
@@ -108,7 +121,8 @@ def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
         f'range [{init.layer_start}, {stop}) is outside the model\'s {layers} layers; use '
         f'0 <= layer_start < layer_stop <= {layers} (layer_stop=0 means {layers}).')
   p = InitSpec(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
-           kept=init.kept,
+           kept=init.kept, warm_steps=init.warm_steps,
+           transferred_lr_scale=init.transferred_lr_scale, norms=init.norms,
            reinit=_groups(init.reinit, 'reinit', REINIT_GROUPS),
            freeze=_groups(init.freeze, 'freeze', FREEZE_GROUPS), layers=(init.layer_start, stop),
            num_layers=layers, scan_layers=cfg.model.scan_layers, model=cfg.model.to_dict())
@@ -116,11 +130,17 @@ def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
     raise errors.UserError(f'init.from_step={p.from_step} with init.from_run={p.from_run!r}: a '
                            'Hugging Face checkpoint has no steps; set init.from_step=0.')
   if not p.from_run and (p.reinit or p.embedding == 'keep' or p.from_step
-                         or p.kept != 'weights'):
+                         or p.kept != 'weights' or p.warm_steps or p.norms != 'kept'
+                         or p.transferred_lr_scale != 1.0):
     raise errors.UserError(
-        'init.reinit, init.embedding=keep, init.kept and init.from_step describe a transfer, '
-        'but init.from_run is empty: name the stage-1 workdir in init.from_run, or drop them '
+        'init.reinit, init.embedding=keep, init.kept, init.warm_steps, '
+        'init.transferred_lr_scale, init.norms and init.from_step describe a transfer, but '
+        'init.from_run is empty: name the stage-1 workdir in init.from_run, or drop them '
         '(scratch; init.embedding=framework alone is allowed there).')
+  if p.warm_steps and p.embedding == 'keep':
+    raise errors.UserError(
+        f'init.warm_steps={p.warm_steps} trains only the new embedding and head first, but '
+        'init.embedding="keep" makes none new: set init.warm_steps=0 or re-draw them.')
   partial = (p.layers != (0, layers))
   if p.freeze and partial and p.scan_layers and set(p.freeze) & set(LAYER_GROUPS):
     raise errors.UserError(
@@ -149,6 +169,26 @@ def trainable_mask(p: InitSpec, params) -> Any:
         f'init.freeze={",".join(p.freeze)!r} over layers [{p.layers[0]}, {p.layers[1]}) '
         'freezes every parameter: nothing would train. Leave at least one group out.')
   return mask
+
+
+def lr_factors(p: InitSpec) -> dict[str, Any] | None:
+  """{group: factor(step)} of the learning rate for `optim.make_optimizer`: the new
+  embedding and head at the run's rate; the kept parameters at 0 for init.warm_steps steps,
+  then × init.transferred_lr_scale. None when neither is asked for."""
+  if not p.from_run or (not p.warm_steps and p.transferred_lr_scale == 1.0):
+    return None
+  warm, scale = p.warm_steps, p.transferred_lr_scale
+  return {'new': lambda step: 1.0,
+          'kept': lambda step: jnp.where(step >= warm, scale, 0.0)}
+
+
+def lr_groups(p: InitSpec, params) -> Any:
+  """A pytree like `params` (unboxed) of 'new' (the re-drawn embedding and head) and
+  'kept' (everything else, re-initialised ablation groups included)."""
+  def group(path, _):
+    name = param_names.leaf_name(path)
+    return 'new' if name in ('embedding', 'head') and p.embedding != 'keep' else 'kept'
+  return jax.tree_util.tree_map_with_path(group, params)
 
 
 def freeze_optimizer(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
@@ -283,7 +323,12 @@ def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array] | None, key: j
   def keep(name, fresh_value, stage1, key):
     if p.kept == 'weights':
       how[name] = 'kept'
-      return _stage1_value(stage1, name)
+      value = _stage1_value(stage1, name)
+      if p.norms == 'unit_rms' and param_names.split_layer(name)[1] in NORM_NAMES:
+        stacked = param_names.split_layer(name)[0] is None
+        axes = tuple(range(1 if stacked else 0, value.ndim))
+        value = value / jnp.sqrt(jnp.mean(jnp.square(value), axis=axes, keepdims=True))
+      return value
     how[name] = 'statistics'
     stacked = param_names.split_layer(name)[0] is None   # 'layers/...': [num_layers, ...]
     sub = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)

@@ -100,7 +100,7 @@ class ControlsRecipeTest(absltest.TestCase):
                                             'code_controls.py:cpu'))
     experiment.check(exp)
     runs = {os.path.relpath(path, '/w'): cfg for path, cfg in experiment.jobs(exp, '/w')}
-    self.assertLen(runs, 5 * (5 + 6 + 1))   # per seed: 5 stage 1, 6 arms' stage 2, 1 ablation
+    self.assertLen(runs, 5 * (5 + 6 + 4))   # per seed: 5 stage 1, 6 arms' stage 2, 4 ablations
     stage2 = runs['seed_0/scratch/stage2']
     self.assertEqual((stage2.init.from_run, stage2.init.embedding), ('', 'framework'))
     self.assertEqual(stage2.train_steps, 1000)
@@ -123,6 +123,13 @@ class ControlsRecipeTest(absltest.TestCase):
     self.assertEqual((control.init.from_run, control.init.kept),
                      ('/w/seed_0/nca/stage1', 'statistics'))
     self.assertEqual(runs['seed_0/nca/stage2'].init.kept, 'weights')
+    practice = {name: runs[f'seed_0/{name}/stage2'].init for name in
+                ('nca_warm_head', 'nca_slow_kept', 'nca_unit_norms')}
+    self.assertEqual(practice['nca_warm_head'].warm_steps, 100)
+    self.assertEqual(practice['nca_slow_kept'].transferred_lr_scale, 0.3)
+    self.assertEqual(practice['nca_unit_norms'].norms, 'unit_rms')
+    for init in practice.values():
+      self.assertEqual(init.from_run, '/w/seed_0/nca/stage1')
 
 
 class ExperimentTest(absltest.TestCase):

@@ -7,16 +7,19 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
+import flax.linen as nn
 import jax
 import numpy as np
 
 from ncalm import checkpoint
 from ncalm import errors
 from ncalm import run_files
+from ncalm import sharding
 from ncalm import startup
 from ncalm import step as step_lib
 from ncalm import train
 from ncalm import transfer
+from ncalm.data import text
 
 import helpers
 import tiny_config
@@ -159,6 +162,61 @@ class TransferTest(absltest.TestCase):
                                      rtol=1e-5, err_msg=name)
     with self.assertRaisesRegex(errors.UserError, r'init.kept=.weight.: use one of'):
       self.transferred(self.config(kept='weight'))
+
+  def trained(self, cfg, steps: int) -> list[dict[str, np.ndarray]]:
+    """The parameters of a stage-2 run after 0, 1, ..., `steps` steps on the feed's rows."""
+    workdir = self.create_tempdir().full_path
+    checked = startup.check(cfg)
+    setup = step_lib.create_setup(cfg, checked.model)
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    state = transfer.initial_state(setup, lambda: step_lib.create_state(setup, init_key),
+                                   init_key, workdir)
+    step = step_lib.make_train_step_on_batch(setup)
+    out = [helpers.flat(state.params)]
+    for i in range(steps):
+      rows = checked.feeds.train_source.read_rows(i * cfg.global_batch, cfg.global_batch)
+      batch = text.to_global_batch(rows, sharding.batch_sharding(setup.mesh), cfg.global_batch)
+      with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+        state, _ = step(state, batch, train_key)
+      out.append(helpers.flat(state.params))
+    return out
+
+  def test_warm_steps_train_only_the_new_embedding_and_head_first(self):
+    cfg = self.config(warm_steps=2)
+    cfg.optim.update(schedule='constant', lr=1e-2)
+    history = self.trained(cfg, 3)
+    for name in history[0]:
+      new = name in ('embedding', 'head')
+      for t in (1, 2):   # the warm phase: the kept parameters do not move, bit for bit
+        self.assertEqual(same_bits(history[t][name], history[t - 1][name]), not new, (name, t))
+      self.assertFalse(same_bits(history[3][name], history[2][name]), name)  # then all train
+
+  def test_transferred_lr_scale_scales_the_kept_parameters_updates(self):
+    deltas = {}
+    for scale in (1.0, 0.25, 0.0):
+      cfg = self.config(transferred_lr_scale=scale)
+      cfg.optim.update(schedule='constant', lr=1e-2, clip_norm=0.0)
+      before, after = self.trained(cfg, 1)
+      deltas[scale] = {n: after[n] - before[n] for n in before}
+    for name, full in deltas[1.0].items():
+      if name in ('embedding', 'head'):   # the new parameters at the run's own rate
+        np.testing.assert_array_equal(deltas[0.25][name], full)
+      else:   # Adam's step is linear in the learning rate
+        np.testing.assert_allclose(deltas[0.25][name], 0.25 * full, rtol=1e-4, atol=1e-9)
+        self.assertFalse(deltas[0.0][name].any(), name)
+
+  def test_unit_rms_norms(self):
+    params, _, _ = self.transferred(self.config(norms='unit_rms'))
+    for name, value in params.items():
+      if name.endswith('norm/scale'):
+        want = self.stage1[name]
+        axes = tuple(range(1 if name.startswith('layers/') else 0, want.ndim))
+        want = want / np.sqrt(np.mean(want ** 2, axis=axes, keepdims=True))
+        np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=name)
+      elif name not in ('embedding', 'head'):
+        self.assertTrue(same_bits(value, self.stage1[name]), name)
+    with self.assertRaisesRegex(errors.UserError, r'init.warm_steps=2 trains only the new'):
+      startup.check(self.config(warm_steps=2, embedding='keep'))
 
   def test_reinit_groups_touch_exactly_their_parameters_in_the_layer_range(self):
     groups = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),

@@ -24,6 +24,10 @@ Arms (rows; stage 1: 100 steps × 4 × 512 tokens, Adam warmed up over all 100 s
 Ablation rows (against scratch):
   nca_statistics  the weight-statistics control: scratch's own draws moved to each layer's
                   mean and std of the nca arm's stage-1 weights (init.kept='statistics')
+  nca_warm_head   the nca arm with standard transfer practice the paper does not use: its
+                  first 100 stage-2 steps train only the new embedding and head
+  nca_slow_kept   ... the kept parameters at 0.3× the stage-2 learning rate throughout
+  nca_unit_norms  ... the kept norms' scale vectors divided by their RMS
 Stage 2: configs/text_code.py:cpu for 1,000 steps (warmup 100, cosine to 0), evaluated every
 50 steps with the induction probe (8 rows of two 64-token copies).
 
@@ -40,7 +44,7 @@ The stage-2 learning rate is screened before the comparison, the same way for ev
         --config=configs/experiments/code_controls.py:cpu --config.seeds=0 \
         --config.stage2.optim.lr=$lr --workdir=/tmp/exp_code_controls_lr$lr; done
 
-`cpu`: 5 seeds; about 20 minutes a seed on 2 cores (7 stage-2 runs of ~2.5 minutes, 5 short
+`cpu`: 5 seeds; about 25 minutes a seed on 2 cores (10 stage-2 runs of ~2.5 minutes, 5 short
 stage-1 runs). The statistics fixed before running are in docs/transfer.md.
 `tiny` (tests): the same arms at the tests' tiny shapes, 2 seeds, a few steps.
 """
@@ -107,4 +111,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.stage2.init.embedding = 'framework'  # the published init, for every arm and scratch
   c.ablations = ml_collections.ConfigDict()  # name → stage 2 of `arm` with init.* changed
   c.ablations.nca_statistics = ml_collections.ConfigDict(dict(arm='nca', kept='statistics'))
+  warm = 100 if variant == 'cpu' else 2
+  c.ablations.nca_warm_head = ml_collections.ConfigDict(dict(arm='nca', warm_steps=warm))
+  c.ablations.nca_slow_kept = ml_collections.ConfigDict(dict(arm='nca',
+                                                             transferred_lr_scale=0.3))
+  c.ablations.nca_unit_norms = ml_collections.ConfigDict(dict(arm='nca', norms='unit_rms'))
   return c
