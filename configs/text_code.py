@@ -7,7 +7,7 @@
 24k steps × 512 windows × 1,024 tokens (12.6B tokens); AdamW lr 2e-4, no weight decay,
 750 warmup steps then cosine to 0, gradient clipping 1.0; bf16 compute, full remat. The
 paper's final validation perplexity here is 1.92 from scratch and 1.84 after NCA
-pre-pre-training (docs/method.md §7); transfer from a stage-1 checkpoint is issue 9.
+pre-pre-training (docs/method.md §7); transfer from a stage 1: docs/transfer.md.
 Needs the corpus prepared first (README, "Text"): nothing is downloaded at run time.
 
     python -m ncalm.main --config=configs/text_code.py:cpu --workdir=/tmp/text_code_cpu

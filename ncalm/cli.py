@@ -11,6 +11,7 @@ is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import ast
 import logging as std_logging
 import os
 import sys
@@ -22,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ncalm import config_lib
 from ncalm import errors
 
 WIDTH = 100
@@ -82,11 +84,31 @@ def _config_parse_error(error: flags.Error) -> str | None:
           f'{_sentence(lines[-1] if lines else text)}')
 
 
+def _unquoted(text: str) -> str:
+  """A message as written, without the repr quoting a re-raised KeyError adds (once or
+  more: "'\\'name\\'\\nDid you mean ...'" → "'name'\\nDid you mean ...")."""
+  while len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':
+    try:
+      inner = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      break
+    if not isinstance(inner, str):
+      break
+    text = inner
+  return text
+
+
 def first_line(error: BaseException) -> str:
   """The first two non-blank lines of an error's message, joined (its type if empty)."""
   text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  text = _unquoted(text.strip())
   lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
   return ' '.join(lines[:2]) if lines else type(error).__name__
+
+
+def _config_path(arg: str) -> str:
+  """'--config.evals.heldout.every=5' → 'evals.heldout.every'."""
+  return arg.split('=', 1)[0].lstrip('-').split('.', 1)[-1]
 
 
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -104,8 +126,13 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
       given = [a for a in argv[1:] if a.split('=', 1)[0] in ('--config', '-config')]
       fail(f'{" ".join(given) or "--config"}: the config file failed to load: '
            f'{type(error).__name__}: {_sentence(first_line(error))}')
-    fail(f'{" ".join(bad) or "the flags"}: {_sentence(first_line(error))} Check the field '
-         'names against ncalm/config_lib.py:base_config().')
+    moved = [(arg, path) for arg in bad if (path := _config_path(arg)) in config_lib.MOVED_FIELDS]
+    if moved:
+      fail('; '.join(f'{arg}: {path} is now {" and ".join(config_lib.MOVED_FIELDS[path])}'
+                     for arg, path in moved) + '. Set the new field(s) instead.')
+    unknown = 'no such field: ' if isinstance(error, KeyError) else ''
+    fail(f'{" ".join(bad) or "the flags"}: {unknown}{_sentence(first_line(error))} Check the '
+         'field names against ncalm/config_lib.py:base_config().')
   for name in _config_flag_names(flag_values):
     try:  # a config file that failed to load raises on its first attribute access
       getattr(flag_values[name].value, 'keys')
@@ -115,15 +142,21 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 
 
 class QuietLibraries(std_logging.Filter):
-  """Drops orbax's INFO chatter (a dozen lines per checkpoint) and the tracebacks of its
-  errors: ncalm reports a failed save or a damaged checkpoint itself, in one line or one
-  paragraph; orbax's error lines stay."""
+  """Drops orbax's and tensorflow-datasets' INFO chatter (a dozen lines per checkpoint; a
+  line per dataset read) and the tracebacks of their errors: ncalm reports a failed save or
+  a damaged checkpoint or dataset itself, in one line or one paragraph; their warnings and
+  error lines stay."""
+
+  QUIET = ('orbax', 'tensorflow_datasets')
 
   def filter(self, record):
-    if 'orbax' not in record.pathname:
+    if not any(name in record.pathname for name in self.QUIET):
       return True
     record.exc_info, record.exc_text = None, None
     return record.levelno >= std_logging.WARNING
+
+
+HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
 def run(main: Callable[[list[str]], object]) -> None:
@@ -143,4 +176,8 @@ def run(main: Callable[[list[str]], object]) -> None:
     except errors.Exit as error:
       fail(str(error), error.exit_code, error.label)
 
-  app.run(guarded, flags_parser=parse_flags)
+  try:
+    app.run(guarded, flags_parser=parse_flags)
+  except SystemExit as done:   # absl ends --help with exit code 1; asking for help is no error
+    asked = any(a.split('=', 1)[0] in HELP_FLAGS for a in sys.argv[1:])
+    raise SystemExit(0 if asked and done.code == 1 else done.code) from None

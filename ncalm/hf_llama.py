@@ -342,6 +342,19 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   metadata = {'format': 'pt', **{CHECKSUM_KEY + name: sha256(x) for name, x in tensors.items()}}
   safetensors_numpy.save_file(tensors, path, metadata=metadata)
+  os.chmod(path, 0o666 & ~_umask())   # safetensors creates it 0600; readable like its siblings
+
+
+def _umask() -> int:
+  """This process's umask, read without changing it where /proc has it (threads may be
+  creating files)."""
+  try:
+    with open('/proc/self/status') as f:
+      return next(int(line.split()[1], 8) for line in f if line.startswith('Umask:'))
+  except (OSError, StopIteration, ValueError):
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------- reading

@@ -31,6 +31,12 @@ class BadInputTest(absltest.TestCase):
                          ['--targets=bogus', 'v4-32']),
       'dryrun_mesh': ('ncalm.dryrun', [CONFIG, '--config.mesh.data=0'],
                       ['config.mesh.data=0', '-1']),
+      'moved_field': ('ncalm.dryrun', [CONFIG, '--config.eval_every=5'],
+                      ['--config.eval_every=5: eval_every is now evals.heldout.every and '
+                       'evals.probe.every']),
+      'typo_suggestion': ('ncalm.dryrun', [CONFIG, '--config.trian_steps=5'],
+                          ["'trian_steps' Did you mean \"train_steps\""]),
+      'help': ('ncalm.dryrun', ['--helpshort'], []),
   }
 
   @classmethod
@@ -90,6 +96,18 @@ class BadInputTest(absltest.TestCase):
 
   def test_dryrun_mesh(self):
     self.check('dryrun_mesh')
+
+  def test_a_moved_field_on_the_command_line_names_its_new_home(self):
+    self.check('moved_field')
+
+  def test_a_typo_gets_the_suggestion_as_written(self):
+    self.check('typo_suggestion')
+    self.assertNotIn('\\n', self.results['typo_suggestion'][2])   # no repr escapes
+
+  def test_help_is_not_an_error(self):
+    code, out, _ = self.results['help']
+    self.assertEqual(code, 0)
+    self.assertIn('--targets', out)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -129,6 +130,9 @@ class ExportImportTest(parameterized.TestCase):
     self.assertCountEqual(os.listdir(self.out), [
         'config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json',
         'ncalm_export.json'])
+    modes = {n: stat.S_IMODE(os.stat(os.path.join(self.out, n)).st_mode)
+             for n in os.listdir(self.out)}
+    self.assertLen(set(modes.values()), 1, modes)   # the weights as readable as the rest
     with open(os.path.join(self.out, 'config.json')) as f:
       config = json.load(f)
     self.assertEqual(
