@@ -49,6 +49,7 @@ from ncalm import cli
 from ncalm import config_lib
 from ncalm import errors
 from ncalm import files
+from ncalm import init_section
 from ncalm import model as model_lib
 from ncalm import param_names
 from ncalm import run_params
@@ -238,7 +239,7 @@ def diagnose(cfg: ml_collections.ConfigDict, stage1: str, out: str) -> dict:
   run_params.run_steps(run_params.RunRef(stage1, field='--stage1'), out)   # a workdir at all
   cfg_t, cfg_s = stage2_configs(cfg, stage1)
   checked = startup.check(cfg_t)
-  scratch_spec = transfer.init_spec(cfg_s)
+  scratch_spec = init_section.parse(cfg_s)
   if checked.feeds.on_device:
     raise errors.UserError(f'data.source={cfg.data.source!r}: the diagnosis reads stage 2\'s '
                            'first batch of a prepared text dataset; give a stage-2 (text) '

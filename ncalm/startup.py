@@ -17,10 +17,10 @@ import ml_collections
 
 from ncalm import config_lib
 from ncalm import errors
+from ncalm import init_section
 from ncalm import model as model_lib
 from ncalm import optim
 from ncalm import sharding
-from ncalm import transfer
 from ncalm.data import feeds as feeds_lib
 from ncalm.eval import registry
 
@@ -37,7 +37,7 @@ def check(cfg: ml_collections.ConfigDict) -> Checked:
   config_lib.check_fields(cfg)
   config_lib.check_values(cfg)
   optim.make_optimizer(cfg.optim, cfg.train_steps)   # schedule and optimizer refusals
-  transfer.init_spec(cfg)                            # the init section's refusals
+  init_section.parse(cfg)                            # the init section's refusals
   feeds = feeds_lib.build(cfg)
   registry.check(cfg, feeds.val_source)
   return Checked(feeds, model_config(cfg, feeds.train_source.vocab_size))

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ncalm import init_section
 from ncalm import losses
 from ncalm import model as model_lib
 from ncalm import optim
 from ncalm import sharding
-from ncalm import transfer
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
 
@@ -46,7 +46,7 @@ class Setup:
   lr: optax.Schedule
   state_shardings: Any
   abstract_state: Any    # ShapeDtypeStructs with shardings: what a restore fills in
-  init_spec: transfer.InitSpec  # the init section: where parameters start, what is frozen
+  init_spec: init_section.InitSpec  # the init section: where parameters start, what is frozen
   trainable: Any = None  # bools like params: False where frozen (init.freeze); None = all
 
 
@@ -78,13 +78,13 @@ def create_setup(cfg: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfi
   model = model_lib.Transformer(model_cfg)
   params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
                                              jnp.zeros((1, cfg.seq_len), jnp.int32)))['params']
-  init_spec = transfer.init_spec(cfg)
-  trainable = transfer.trainable_mask(init_spec, nn.meta.unbox(params))
-  lr_factors = transfer.lr_factors(init_spec)   # None unless the kept parameters are slowed
+  init_spec = init_section.parse(cfg)
+  trainable = init_section.trainable_mask(init_spec, nn.meta.unbox(params))
+  lr_factors = init_section.lr_factors(init_spec)   # None unless the kept parameters are slowed
   tx, lr = optim.make_optimizer(cfg.optim, cfg.train_steps, lr_factors,
-                                transfer.lr_groups(init_spec, nn.meta.unbox(params))
+                                init_section.lr_groups(init_spec, nn.meta.unbox(params))
                                 if lr_factors else None)
-  tx = transfer.freeze_optimizer(tx, trainable)
+  tx = init_section.freeze_optimizer(tx, trainable)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(functools.partial(init_state, model, tx, cfg),
                               jax.ShapeDtypeStruct((2,), jnp.uint32))  # abstract key

@@ -5,12 +5,7 @@ Hugging Face Llama checkpoint (ncalm/hf_llama.py; `init.embedding='keep'` loads 
 As in the published code (docs/method.md §5), every transformer block and norm is kept,
 the final norm too, and the input embedding and output head are drawn anew for the new
 vocabulary. The ablations re-initialise or freeze module groups over a half-open layer
-range:
-
-  attention   attn/{query,key,value,out}   per layer
-  mlp         mlp/{gate,up,down}           per layer
-  norms       attn_norm, mlp_norm          per layer
-  final_norm, embedding, head              (no layer; freeze only, or re-drawn)
+range (the groups, and what the init section means: ncalm/init_section.py).
 
 Frozen parameters get no gradient, no update and no optimizer state (`optax.multi_transform`
 with `set_to_zero`). The stage-1 run is only read: its checkpoints are restored straight
@@ -19,7 +14,6 @@ stacked (scanned) and per-layer parameter layouts convert either way.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -29,181 +23,24 @@ import zlib
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 from ncalm import errors
 from ncalm import files
 from ncalm import hf_llama
+from ncalm import init_section
 from ncalm import param_names
 from ncalm import run_params
 
-LAYER_GROUPS = {'attention': ('attn/query', 'attn/key', 'attn/value', 'attn/out'),
-                'mlp': ('mlp/gate', 'mlp/up', 'mlp/down'),
-                'norms': ('attn_norm/scale', 'mlp_norm/scale')}
-GLOBAL_GROUPS = {'final_norm': 'final_norm/scale', 'embedding': 'embedding', 'head': 'head'}
-REINIT_GROUPS = ('attention', 'mlp', 'norms', 'final_norm')
-FREEZE_GROUPS = (*LAYER_GROUPS, *GLOBAL_GROUPS)
-EMBEDDINGS = ('normal', 'framework', 'keep')
-KEPT = ('weights', 'statistics')
-NORMS = ('kept', 'unit_rms')
-NORM_NAMES = ('attn_norm/scale', 'mlp_norm/scale', 'final_norm/scale')
 REPORT_FILE = 'transfer.json'
 TRANSFER_KEY = 7    # fold_in of the init key for the 'framework' embedding and head draws
-HF_PREFIX = 'hf:'   # init.from_run='hf:DIR': a Hugging Face Llama checkpoint (ncalm/hf_llama.py)
-
-
-# -------------------------------------------------------------- the init spec
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSpec:
-  """The init section, parsed and checked against the model."""
-  from_run: str
-  from_step: int
-  embedding: str
-  kept: str                   # 'weights' | 'statistics' of stage 1's blocks and norms
-  reinit: tuple[str, ...]
-  freeze: tuple[str, ...]
-  layers: tuple[int, int]     # [start, stop) of the per-layer groups
-  num_layers: int
-  scan_layers: bool
-  warm_steps: int = 0         # the first steps train only the new embedding and head
-  transferred_lr_scale: float = 1.0   # the kept parameters' lr × this
-  norms: str = 'kept'         # 'kept' | 'unit_rms' (kept norm scales divided by their RMS)
-  model: dict = dataclasses.field(default_factory=dict, compare=False)  # cfg.model, for hf:
-
-  @property
-  def from_hf(self) -> bool:
-    return self.from_run.startswith(HF_PREFIX)
-
-  @property
-  def changes_fresh_init(self) -> bool:
-    """Whether the run's first parameters differ from its own init (`initial_state`)."""
-    return bool(self.from_run) or self.embedding == 'framework'
-
-  def layer_mask(self) -> np.ndarray:
-    """bool [num_layers]: the layers the per-layer groups act on."""
-    mask = np.zeros(self.num_layers, bool)
-    mask[self.layers[0]:self.layers[1]] = True
-    return mask
-
-
-def _groups(text: str, field: str, allowed) -> tuple[str, ...]:
-  names = tuple(n.strip() for n in text.split(',') if n.strip())
-  unknown = [n for n in names if n not in allowed]
-  if unknown:
-    raise errors.UserError(f'init.{field}={text!r}: unknown group(s) {unknown}; use a '
-                           f'comma-separated list of {list(allowed)}.')
-  return names
-
-
-def init_spec(cfg: ml_collections.ConfigDict) -> InitSpec:
-  """Parses `cfg.init`; refuses what cannot work (before anything is read or written)."""
-  init, layers = cfg.init, cfg.model.num_layers
-  if init.embedding not in EMBEDDINGS:
-    raise errors.UserError(f'init.embedding={init.embedding!r}: use one of {list(EMBEDDINGS)}.')
-  if init.kept not in KEPT:
-    raise errors.UserError(f'init.kept={init.kept!r}: use one of {list(KEPT)}.')
-  if init.norms not in NORMS:
-    raise errors.UserError(f'init.norms={init.norms!r}: use one of {list(NORMS)}.')
-  if not 0 <= init.warm_steps < cfg.train_steps:
-    raise errors.UserError(f'init.warm_steps={init.warm_steps}: use 0 (none) up to '
-                           f'train_steps - 1 = {cfg.train_steps - 1}.')
-  if init.transferred_lr_scale < 0:
-    raise errors.UserError(f'init.transferred_lr_scale={init.transferred_lr_scale} must be >= 0 '
-                           '(1 = the run\'s learning rate, 0 = the kept parameters stay).')
-  stop = init.layer_stop or layers
-  if not 0 <= init.layer_start < stop <= layers:
-    raise errors.UserError(
-        f'init.layer_start={init.layer_start}, init.layer_stop={init.layer_stop}: the layer '
-        f'range [{init.layer_start}, {stop}) is outside the model\'s {layers} layers; use '
-        f'0 <= layer_start < layer_stop <= {layers} (layer_stop=0 means {layers}).')
-  p = InitSpec(from_run=init.from_run, from_step=init.from_step, embedding=init.embedding,
-           kept=init.kept, warm_steps=init.warm_steps,
-           transferred_lr_scale=init.transferred_lr_scale, norms=init.norms,
-           reinit=_groups(init.reinit, 'reinit', REINIT_GROUPS),
-           freeze=_groups(init.freeze, 'freeze', FREEZE_GROUPS), layers=(init.layer_start, stop),
-           num_layers=layers, scan_layers=cfg.model.scan_layers, model=cfg.model.to_dict())
-  if p.from_hf and p.from_step:
-    raise errors.UserError(f'init.from_step={p.from_step} with init.from_run={p.from_run!r}: a '
-                           'Hugging Face checkpoint has no steps; set init.from_step=0.')
-  if not p.from_run and (p.reinit or p.embedding == 'keep' or p.from_step
-                         or p.kept != 'weights' or p.warm_steps or p.norms != 'kept'
-                         or p.transferred_lr_scale != 1.0):
-    raise errors.UserError(
-        'init.reinit, init.embedding=keep, init.kept, init.warm_steps, '
-        'init.transferred_lr_scale, init.norms and init.from_step describe a transfer, but '
-        'init.from_run is empty: name the stage-1 workdir in init.from_run, or drop them '
-        '(scratch; init.embedding=framework alone is allowed there).')
-  if p.warm_steps and p.embedding == 'keep':
-    raise errors.UserError(
-        f'init.warm_steps={p.warm_steps} trains only the new embedding and head first, but '
-        'init.embedding="keep" makes none new: set init.warm_steps=0 or re-draw them.')
-  partial = (p.layers != (0, layers))
-  if p.freeze and partial and p.scan_layers and set(p.freeze) & set(LAYER_GROUPS):
-    raise errors.UserError(
-        f'init.freeze={init.freeze!r} over layers [{p.layers[0]}, {p.layers[1]}) of '
-        f'{layers}: with model.scan_layers=True the layers share one stacked tensor per '
-        'parameter, which is frozen whole or not at all. Set model.scan_layers=False '
-        '(the stage-1 checkpoint converts) or freeze all layers.')
-  return p
-
-
-def trainable_mask(p: InitSpec, params) -> Any:
-  """A pytree of bools like `params` (unboxed): False where the parameter is frozen."""
-  def trainable(path, _):
-    name = param_names.leaf_name(path)
-    for group in p.freeze:
-      if group in GLOBAL_GROUPS and name == GLOBAL_GROUPS[group]:
-        return False
-      if group in LAYER_GROUPS:
-        layer, rest = param_names.split_layer(name)
-        if rest in LAYER_GROUPS[group] and (layer is None or p.layers[0] <= layer < p.layers[1]):
-          return False
-    return True
-  mask = jax.tree_util.tree_map_with_path(trainable, params)
-  if not any(jax.tree.leaves(mask)):
-    raise errors.UserError(
-        f'init.freeze={",".join(p.freeze)!r} over layers [{p.layers[0]}, {p.layers[1]}) '
-        'freezes every parameter: nothing would train. Leave at least one group out.')
-  return mask
-
-
-def lr_factors(p: InitSpec) -> dict[str, Any] | None:
-  """{group: factor(step)} of the learning rate for `optim.make_optimizer`: the new
-  embedding and head at the run's rate; the kept parameters at 0 for init.warm_steps steps,
-  then × init.transferred_lr_scale. None when neither is asked for."""
-  if not p.from_run or (not p.warm_steps and p.transferred_lr_scale == 1.0):
-    return None
-  warm, scale = p.warm_steps, p.transferred_lr_scale
-  return {'new': lambda step: 1.0,
-          'kept': lambda step: jnp.where(step >= warm, scale, 0.0)}
-
-
-def lr_groups(p: InitSpec, params) -> Any:
-  """A pytree like `params` (unboxed) of 'new' (the re-drawn embedding and head) and
-  'kept' (everything else, re-initialised ablation groups included)."""
-  def group(path, _):
-    name = param_names.leaf_name(path)
-    return 'new' if name in ('embedding', 'head') and p.embedding != 'keep' else 'kept'
-  return jax.tree_util.tree_map_with_path(group, params)
-
-
-def freeze_optimizer(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
-  """`tx` on the trainable parameters; frozen ones get zero updates and no state."""
-  if all(jax.tree.leaves(mask)):
-    return tx
-  labels = jax.tree.map(lambda t: 'train' if t else 'frozen', mask)
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
 
 
 # ----------------------------------------------------------- reading stage 1
 
 
-def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: InitSpec, run: str,
-                  layers1: int) -> None:
+def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: init_section.InitSpec,
+                  run: str, layers1: int) -> None:
   """Every parameter that stage 2 takes from stage 1 must have its shape."""
   if layers1 != p.num_layers:
     raise errors.UserError(
@@ -225,7 +62,7 @@ def _check_shapes(stage1: dict[str, Any], stage2: dict[str, Any], p: InitSpec, r
           f'{want_shape} in this config; {hint}.')
 
 
-def check_stage1(p: InitSpec, stage2_params, workdir: str = '') -> None:
+def check_stage1(p: init_section.InitSpec, stage2_params, workdir: str = '') -> None:
   """Start-up check of init.from_run against this config: the directory is a stage-1
   run with a checkpoint, and its parameters fit this model (shapes only; nothing read)."""
   if p.from_hf:
@@ -241,7 +78,8 @@ def check_stage1(p: InitSpec, stage2_params, workdir: str = '') -> None:
     manager.close()
 
 
-def read_stage1(p: InitSpec, stage2_params, mesh, workdir: str = '') -> tuple[dict, int]:
+def read_stage1(p: init_section.InitSpec, stage2_params, mesh,
+                workdir: str = '') -> tuple[dict, int]:
   """({stage-1 name: array}, step) of what stage 2 takes, in the stage-1 layout (stacked
   or per layer), each placed as stage 2 places that parameter.
 
@@ -266,7 +104,7 @@ def read_stage1(p: InitSpec, stage2_params, mesh, workdir: str = '') -> tuple[di
                                    target_for)
 
 
-def _wanted_shapes(p: InitSpec, stage2_params) -> dict[str, tuple[int, ...]]:
+def _wanted_shapes(p: init_section.InitSpec, stage2_params) -> dict[str, tuple[int, ...]]:
   """{per-layer name: shape of one layer's tensor} of what stage 2 takes from its source."""
   stage2_canon = run_params.canonical(param_names.flat(stage2_params))[0]
   return {n: run_params.layer_shape(v) for n, v in stage2_canon.items()
@@ -309,7 +147,8 @@ def matched_statistics(fresh: jax.Array, stage1: jax.Array, stacked: bool,
   return mean1 + std1 * (base - mean0) / std0
 
 
-def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array] | None, key: jax.Array):
+def build_params(p: init_section.InitSpec, fresh, stage1: dict[str, jax.Array] | None,
+                 key: jax.Array):
   """The stage-2 parameters from fresh ones (this run's init) and stage 1's (either layout;
   None for scratch), assembled in one jitted function straight into the fresh parameters'
   shardings (no eager op on arrays that span hosts).
@@ -324,7 +163,7 @@ def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array] | None, key: j
     if p.kept == 'weights':
       how[name] = 'kept'
       value = _stage1_value(stage1, name)
-      if p.norms == 'unit_rms' and param_names.split_layer(name)[1] in NORM_NAMES:
+      if p.norms == 'unit_rms' and param_names.split_layer(name)[1] in init_section.NORM_NAMES:
         stacked = param_names.split_layer(name)[0] is None
         axes = tuple(range(1 if stacked else 0, value.ndim))
         value = value / jnp.sqrt(jnp.mean(jnp.square(value), axis=axes, keepdims=True))
@@ -349,8 +188,9 @@ def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array] | None, key: j
       how[name] = 'own'
       return fresh_value
     layer, rest = param_names.split_layer(name)
-    reinit = any((g in LAYER_GROUPS and rest in LAYER_GROUPS[g])
-                 or (g in GLOBAL_GROUPS and name == GLOBAL_GROUPS[g]) for g in p.reinit)
+    layer_groups, global_groups = init_section.LAYER_GROUPS, init_section.GLOBAL_GROUPS
+    reinit = any((g in layer_groups and rest in layer_groups[g])
+                 or (g in global_groups and name == global_groups[g]) for g in p.reinit)
     if not reinit or (layer is not None and layer >= 0 and not layer_mask[layer]):
       return keep(name, fresh_value, stage1, key)
     if layer is None and not layer_mask.all():  # stacked: [num_layers, ...], some layers
@@ -370,7 +210,7 @@ def build_params(p: InitSpec, fresh, stage1: dict[str, jax.Array] | None, key: j
   return params, how
 
 
-def report(p: InitSpec, params, how: dict[str, str], mask, step: int) -> dict:
+def report(p: init_section.InitSpec, params, how: dict[str, str], mask, step: int) -> dict:
   """What was kept, re-initialised, re-drawn and frozen, with parameter counts."""
   sizes = {name: int(np.prod(x.shape)) for name, x in param_names.flat(params).items()}
   frozen = {name for name, t in param_names.flat(mask).items() if not t}
@@ -389,8 +229,8 @@ def report(p: InitSpec, params, how: dict[str, str], mask, step: int) -> dict:
 
 def source_name(run: str) -> str:
   """init.from_run as an absolute path, keeping its 'hf:' prefix."""
-  if run.startswith(HF_PREFIX):
-    return HF_PREFIX + os.path.abspath(run[len(HF_PREFIX):])
+  if run.startswith(init_section.HF_PREFIX):
+    return init_section.HF_PREFIX + os.path.abspath(run[len(init_section.HF_PREFIX):])
   return os.path.abspath(run)
 
 
@@ -398,7 +238,7 @@ def summary_line(r: dict) -> str:
   c = r['counts']
   layers = (f' over layers [{r["layers"][0]}, {r["layers"][1]})'
             if (r['reinit'] or r['freeze']) else '')
-  source = r['from_run'] if r['from_run'].startswith(HF_PREFIX) else (
+  source = r['from_run'] if r['from_run'].startswith(init_section.HF_PREFIX) else (
       f'{r["from_run"]} step {r["from_step"]}')
   kept = (f'kept {c["kept"]:,} parameters ({len(r["kept"])} tensors)' if not c['statistics']
           else f'matched {c["statistics"]:,} parameters ({len(r["statistics"])} tensors) to '

@@ -13,6 +13,7 @@ import numpy as np
 
 from ncalm import checkpoint
 from ncalm import errors
+from ncalm import init_section
 from ncalm import run_files
 from ncalm import sharding
 from ncalm import startup
@@ -261,7 +262,7 @@ class TransferTest(absltest.TestCase):
       if name.startswith('layers/'):
         for i in range(2):
           per_layer[f'layers_{i}/{name[7:]}'] = value[i]
-    params, how = transfer.build_params(transfer.init_spec(cfg), fresh, per_layer,
+    params, how = transfer.build_params(init_section.parse(cfg), fresh, per_layer,
                                         jax.random.PRNGKey(1))
     params = helpers.flat(params)
     for name, value in self.stage1.items():
@@ -373,7 +374,7 @@ class TransferTest(absltest.TestCase):
         self.assertFalse(checkpoint.has_checkpoints(workdir))
     with self.subTest('own workdir'):
       with self.assertRaisesRegex(errors.UserError, r"is this run's own --workdir"):
-        transfer.check_stage1(transfer.init_spec(self.config()), {}, self.stage1_dir)
+        transfer.check_stage1(init_section.parse(self.config()), {}, self.stage1_dir)
     self.assertEqual(snapshot(self.stage1_dir), before)
 
 
