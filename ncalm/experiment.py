@@ -46,7 +46,7 @@ CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the
 EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations')
 
 
-# ------------------------------------------------------------------------ plan
+# -------------------------------------------------------------------- the runs
 
 
 def arms_of(exp) -> tuple[str, ...]:

@@ -395,7 +395,7 @@ def match_llama(source: str, want: dict[str, tuple[int, ...]], model: dict):
         f'init.from_run={source!r} has {layers} layers but model.num_layers='
         f'{model["num_layers"]}: set model.num_layers={layers}.')
   tied = hf_config.get('tie_word_embeddings', False) and 'lm_head.weight' not in got
-  plan = {}
+  tensor_of = {}
   for name, shape in sorted(want.items()):
     tensor = 'model.embed_tokens.weight' if (name == 'head' and tied) else hf_name(name)
     expected = tuple(reversed(shape)) if (name == 'head' and tied) else hf_shape(name, shape)
@@ -408,19 +408,19 @@ def match_llama(source: str, want: dict[str, tuple[int, ...]], model: dict):
           f'config needs {expected}; set the model section (d_model, mlp_dim; model.vocab_size '
           'for the embedding and head) to the checkpoint\'s, or, for the embedding and head, '
           'keep init.embedding="normal" to draw them anew.')
-    plan[name] = tensor
-  return files, plan, tied
+    tensor_of[name] = tensor
+  return files, tensor_of, tied
 
 
 def read_llama(source: str, want: dict[str, tuple[int, ...]], model: dict) -> dict[str, np.ndarray]:
   """{ncalm per-layer name: float32 array} for the names in `want` (`match_llama` checks)."""
-  files, plan, tied = match_llama(source, want, model)
+  files, tensor_of, tied = match_llama(source, want, model)
   out = {}
-  for path in sorted(set(files[t] for t in plan.values())):
-    names = [t for t in set(plan.values()) if files[t] == path]
+  for path in sorted(set(files[t] for t in tensor_of.values())):
+    names = [t for t in set(tensor_of.values()) if files[t] == path]
     with _about(source):
       arrays = read_safetensors(path, names)
-    for name, tensor in plan.items():
+    for name, tensor in tensor_of.items():
       if tensor in arrays:
         x = arrays[tensor].astype(np.float32)
         tied_head = name == 'head' and tied   # the embedding [V, E] read as the head [E, V]
