@@ -4,8 +4,12 @@
 
 An experiment config (configs/experiments/) holds `stage1` (arm → run config), `stage2`
 (the language run config every arm shares), `arms` (rows, in order; `scratch` has no
-stage 1), `seeds`, and `ablations` (name → an arm's stage 1 with init.reinit/freeze/layers
-changed in stage 2). Runs live in
+stage 1), `seeds`, `ablations` (name → an arm's stage 1 with init.* changed in stage 2),
+and optionally `corpora` (name → input, tokenizer, vocab_size, out and optionally
+validation_fraction): text datasets the runs
+read, prepared here before anything else if `out` does not hold one yet (with a byte-level
+BPE of `vocab_size` ids trained on `input` first when `tokenizer` does not exist), so that
+one command needs nothing made beforehand. Runs live in
 
     WORKDIR/seed_S/ARM/stage1    WORKDIR/seed_S/ARM/stage2    WORKDIR/seed_S/ABLATION/stage2
 
@@ -43,7 +47,8 @@ from ncalm.data import feeds
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
 CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the record
-EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations')
+EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations', 'corpora')
+CORPUS_FIELDS = ('input', 'tokenizer', 'vocab_size', 'out', 'validation_fraction')
 
 
 # -------------------------------------------------------------------- the runs
@@ -77,6 +82,30 @@ def check(exp: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f'ablations.{name}.arm={ablation.arm!r} has no stage-1 config.')
   if exp.ablations and SCRATCH not in arms_of(exp):
     raise errors.UserError('ablations are compared with scratch: list "scratch" in arms.')
+
+
+def prepare_corpora(exp) -> None:
+  """Makes each of `exp.corpora` that is not there yet (module docstring); a prepared one
+  is left as it is (its content fingerprint is what the runs check)."""
+  from ncalm.data import dataset   # pylint: disable=import-outside-toplevel
+  from ncalm.data import prepare   # pylint: disable=import-outside-toplevel
+  from ncalm.tools import tokenizer as tokenizer_cli   # pylint: disable=import-outside-toplevel
+  for name, corpus in exp.get('corpora', {}).items():
+    unknown = sorted(set(corpus.keys()) - set(CORPUS_FIELDS))
+    if unknown:
+      raise errors.UserError(f'corpora.{name}: unknown field(s) {unknown}; it has '
+                             f'{list(CORPUS_FIELDS)}.')
+    if os.path.exists(os.path.join(corpus.out, dataset.META_FILE)):
+      continue
+    tokenizer = corpus.tokenizer
+    if corpus.vocab_size and not os.path.exists(tokenizer):
+      logging.info('Corpus %s: training a %d-id BPE on %s', name, corpus.vocab_size,
+                   corpus.input)
+      os.makedirs(os.path.dirname(os.path.abspath(tokenizer)), exist_ok=True)
+      tokenizer_cli.train_bpe(corpus.input, corpus.vocab_size, tokenizer)
+    logging.info('Corpus %s: preparing %s', name, corpus.out)
+    prepare.prepare(corpus.input, tokenizer, corpus.out,
+                    validation_fraction=corpus.get('validation_fraction', 0.01))
 
 
 def stage1_config(exp, arm: str, seed: int) -> ml_collections.ConfigDict:
@@ -258,6 +287,8 @@ def check_runs(exp) -> None:
 
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bool = False):
   check(exp)
+  if not report_only:
+    prepare_corpora(exp)
   check_runs(exp)
   todo = jobs(exp, workdir)
   check_finished(todo)

@@ -11,6 +11,7 @@ import sys
 import time
 
 from absl.testing import absltest
+import ml_collections
 import numpy as np
 from PIL import Image
 from scipy import stats
@@ -20,6 +21,8 @@ from ncalm import config_lib
 from ncalm import errors
 from ncalm import experiment
 from ncalm import metrics
+from ncalm.data import dataset
+from ncalm.tools import footprint
 
 import helpers
 
@@ -130,6 +133,47 @@ class ControlsRecipeTest(absltest.TestCase):
     self.assertEqual(practice['nca_unit_norms'].norms, 'unit_rms')
     for init in practice.values():
       self.assertEqual(init.from_run, '/w/seed_0/nca/stage1')
+
+
+class CorporaTest(absltest.TestCase):
+
+  def test_missing_corpora_are_made_once_with_their_tokeniser(self):
+    tmp = self.create_tempdir().full_path
+    exp = ml_collections.ConfigDict(dict(corpora=dict(
+        code=dict(input=helpers.CORPUS_GLOBS[0], tokenizer=f'{tmp}/new/bpe.json',
+                  vocab_size=300, out=f'{tmp}/code', validation_fraction=0.4),
+        same_bpe=dict(input=helpers.CORPUS_GLOBS[1], tokenizer=f'{tmp}/new/bpe.json',
+                      vocab_size=0, out=f'{tmp}/other', validation_fraction=0.2))))
+    experiment.prepare_corpora(exp)
+    for out in ('code', 'other'):
+      meta = dataset.read_meta(f'{tmp}/{out}')
+      self.assertEqual(meta['tokenizer'], f'{tmp}/new/bpe.json')
+      self.assertEqual(meta['vocab_size'], 300)
+    made = {p: os.stat(p).st_mtime_ns for p in (f'{tmp}/new/bpe.json',
+                                                f'{tmp}/code/{dataset.META_FILE}')}
+    experiment.prepare_corpora(exp)   # there already: left as they are
+    self.assertEqual(made, {p: os.stat(p).st_mtime_ns for p in made})
+    exp.corpora.code.vocab = 3
+    with self.assertRaisesRegex(errors.UserError, r"corpora.code: unknown field\(s\) \['vocab'\]"):
+      experiment.prepare_corpora(exp)
+
+  def test_the_h200_variant_fits_8_minutes_of_steps_by_the_dry_run(self):
+    """The dry run's step time on one H200 (40% MFU) over every run of the variant."""
+    exp = config_lib.load_file(os.path.join(ROOT, 'configs', 'experiments',
+                                            'code_controls.py:h200'))
+    data = helpers.make_corpus(os.path.join(self.create_tempdir().full_path, 'corpus'))
+    seconds, tokens = 0.0, {}
+    for path, cfg in experiment.jobs(exp, '/w'):
+      if cfg.data.source == 'text':   # a stand-in dataset of the model's vocabulary size
+        cfg.data.text.update(path=data, tokenizer='')
+        cfg.model.vocab_size = 4096
+      estimate = footprint.estimate(cfg, 'h200x1', mfu=0.4)
+      self.assertEqual(estimate.fits, 'yes', path)
+      seconds += cfg.train_steps * estimate.step_seconds
+      tokens[os.path.basename(path)] = cfg.train_steps * cfg.global_batch * cfg.seq_len
+    self.assertLessEqual(seconds, 8 * 60)
+    self.assertLessEqual(tokens['stage1'], 0.1 * tokens['stage2'])
+    self.assertLen(exp.seeds, 5)
 
 
 class ExperimentTest(absltest.TestCase):
