@@ -87,9 +87,9 @@ def check(exp: ml_collections.ConfigDict) -> None:
 def prepare_corpora(exp) -> None:
   """Makes each of `exp.corpora` that is not there yet (module docstring); a prepared one
   is left as it is (its content fingerprint is what the runs check)."""
-  from ncalm.data import dataset   # pylint: disable=import-outside-toplevel
-  from ncalm.data import prepare   # pylint: disable=import-outside-toplevel
-  from ncalm.tools import tokenizer as tokenizer_cli   # pylint: disable=import-outside-toplevel
+  from ncalm.data import dataset  # pylint: disable=import-outside-toplevel
+  from ncalm.data import prepare  # pylint: disable=import-outside-toplevel
+  from ncalm.tools import tokenizer as tokenizer_cli  # pylint: disable=import-outside-toplevel
   for name, corpus in exp.get('corpora', {}).items():
     unknown = sorted(set(corpus.keys()) - set(CORPUS_FIELDS))
     if unknown:
