@@ -77,10 +77,13 @@ def t975(df: int) -> float:
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float] | None:
-  """(mean, low, high): the mean and its 95% t-interval; None for fewer than 2 values."""
+  """(mean, low, high): the mean and its 95% t-interval (NaN bounds for one value); None
+  for no values."""
   a = np.asarray(values, np.float64)
-  if len(a) < 2:
+  if not len(a):
     return None
+  if len(a) == 1:
+    return float(a[0]), math.nan, math.nan
   half = t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
   return float(a.mean()), float(a.mean() - half), float(a.mean() + half)
 
@@ -97,6 +100,7 @@ class Paired:
   differences: dict[float, tuple[float, float, float] | None]  # fraction → mean, 95% CI
   onset: tuple[float, float] | None                           # mean, std of onset step
   onset_reached: int
+  final_ratio: float | None = None    # mean second/first copy loss at the last evaluation
 
 
 def paired(results: dict[str, dict[int, ArmResult]], reference: str = 'scratch',
@@ -120,8 +124,9 @@ def paired(results: dict[str, dict[int, ArmResult]], reference: str = 'scratch',
       differences[fraction] = mean_interval(diffs) if arm != reference else None
     onsets = [step for r in ok.values() if r.induction
               and (step := crossing_step(r.induction, ONSET_RATIO)) is not None]
+    finals = [r.induction[-1][1] for r in ok.values() if r.induction]
     out.append(Paired(arm, len(both), differences, _mean_std(onsets) if onsets else None,
-                      len(onsets)))
+                      len(onsets), float(np.mean(finals)) if finals else None))
   return out
 
 
@@ -129,17 +134,20 @@ def paired_markdown(rows: list[Paired], reference: str = 'scratch') -> str:
   """The paired table: differences in nats (negative: the arm is ahead of scratch)."""
   fractions = list(rows[0].differences) if rows else list(FRACTIONS)
   header = ['arm', 'paired seeds'] + [f'Δ loss at {f:.0%} [95% CI]' for f in fractions] + [
-      f'induction onset (step; second/first copy ≤ {ONSET_RATIO})']
+      f'induction onset (step; second/first copy ≤ {ONSET_RATIO})',
+      'second/first copy at the end']
   out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in rows:
     cells = []
     for f in fractions:
       d = r.differences.get(f)
-      cells.append('reference' if r.arm == reference else
-                   '–' if d is None else f'{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]')
+      cells.append('reference' if r.arm == reference else '–' if d is None else
+                   f'{d[0]:+.3f} (one seed)' if math.isnan(d[1]) else
+                   f'{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]')
     onset = ('–' if r.onset is None else f'{r.onset[0]:.0f} ± {r.onset[1]:.0f}'
              + (f' ({r.onset_reached} seeds)' if r.onset_reached else ''))
-    out.append('| ' + ' | '.join([r.arm, str(r.seeds), *cells, onset]) + ' |')
+    ratio = '–' if r.final_ratio is None else f'{r.final_ratio:.3f}'
+    out.append('| ' + ' | '.join([r.arm, str(r.seeds), *cells, onset, ratio]) + ' |')
   return '\n'.join(out) + '\n'
 
 

@@ -89,6 +89,11 @@ class CompareTest(absltest.TestCase):
     table = comparison.paired_markdown(list(rows.values()))
     self.assertIn(f'| ahead | 3 | {want:+.3f} [{want - half:+.3f}, {want + half:+.3f}]', table)
     self.assertIn('| scratch | 3 | reference | reference |', table)
+    self.assertAlmostEqual(rows['ahead'].final_ratio, 0.2)
+    self.assertTrue(table.rstrip().endswith('| 0.200 |'), table)
+    one = comparison.paired({'scratch': {0: scratch[0]}, 'ahead': {0: ahead[0]}},
+                            fractions=(1.0,))
+    self.assertIn(f'{-shifts[0]:+.3f} (one seed)', comparison.paired_markdown(one))
     for df in (1, 2, 4, 9, 19, 29, 200):
       self.assertAlmostEqual(comparison.t975(df), stats.t.ppf(0.975, df), delta=0.02)
     for df in (1, 2, 4, 10, 20, 30, 60, 120):
