@@ -9,7 +9,8 @@ and optionally `corpora` (name → input, tokenizer, vocab_size, out and optiona
 validation_fraction): text datasets the runs
 read, prepared here before anything else if `out` does not hold one yet (with a byte-level
 BPE of `vocab_size` ids trained on `input` first when `tokenizer` does not exist), so that
-one command needs nothing made beforehand. Runs live in
+one command needs nothing made beforehand; and optionally `contrasts`, (row, other row)
+pairs whose paired differences per seed go to WORKDIR/contrasts.md. Runs live in
 
     WORKDIR/seed_S/ARM/stage1    WORKDIR/seed_S/ARM/stage2    WORKDIR/seed_S/ABLATION/stage2
 
@@ -22,6 +23,7 @@ WORKDIR/ablations.{md,csv,png} (docs/method.md §7). `--report_only` just rewrit
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -47,7 +49,7 @@ from ncalm.data import feeds
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
 CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the record
-EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations', 'corpora')
+EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations', 'corpora', 'contrasts')
 CORPUS_FIELDS = ('input', 'tokenizer', 'vocab_size', 'out', 'validation_fraction')
 
 
@@ -82,6 +84,11 @@ def check(exp: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f'ablations.{name}.arm={ablation.arm!r} has no stage-1 config.')
   if exp.ablations and SCRATCH not in arms_of(exp):
     raise errors.UserError('ablations are compared with scratch: list "scratch" in arms.')
+  rows = set(arms_of(exp)) | set(exp.ablations.keys())
+  for pair in exp.get('contrasts', ()):
+    if len(pair) != 2 or not set(pair) <= rows:
+      raise errors.UserError(f'contrasts has {tuple(pair)!r}: each is (row, other row), both '
+                             f'among the arms and ablations {sorted(rows)}.')
 
 
 def prepare_corpora(exp) -> None:
@@ -247,8 +254,19 @@ def collect(exp, workdir: str) -> tuple[dict, dict]:
 
 
 def report(exp, workdir: str) -> None:
-  """Rewrites the comparison and ablation tables and plots from what has finished."""
+  """Rewrites the comparison and ablation tables and plots from what has finished, and the
+  contrasts table (`contrasts`: (row, other) pairs whose paired difference decides what a
+  control says, docs/transfer.md)."""
   main, ablations = collect(exp, workdir)
+  every = {**main, **ablations}
+  contrasts = []
+  for a, b in exp.get('contrasts', ()):
+    if a in every and b in every:
+      row = comparison.paired({b: every[b], a: every[a]}, reference=b)[1]
+      contrasts.append(dataclasses.replace(row, arm=f'{a} − {b}'))
+  if contrasts:
+    with files.atomic_open(os.path.join(workdir, 'contrasts.md')) as f:
+      f.write(comparison.paired_markdown(contrasts, reference=''))
   if main:
     comparison.write(main, os.path.join(workdir, 'comparison'),
                   'validation loss in stage 2, mean and min–max over seeds')

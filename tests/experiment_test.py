@@ -197,6 +197,10 @@ class ExperimentTest(absltest.TestCase):
       exp.arms = empty
       with self.assertRaisesRegex(errors.UserError, r'arms is empty .*--config.arms=scratch'):
         experiment.check(exp)
+    exp = config_lib.load_file(os.path.join(TESTS, 'tiny_experiment.py'))
+    exp.contrasts = (('nca', 'dyck'),)
+    with self.assertRaisesRegex(errors.UserError, r"contrasts has \('nca', 'dyck'\): each is"):
+      experiment.check(exp)
 
   def test_tiny_experiment_killed_then_resumed_writes_tables_and_plots(self):
     tmp = self.create_tempdir().full_path
@@ -258,6 +262,14 @@ class ExperimentTest(absltest.TestCase):
           self.assertIn(f'| {name} | 2 |', markdown)
         with Image.open(os.path.join(workdir, f'{table}.png')) as image:
           self.assertEqual(image.size, (900, 560))
+    # The contrast: nca minus its attention-reinitialised twin, per seed, at the end.
+    difference = np.subtract(final_losses('nca'), final_losses('nca_reinit_attention'))
+    with open(os.path.join(workdir, 'contrasts.md')) as f:
+      contrasts = f.read()
+    half = stats.t.ppf(0.975, 1) * np.std(difference, ddof=1) / np.sqrt(2)
+    mean = np.mean(difference)
+    self.assertIn('| nca − nca_reinit_attention | 2 |', contrasts)
+    self.assertIn(f'{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |', contrasts)
     with open(os.path.join(workdir, 'seed_1', 'nca_reinit_attention', 'stage2',
                            'transfer.json')) as f:
       self.assertEqual(json.load(f)['reinit'], ['attention'])

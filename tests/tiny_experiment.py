@@ -20,9 +20,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.stage2.evals.heldout.every = 2
   c.ablations = ml_collections.ConfigDict()
   c.ablations.nca_reinit_attention = ml_collections.ConfigDict(dict(arm='nca', reinit='attention'))
+  c.contrasts = (('nca', 'nca_reinit_attention'),)   # written to WORKDIR/contrasts.md
   if variant == 'one_seed':         # for kill-and-resume
     c.seeds = (0,)
     c.ablations = ml_collections.ConfigDict()
+    c.contrasts = ()
   elif variant:
     raise ValueError(f'unknown variant {variant!r}')
   return c

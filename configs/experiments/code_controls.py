@@ -186,4 +186,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.ablations.nca_slow_kept = ml_collections.ConfigDict(dict(arm='nca',
                                                              transferred_lr_scale=0.3))
   c.ablations.nca_unit_norms = ml_collections.ConfigDict(dict(arm='nca', norms='unit_rms'))
+  # What the controls decide (docs/transfer.md): pairs (row, other row) whose paired
+  # difference per seed is written to WORKDIR/contrasts.md.
+  c.contrasts = (('nca', 'nca_shuffled'), ('nca', 'nca_statistics'), ('nca', 'nca_annealed'),
+                 ('nca_aperiodic', 'nca'))
   return c
