@@ -22,9 +22,9 @@ import transformers
 
 from ncalm import checkpoint
 from ncalm import errors
-from ncalm import hf_llama
 from ncalm import hf_tokenizer
 from ncalm import run_params
+from ncalm import safetensors_io
 from ncalm import startup
 from ncalm import step as step_lib
 from ncalm import train
@@ -52,7 +52,7 @@ WEIGHTS = 'model.safetensors'
 
 def tensor_bytes(directory):
   """{tensor name: its bytes} of an export's model.safetensors."""
-  tensors = hf_llama.read_safetensors(os.path.join(directory, WEIGHTS))
+  tensors = safetensors_io.read_safetensors(os.path.join(directory, WEIGHTS))
   return {name: x.tobytes() for name, x in tensors.items()}
 
 
@@ -251,7 +251,7 @@ class ExportImportTest(parameterized.TestCase):
     plain = self.create_tempdir().full_path
     shutil.copy(os.path.join(self.out, 'config.json'), plain)
     tensors = {k: np.array(v) for k, v in
-               hf_llama.read_safetensors(os.path.join(self.out, WEIGHTS)).items()}
+               safetensors_io.read_safetensors(os.path.join(self.out, WEIGHTS)).items()}
     tensors['model.layers.0.self_attn.q_proj.weight'][3, 5] = np.nan
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     safetensors_numpy.save_file(tensors, os.path.join(plain, WEIGHTS), metadata={'format': 'pt'})

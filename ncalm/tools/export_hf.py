@@ -41,6 +41,7 @@ from ncalm import hf_llama
 from ncalm import hf_tokenizer
 from ncalm import run_files
 from ncalm import run_params
+from ncalm import safetensors_io
 from ncalm.data import dataset
 from ncalm.data import tokenizers
 
@@ -56,7 +57,7 @@ def run_config(workdir: str) -> dict:
                            '`python -m ncalm.main` run.')
   fix = (f'--workdir={workdir!r} cannot be exported without the config the run was made '
          'with, which this file holds; restore it from a copy of the workdir')
-  config = hf_llama.read_json(path, fix).get('config')
+  config = safetensors_io.read_json(path, fix).get('config')
   if not isinstance(config, dict):
     raise errors.UserError(f'{path} has no "config" object: {fix}.')
   return config_lib.unflatten(config)   # {'model.d_model': 32, ...} → nested
@@ -146,7 +147,7 @@ def export(workdir: str, out: str, step: int = 0) -> dict:
       spec = None
   staging = _staging_folder(out)
   try:
-    hf_llama.write_safetensors(os.path.join(staging, hf_llama.WEIGHTS_FILE),
+    safetensors_io.write_safetensors(os.path.join(staging, safetensors_io.WEIGHTS_FILE),
                                hf_llama.export_tensors(params))
     with open(os.path.join(staging, hf_llama.CONFIG_FILE), 'w') as f:
       json.dump(hf_llama.llama_config(model, vocab, tok.eot_id if tok else None), f, indent=1)
