@@ -302,8 +302,10 @@ def check_finished_run(workdir: str, cfg: ml_collections.ConfigDict,
   so must the content fingerprints of its data."""
   saved = read_run_config(workdir)
   now = _plain(cfg)
-  fields = sorted(k for k in set(saved['config']) | set(now)
-                  if saved['config'].get(k) != now.get(k) and not _is_bookkeeping(k))
+  defaults = _plain(config_lib.base_config())   # a field newer than the run, at its default,
+  fields = sorted(k for k in set(saved['config']) | set(now)   # is how the run was made
+                  if saved['config'].get(k) != now.get(k) and not _is_bookkeeping(k)
+                  and not (k not in saved['config'] and now.get(k) == defaults.get(k)))
   content = {f'{CONTENT_PREFIX}{k}': v for k, v in (content or {}).items()}
   fields += sorted(k for k, v in content.items()
                    if k in saved['identity'] and saved['identity'][k] != v)

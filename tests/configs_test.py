@@ -108,6 +108,24 @@ class MovedFieldsTest(absltest.TestCase):
     cfg.evals.heldout.every = 9    # evaluation settings are not the run's identity
     workdir_lib.check_identity(workdir, cfg)
 
+  def test_a_finished_run_from_before_a_new_field_is_reused_while_it_is_at_its_default(self):
+    cfg = tiny_config.get_config()
+    workdir = self.create_tempdir().full_path
+    workdir_lib.check_identity(workdir, cfg)
+    path = os.path.join(workdir, run_files.CONFIG)
+    with open(path) as f:
+      saved = json.load(f)
+    for newer in ('init.warm_steps', 'data.shuffle'):   # as a run of an older ncalm wrote it
+      del saved['config'][newer]
+      del saved['identity'][newer]
+    with open(path, 'w') as f:
+      json.dump(saved, f)
+    workdir_lib.check_finished_run(workdir, cfg)   # the fields' defaults: how it was made
+    cfg.init.update(from_run='/elsewhere', warm_steps=3)
+    with self.assertRaisesRegex(errors.UserError, r'init.warm_steps: "\(absent\)" in the run, '
+                                r'3 now'):
+      workdir_lib.check_finished_run(workdir, cfg)
+
 
 if __name__ == '__main__':
   absltest.main()
