@@ -84,8 +84,8 @@ def check(exp: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f'ablations.{name}.arm={ablation.arm!r} has no stage-1 config.')
   if exp.ablations and SCRATCH not in arms_of(exp):
     raise errors.UserError('ablations are compared with scratch: list "scratch" in arms.')
-  rows = set(arms_of(exp)) | set(exp.ablations.keys())
-  for pair in exp.get('contrasts', ()):
+  rows = {SCRATCH} | set(exp.stage1.keys()) | set(exp.ablations.keys())
+  for pair in exp.get('contrasts', ()):   # a pair whose rows are not run is left out
     if len(pair) != 2 or not set(pair) <= rows:
       raise errors.UserError(f'contrasts has {tuple(pair)!r}: each is (row, other row), both '
                              f'among the arms and ablations {sorted(rows)}.')

@@ -201,6 +201,9 @@ class ExperimentTest(absltest.TestCase):
     exp.contrasts = (('nca', 'dyck'),)
     with self.assertRaisesRegex(errors.UserError, r"contrasts has \('nca', 'dyck'\): each is"):
       experiment.check(exp)
+    exp.contrasts = (('nca', 'nca_reinit_attention'),)
+    exp.arms = ('scratch',)   # a subset (the learning-rate screen): the pair is just left out
+    experiment.check(exp)
 
   def test_tiny_experiment_killed_then_resumed_writes_tables_and_plots(self):
     tmp = self.create_tempdir().full_path
