@@ -2,7 +2,7 @@
 
     python benchmarks/attention_blocks.py [--blocks=1,2,4,8] [--repeats=5]
 
-Times `ncalm.model.causal_attention` (scores, causal mask, softmax, counter-hash dropout
+Times `ncalm.attention.causal_attention` (scores, causal mask, softmax, counter-hash dropout
 0.1, values) under `jax.value_and_grad` at the shared small shape's attention: batch 8,
 4 heads, sequence 1024, head dim 64, float32. Every block count computes the same function
 (the loss is printed to show it); block i skips the keys after its last query.
@@ -15,7 +15,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from ncalm import model as model_lib
+from ncalm import attention as attention_lib
 
 _BLOCKS = flags.DEFINE_list('blocks', ['1', '2', '4', '8'], 'Query block counts to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per block count (median kept).')
@@ -29,7 +29,7 @@ def main(argv):
   seed = jnp.uint32(3)
   for blocks in map(int, _BLOCKS.value):
     loss = lambda q, k, v, n=blocks: jnp.sum(
-        model_lib.causal_attention(q, k, v, seed, 0.1, n, jnp.float32) ** 2)
+        attention_lib.causal_attention(q, k, v, seed, 0.1, n, jnp.float32) ** 2)
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     value, _ = jax.block_until_ready(step(q, k, v))
     times = []

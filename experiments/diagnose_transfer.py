@@ -24,7 +24,7 @@ same numbers as tables) and `transfer.json` (what the transfer kept and re-drew)
 The residual stream comes from the model itself (the unscanned layout of the same
 parameters, `capture_intermediates` of each block and of its attention norm; plain
 attention, the compute dtype as configured); the attention probabilities are recomputed from
-each layer's query and key projections of that norm's output, as `model.causal_attention`
+each layer's query and key projections of that norm's output, as `attention.causal_attention`
 computes them. Runs in one process; about 8 s on 2 busy CPU cores for `configs/text_code.py:cpu`.
 """
 from __future__ import annotations

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncalm import attention as attention_lib
 from ncalm import errors
-from ncalm import hashing
 
 # Attention without dropout (evaluation, or model.attn_dropout=0): 'plain' is
 # `causal_attention` below; 'dot_product' is jax.nn.dot_product_attention (cuDNN's fused
@@ -118,160 +118,68 @@ def matmul(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax
   return out.reshape(*lead, *outer)
 
 
-def rotary(x_BLHD: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half form) over the last axis."""
+def rotary(x_BLHD: jax.Array, theta: float, positions_BL: jax.Array | None = None) -> jax.Array:
+  """Rotary position embedding (rotate-half form) over the last axis, at `positions_BL`
+  (int32 [B, L]; default 0 .. L-1 for every row)."""
   length, dim = x_BLHD.shape[1], x_BLHD.shape[-1]
   freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-  angle = jnp.arange(length, dtype=jnp.float32)[:, None] * freq[None, :]   # L, D/2
-  sin = jnp.sin(angle)[None, :, None, :]
-  cos = jnp.cos(angle)[None, :, None, :]
+  if positions_BL is None:
+    angle = jnp.arange(length, dtype=jnp.float32)[:, None] * freq[None, :]   # L, D/2
+    sin = jnp.sin(angle)[None, :, None, :]
+    cos = jnp.cos(angle)[None, :, None, :]
+  else:
+    angle = positions_BL.astype(jnp.float32)[:, :, None] * freq[None, None, :]   # B, L, D/2
+    sin = jnp.sin(angle)[:, :, None, :]
+    cos = jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x_BLHD.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BLHD.dtype)
 
 
-def dropout_keep(seed: jax.Array, shape_BHQK: tuple[int, ...], rate: float,
-                 query_offset: int = 0, key_stride: int | None = None) -> jax.Array:
-  """bool [B, H, Q, K]: which attention probabilities survive dropout at `rate`.
-
-  A counter-based hash of (seed, batch row, head, query, key position): each element
-  is a pure function of its global position, so the mask is the same however the batch
-  is sharded or the queries are blocked (`query_offset`, and `key_stride` = the full
-  key length, place a block), and XLA fuses it into the softmax instead of drawing 32
-  bits per element from threefry. `seed` is a uint32 scalar, new per layer, micro-batch
-  and step.
-  """
-  _, heads, _, keys = shape_BHQK
-  stride = key_stride or keys
-  iota = lambda axis: jax.lax.broadcasted_iota(jnp.uint32, shape_BHQK, axis)
-  row_head = hashing.mix32(seed ^ hashing.mix32(
-      iota(0) * jnp.uint32(heads) + iota(1) + jnp.uint32(0x9E3779B9)))
-  position = (iota(2) + jnp.uint32(query_offset)) * jnp.uint32(stride) + iota(3)
-  bits = hashing.mix32(row_head ^ position)
-  return bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
-
-
-def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: int, dtype,
-                     segment_ids_BL=None):
-  """softmax(q·k/√d, causal) · v, with attention-probability dropout if `dropout_seed`.
-
-  With `segment_ids_BL` a query attends only to keys of its own segment (document).
-
-  With `blocks` > 1 the queries are cut into that many blocks and block i attends only to
-  the keys it can see (0 .. its last query), which skips most of the masked upper
-  triangle: ~(blocks+1)/(2·blocks) of the score work. The result, dropout bits included,
-  is the same for any number of blocks.
-  """
-  length, head_dim = q_BLHD.shape[1], q_BLHD.shape[-1]
-  size = length // blocks
-  outs = []
-  for i in range(blocks):
-    end = (i + 1) * size
-    q = q_BLHD[:, i * size:end]
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k_BLHD[:, :end]).astype(jnp.float32)
-    scores = scores / jnp.sqrt(head_dim)
-    causal = (jnp.arange(i * size, end)[:, None] >= jnp.arange(end)[None, :])[None, None]
-    if segment_ids_BL is not None:
-      same = segment_ids_BL[:, i * size:end, None] == segment_ids_BL[:, None, :end]
-      causal = causal & same[:, None]     # [B, 1, Q, K]
-    probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
-    if dropout_seed is not None:
-      keep = dropout_keep(dropout_seed, probs.shape, rate, query_offset=i * size,
-                          key_stride=length)
-      probs = jnp.where(keep, probs / (1.0 - rate), 0.0)
-    outs.append(jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v_BLHD[:, :end]))
-  return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
-
-
-def _platform() -> str:
-  """The platform the current computation is placed on: the mesh's devices, else the
-  default backend ('cpu', 'gpu', 'tpu')."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
-
-
-def dot_product_implementation(q_BLHD: jax.Array, mask) -> str | None:
-  """`implementation` for jax.nn.dot_product_attention: 'cudnn' (the fused flash kernel) on
-  a GPU for bf16/fp16 inputs without a document mask, else None (XLA's composition).
-
-  None never picks cuDNN by itself (jax's default is XLA), so it is asked for by name;
-  cuDNN takes only half-precision inputs and head dims up to 128, multiples of 8.
-  """
-  head_dim = q_BLHD.shape[-1]
-  if (_platform() in ('gpu', 'cuda') and mask is None
-      and q_BLHD.dtype in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0):
-    return 'cudnn'
-  return None
-
-
-def _splash_kernel(heads: int, length: int, interpret: bool):
-  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
-  block = min(512, length)
-  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                            block_q_dq=block, block_kv_dq=block)
-  mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * heads)
-  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                interpret=interpret)
-
-
-def splash_attention(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL=None):
-  """Causal softmax(q·k/√d)·v by the Pallas splash kernel, one call per device's shard.
-
-  The kernel sees one sequence [heads, length, head_dim]: it is vmapped over the batch
-  and, under a mesh, run inside shard_map over the batch and head shardings of the
-  activations (it cannot be partitioned by the compiler). Off TPU it runs interpreted.
-  """
-  head_dim = q_BLHD.shape[-1]
-  mesh = jax.sharding.get_abstract_mesh()
-  interpret = _platform() != 'tpu'
-
-  def local(q, k, v, segments):
-    from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
-    kernel = _splash_kernel(q.shape[2], q.shape[1], interpret)
-    to_bhld = lambda x: jnp.swapaxes(x, 1, 2)
-    one = lambda q, k, v, s: kernel(q, k, v, segment_ids=None if s is None else
-                                    splash.SegmentIds(q=s, kv=s))
-    out = jax.vmap(one)(to_bhld(q / jnp.sqrt(head_dim).astype(q.dtype)), to_bhld(k),
-                        to_bhld(v), segments)
-    return to_bhld(out)
-
-  if mesh.empty:
-    return local(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL)
-  spec = nn.logical_to_mesh_axes(('act_batch', 'act_len', 'act_heads', None))
-  segment_spec = None if segment_ids_BL is None else jax.sharding.PartitionSpec(spec[0], None)
-  return jax.shard_map(local, in_specs=(spec, spec, spec, segment_spec), out_specs=spec,
-                       check_vma=False)(q_BLHD, k_BLHD, v_BLHD, segment_ids_BL)
-
-
 class Attention(nn.Module):
+  """Self-attention; with `cache` (this layer's {'key', 'value'} [B, S, H, D]) the new keys
+  and values are written at slot `cache_index` and the queries attend to the cache: the
+  output is then (x, updated cache)."""
   cfg: ModelConfig
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLE, segment_ids_BL=None):
+  def __call__(self, x_BLE, segment_ids_BL=None, positions_BL=None, key_positions_BS=None,
+               cache_index=None, cache=None):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     shape, axes = (cfg.d_model, cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'head_dim')
     project = lambda name: matmul(x_BLE, _param(self, name, shape, axes, cfg.init_std).astype(dt))
-    q = rotary(project('query'), cfg.rope_theta)
-    k = rotary(project('key'), cfg.rope_theta)
+    rope_positions = None if positions_BL is None else jnp.maximum(positions_BL, 0)
+    q = rotary(project('query'), cfg.rope_theta, rope_positions)
+    k = rotary(project('key'), cfg.rope_theta, rope_positions)
     v = project('value')
     q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
     dropout = not self.deterministic and cfg.attn_dropout > 0
-    if cfg.attention == 'dot_product' and not dropout:
+    if cache is not None:
+      write = lambda old, new: nn.with_logical_constraint(
+          jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), cache_index, axis=1),
+          CACHE_AXES[1:])
+      cache = {'key': write(cache['key'], k), 'value': write(cache['value'], v)}
+      out = attention_lib.cached_attention(q, cache['key'].astype(dt),
+                                           cache['value'].astype(dt), positions_BL,
+                                           key_positions_BS, dt)
+    elif cfg.attention == 'dot_product' and not dropout:
       mask = None if segment_ids_BL is None else (
           segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
+      kernel = attention_lib.dot_product_implementation(q, mask)
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
-                                         implementation=dot_product_implementation(q, mask))
+                                         implementation=kernel)
     elif cfg.attention == 'splash' and not dropout:
-      out = splash_attention(q, k, v, segment_ids_BL)
+      out = attention_lib.splash_attention(q, k, v, segment_ids_BL)
     else:
       seed = jax.random.bits(self.make_rng('dropout'), (), jnp.uint32) if dropout else None
       blocks = cfg.attention_blocks if x_BLE.shape[1] % cfg.attention_blocks == 0 else 1
-      out = causal_attention(q, k, v, seed, cfg.attn_dropout, blocks, dt, segment_ids_BL)
+      out = attention_lib.causal_attention(q, k, v, seed, cfg.attn_dropout, blocks, dt,
+                                           segment_ids_BL)
     w_out = _param(self, 'out', (cfg.num_heads, cfg.head_dim, cfg.d_model),
                    ('heads', 'head_dim', 'embed'), cfg.init_std)
-    return matmul(out, w_out.astype(dt), contract=2)
+    out = matmul(out, w_out.astype(dt), contract=2)
+    return out if cache is None else (out, cache)
 
 
 class Mlp(nn.Module):
@@ -288,17 +196,36 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); returns (x, this
+  layer's updated KV cache or None) so that `nn.scan` stacks the caches."""
   cfg: ModelConfig
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLE, segment_ids_BL=None):
-    x = x_BLE + Attention(self.cfg, self.deterministic, name='attn')(
-        RMSNorm(self.cfg.norm_eps, name='attn_norm')(x_BLE), segment_ids_BL)
+  def __call__(self, x_BLE, segment_ids_BL=None, positions_BL=None, key_positions_BS=None,
+               cache_index=None, cache=None):
+    attended = Attention(self.cfg, self.deterministic, name='attn')(
+        RMSNorm(self.cfg.norm_eps, name='attn_norm')(x_BLE), segment_ids_BL, positions_BL,
+        key_positions_BS, cache_index, cache)
+    if cache is not None:
+      attended, cache = attended
+    x = x_BLE + attended
     x = x + Mlp(self.cfg, name='mlp')(RMSNorm(self.cfg.norm_eps, name='mlp_norm')(x))
     x = nn.with_logical_constraint(x, ('act_batch', 'act_len', 'act_embed'))
-    return x, None
+    return x, cache
+
+
+# Logical axes of the KV cache's 'key' and 'value' [layers, B, S, H, D]: sharded like the
+# activations (rows over the data-parallel axes, heads over tensor parallelism).
+CACHE_AXES = ('layers', 'act_batch', None, 'act_heads', None)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
+  """An empty KV cache of `length` slots: {'key', 'value'} [layers, B, S, H, D] in the
+  compute dtype, and 'position' int32 [B, S], -1 where a slot holds nothing."""
+  shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
+  zeros = jnp.zeros(shape, dtype or cfg.compute_dtype)
+  return {'key': zeros, 'value': zeros, 'position': jnp.full((batch, length), -1, jnp.int32)}
 
 
 class Transformer(nn.Module):
@@ -306,36 +233,60 @@ class Transformer(nn.Module):
 
   With `logits_at` (int32 [B]) only those positions' logits are computed: [B, vocab].
   With `segment_ids_BL` (int32 [B, L]) attention stays inside each segment (document).
+
+  Decoding: with `cache` (`init_cache`), `positions_BL` (each token's position in its own
+  row, -1 for left padding) and `cache_index` (the slot of tokens[:, 0]), the tokens'
+  keys and values are written into the cache and the call returns (logits, cache). The
+  cache is an explicit pytree passed in and out, not Flax's 'cache' collection: the
+  caller jits, shards and donates it like any other array, and `nn.scan` scans it over
+  layers as an ordinary input and output.
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BL, deterministic: bool = True, logits_at=None,
-               segment_ids_BL=None):
+               segment_ids_BL=None, positions_BL=None, cache=None, cache_index=None):
     cfg = self.cfg
     embedding = _param(self, 'embedding', (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
                        cfg.init_std)
     x = jnp.take(embedding, tokens_BL, axis=0).astype(cfg.compute_dtype)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_len', 'act_embed'))
+    key_positions = layers_cache = None
+    if cache is not None:
+      key_positions = jax.lax.dynamic_update_slice_in_dim(cache['position'], positions_BL,
+                                                          cache_index, axis=1)
+      layers_cache = {'key': cache['key'], 'value': cache['value']}
+    args = (segment_ids_BL, positions_BL, key_positions, cache_index)
     block = Block
     if cfg.remat != 'none':
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                       'dropout': True},
-                      in_axes=nn.broadcast, length=cfg.num_layers, unroll=cfg.scan_unroll,
-                      metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = stack(cfg, deterministic, name='layers')(x, segment_ids_BL)
+                      in_axes=(nn.broadcast,) * len(args) + (0,), length=cfg.num_layers,
+                      unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, layers_cache = stack(cfg, deterministic, name='layers')(x, *args, layers_cache)
     else:
+      caches = []
       for i in range(cfg.num_layers):
-        x, _ = block(cfg, deterministic, name=f'layers_{i}')(x, segment_ids_BL)
+        layer = None if cache is None else jax.tree.map(lambda c: c[i], layers_cache)  # pylint: disable=cell-var-from-loop
+        x, layer = block(cfg, deterministic, name=f'layers_{i}')(x, *args, layer)
+        caches.append(layer)
+      if cache is not None:
+        layers_cache = jax.tree.map(lambda *c: jnp.stack(c), *caches)
     x = RMSNorm(cfg.norm_eps, name='final_norm')(x)
     head = _param(self, 'head', (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), cfg.init_std)
     if logits_at is not None:
       x_BE = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)[:, 0]
-      return matmul(x_BE, head.astype(cfg.compute_dtype), out_dtype=jnp.float32)
-    logits = matmul(x, head.astype(cfg.compute_dtype), out_dtype=jnp.float32)
-    return nn.with_logical_constraint(logits, ('act_batch', 'act_len', 'act_vocab'))
+      logits = matmul(x_BE, head.astype(cfg.compute_dtype), out_dtype=jnp.float32)
+    else:
+      logits = matmul(x, head.astype(cfg.compute_dtype), out_dtype=jnp.float32)
+      logits = nn.with_logical_constraint(logits, ('act_batch', 'act_len', 'act_vocab'))
+    if cache is None:
+      return logits
+    cache = {key: nn.with_logical_constraint(value, CACHE_AXES) for key, value in
+             layers_cache.items()}
+    return logits, dict(cache, position=key_positions)
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:

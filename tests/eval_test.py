@@ -13,6 +13,7 @@ import numpy as np
 from ncalm import errors
 from ncalm import startup
 from ncalm import step as step_lib
+from ncalm import viz
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
 from ncalm.data import feeds as feeds_lib
@@ -117,6 +118,20 @@ class UnigramTest(absltest.TestCase):
     np.testing.assert_allclose(logp, np.log(counts / counts.sum()), rtol=1e-12)
 
 
+def greedy_frame(model, params, inputs_BL, start: int, length: int, num_ids: int):
+  """The probe's decoding before the KV cache, kept as the reference: tokens start ..
+  start+length-1 each by a full forward pass over the window, argmax among ids < num_ids."""
+  batch = inputs_BL.shape[0]
+
+  def body(i, buffer):
+    logits = model.apply({'params': params}, buffer, deterministic=True,
+                         logits_at=jnp.full((batch,), start + i - 1))
+    return buffer.at[:, start + i].set(jnp.argmax(logits[:, :num_ids], axis=-1))
+
+  buffer = jax.lax.fori_loop(0, length, body, inputs_BL)
+  return buffer[:, start:start + length]
+
+
 class ProbeTest(WritesNothing, absltest.TestCase):
 
   @classmethod
@@ -144,6 +159,24 @@ class ProbeTest(WritesNothing, absltest.TestCase):
     self.assertEqual((picture.dtype, picture.ndim, picture.shape[-1]), (np.uint8, 3, 3))
     for k in ('probe/cell_accuracy', 'probe/frame_accuracy'):
       self.assertBetween(scalars[k], 0.0, 1.0)
+
+  def test_cached_decoding_gives_the_frames_of_full_forward_passes(self):
+    # Weights far from init, so that the decoded frames are neither constant nor ties.
+    params = jax.tree.map(lambda x: x * 30 if x.ndim > 1 else x, self.params)
+    _, images = self.probe.run(params)
+    source, tpf = self.feeds.val_source, self.feeds.val_source.tokens_per_frame
+    key = jax.random.fold_in(heldout.eval_key(self.cfg), nca_probe.PROBE_KEY)
+    inputs = source.batch(key, self.cfg.evals.probe.sequences).inputs
+    start = (self.cfg.seq_len // tpf - 1) * tpf + 1
+    patches = nca_tokens.patches_per_frame(source.cfg)
+    want = greedy_frame(self.setup.model, params, inputs, start, patches,
+                        nca_tokens.start_of_frame(source.cfg))
+    cells = lambda ids: np.asarray(nca_tokens.decode_frames(jnp.asarray(ids), source.cfg))
+    truth, previous = (cells(inputs[:, s:s + patches]) for s in (start, start - tpf))
+    self.assertGreater(len(np.unique(np.asarray(want))), 1)
+    np.testing.assert_array_equal(
+        images[nca_probe.IMAGE],
+        viz.probe_picture(previous, truth, cells(want), source.cfg.num_states))
 
 
 class TextHeldoutTest(WritesNothing, absltest.TestCase):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncalm import attention as attention_lib
 from ncalm import model as model_lib
 from ncalm import startup
 
@@ -184,13 +185,13 @@ class ModelTest(parameterized.TestCase):
     # model must ask for cuDNN by name where it applies (bf16/fp16, no document mask).
     q_bf16 = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
     mask = jnp.ones((1, 1, 8, 8), bool)
-    with mock.patch.object(model_lib, '_platform', return_value='gpu'):
-      self.assertEqual(model_lib.dot_product_implementation(q_bf16, None), 'cudnn')
-      self.assertIsNone(model_lib.dot_product_implementation(q_bf16.astype(jnp.float32), None))
-      self.assertIsNone(model_lib.dot_product_implementation(q_bf16, mask))
-      self.assertIsNone(model_lib.dot_product_implementation(
+    with mock.patch.object(attention_lib, '_platform', return_value='gpu'):
+      self.assertEqual(attention_lib.dot_product_implementation(q_bf16, None), 'cudnn')
+      self.assertIsNone(attention_lib.dot_product_implementation(q_bf16.astype(jnp.float32), None))
+      self.assertIsNone(attention_lib.dot_product_implementation(q_bf16, mask))
+      self.assertIsNone(attention_lib.dot_product_implementation(
           jnp.zeros((1, 8, 2, 256), jnp.bfloat16), None))
-    self.assertIsNone(model_lib.dot_product_implementation(q_bf16, None))  # on this CPU
+    self.assertIsNone(attention_lib.dot_product_implementation(q_bf16, None))  # on this CPU
 
   def test_logits_at(self):
     model = model_lib.Transformer(CFG)
@@ -212,7 +213,7 @@ class DropoutMaskTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.shape = (4, 4, 128, 128)
-    self.keep = np.asarray(model_lib.dropout_keep(jnp.uint32(7), self.shape, 0.1))
+    self.keep = np.asarray(attention_lib.dropout_keep(jnp.uint32(7), self.shape, 0.1))
 
   def test_keep_rate_within_sampling_error(self):
     n, p = self.keep.size, 0.9
@@ -232,12 +233,12 @@ class DropoutMaskTest(absltest.TestCase):
       self.assertLess(abs(agree - same), 6 * np.sqrt(same * (1 - same) / a[1:].size), axis)
 
   def test_seeds_and_rates(self):
-    other = np.asarray(model_lib.dropout_keep(jnp.uint32(8), self.shape, 0.1))
+    other = np.asarray(attention_lib.dropout_keep(jnp.uint32(8), self.shape, 0.1))
     self.assertLess((other == self.keep).mean(), 0.85)  # ~0.82 for independent masks
     np.testing.assert_array_equal(
-        model_lib.dropout_keep(jnp.uint32(7), self.shape, 0.1), self.keep)
-    self.assertTrue(np.all(model_lib.dropout_keep(jnp.uint32(7), (1, 1, 4, 4), 0.0)))
-    half = np.asarray(model_lib.dropout_keep(jnp.uint32(7), self.shape, 0.5)).mean()
+        attention_lib.dropout_keep(jnp.uint32(7), self.shape, 0.1), self.keep)
+    self.assertTrue(np.all(attention_lib.dropout_keep(jnp.uint32(7), (1, 1, 4, 4), 0.0)))
+    half = np.asarray(attention_lib.dropout_keep(jnp.uint32(7), self.shape, 0.5)).mean()
     self.assertAlmostEqual(half, 0.5, delta=6 * np.sqrt(0.25 / self.keep.size))
 
 

@@ -1,9 +1,11 @@
 """The NCA next-frame probe: greedy decoding of one whole frame from the frames before it.
 
 On held-out sequences the model decodes the patch tokens of the last whole frame in the
-window, each from everything before it, choosing among patch ids only; the probe reports
-whole-frame and per-cell accuracy beside the copy baseline (predicting the previous frame),
-and a picture shows previous | true | decoded frames (docs/method.md §6).
+window, each from everything before it, choosing among patch ids only (`decode.greedy`:
+the window up to the frame is prefilled once, then one token per step from the KV cache).
+The probe reports whole-frame and per-cell accuracy beside the copy baseline (predicting
+the previous frame), and a picture shows previous | true | decoded frames
+(docs/method.md §6).
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncalm import decode
 from ncalm import errors
+from ncalm import model as model_lib
 from ncalm import sharding
 from ncalm import viz
 from ncalm.data import device_sources
@@ -20,23 +24,6 @@ from ncalm.eval import heldout
 
 PROBE_KEY = 2**31 - 1   # fold_in of the eval key: far from the held-out batches' keys
 IMAGE = 'probe/previous_truth_predicted'
-
-
-def greedy_frame(model, params, inputs_BL: jax.Array, start: int, length: int,
-                 num_ids: int) -> jax.Array:
-  """Greedily decodes tokens start .. start+length-1 (each from everything before it),
-  choosing among ids < num_ids (patch ids); returns int32 [B, length]."""
-  batch = inputs_BL.shape[0]
-
-  def body(i, buffer):
-    position = start + i
-    logits = model.apply({'params': params}, buffer, deterministic=True,
-                         logits_at=jnp.full((batch,), position - 1))
-    choice = jnp.argmax(logits[:, :num_ids], axis=-1).astype(jnp.int32)
-    return buffer.at[:, position].set(choice)
-
-  buffer = jax.lax.fori_loop(0, length, body, inputs_BL)
-  return jax.lax.dynamic_slice_in_dim(buffer, start, length, axis=1)
 
 
 class NextFrameProbe:
@@ -74,11 +61,12 @@ class NextFrameProbe:
     start = frame * self.tokens_per_frame + 1
     patches = nca_tokens.patches_per_frame(ncfg)
     sequences = cfg.evals.probe.sequences
+    model = model_lib.Transformer(decode.decoding_config(setup.model.cfg))
 
     def probe_fn(params, src, k):
       batch = device_sources.make_sharded_batch(src, k, sequences, setup.mesh)
-      predicted = greedy_frame(setup.model, params, batch.inputs, start, patches,
-                               nca_tokens.start_of_frame(ncfg))
+      predicted = decode.greedy(model, params, batch.inputs[:, :start], patches,
+                                nca_tokens.start_of_frame(ncfg))
       truth = batch.inputs[:, start:start + patches]
       previous = batch.inputs[:, start - self.tokens_per_frame:
                               start - self.tokens_per_frame + patches]
