@@ -10,6 +10,7 @@ resume, transfer, export_hf, the experiment's tables — use them too).
     tensorboard/           the same scalars and the pictures, for TensorBoard
     loss_curves.png        train and eval loss against step, drawn at the end
     TAG/step_NNNNNNN.png   an evaluator's pictures (e.g. probe/), one per evaluation
+    eval/STEP/             `python -m ncalm.evaluate` of a checkpoint: report.json, pictures
 """
 CONFIG = 'run_config.json'
 LOCK = '.ncalm.lock'
@@ -19,6 +20,7 @@ RULE_BANK = 'rule_bank.npz'
 METRICS = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 LOSS_CURVES = 'loss_curves.png'
+EVAL = 'eval'
 
 
 def picture(tag: str, step: int) -> str:

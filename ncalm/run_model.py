@@ -88,7 +88,13 @@ def feeds_of(cfg: ml_collections.ConfigDict, workdir: str) -> feeds_lib.Feeds:
 def load(workdir: str, step: int = 0, overrides: dict[str, Any] | None = None) -> Run:
   """The run's config, setup and parameters of checkpoint `step` (0 = newest intact)."""
   cfg = config_of(workdir, overrides)
-  checked = startup.check(cfg)
+  try:
+    checked = startup.check(cfg)
+  except errors.UserError as e:
+    if cfg.data.source == 'text' and not os.path.isdir(cfg.data.text.path):
+      raise errors.UserError(f'{e} If the run\'s prepared dataset has moved, name its new '
+                             'place with --config.data.text.path=DIR.') from None
+    raise
   feeds = feeds_of(cfg, workdir)
   setup = step_lib.create_setup(cfg, checked.model)
   shardings = param_names.flat(setup.state_shardings.params)

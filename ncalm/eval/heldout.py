@@ -40,6 +40,8 @@ class HeldoutLoss:
   eval/bits_per_byte (bits per byte of the original text: what compares across
   tokenisers) for text."""
 
+  ITEMS = 'batches'   # the field of its evals section that --limit caps
+
   @staticmethod
   def enabled(cfg) -> bool:
     del cfg

@@ -46,6 +46,8 @@ class InductionProbe:
   """induction/first_copy_loss, induction/second_copy_loss, induction/second_copy_accuracy
   on `evals.induction.sequences` rows with copies of `evals.induction.length` tokens."""
 
+  ITEMS = 'sequences'   # the field of its evals section that --limit caps
+
   @staticmethod
   def enabled(cfg) -> bool:
     return cfg.evals.induction.sequences > 0   # 0 turns the probe off

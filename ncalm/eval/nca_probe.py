@@ -30,6 +30,8 @@ class NextFrameProbe:
   """probe/frame_accuracy, probe/cell_accuracy and probe/copy_baseline on
   `evals.probe.sequences` held-out sequences, and the picture of them."""
 
+  ITEMS = 'sequences'   # the field of its evals section that --limit caps
+
   @staticmethod
   def enabled(cfg) -> bool:
     return cfg.evals.probe.sequences > 0   # 0 turns the probe off

@@ -5,11 +5,13 @@ fixed held-out data), `run(params) -> (scalars, images)` measures; the training 
 writes what it returns (JSONL, TensorBoard, PNGs). Which evaluators a run has is what
 its held-out source says suits it (`source.evaluators`) among those enabled by their
 section of `cfg.evals`; each runs every `cfg.evals.NAME.every` steps and at the last.
-A new evaluator: its module with the four methods below, one line of `EVALUATORS`, and
-its section in `config_lib.base_config().evals`.
+A new evaluator: its module with the four methods below and `ITEMS` (the field of its
+section that counts what it measures, which `ncalm.evaluate --limit` caps), one line of
+`EVALUATORS`, and its section in `config_lib.base_config().evals`.
 """
 from __future__ import annotations
 
+from ncalm import errors
 from ncalm.eval import heldout
 from ncalm.eval import induction
 from ncalm.eval import nca_probe
@@ -25,6 +27,21 @@ def names(cfg, source) -> tuple[str, ...]:
   return tuple(n for n in EVALUATORS if n in source.evaluators and EVALUATORS[n].enabled(cfg))
 
 
+def check_named(cfg, source, requested: list[str], flag: str = '--evals') -> None:
+  """Refuses evaluator names that do not exist, do not suit the run's data or are off."""
+  for name in requested:
+    if name not in EVALUATORS:
+      raise errors.UserError(f'{flag}: no evaluator {name!r}; the evaluators are '
+                             f'{", ".join(EVALUATORS)}.')
+    if name not in source.evaluators:
+      raise errors.UserError(f'{flag}: {name!r} does not suit this run\'s data; its '
+                             f'evaluators are {", ".join(source.evaluators)}.')
+    if not EVALUATORS[name].enabled(cfg):
+      field = f'evals.{name}.{EVALUATORS[name].ITEMS}'
+      raise errors.UserError(f'{flag}: {name!r} is off in this run ({field}=0): give '
+                             f'--config.{field}=N to evaluate it on N items.')
+
+
 def check(cfg, source) -> None:
   """Each evaluator's start-up refusals for this config and source."""
   for name in names(cfg, source):
@@ -37,9 +54,11 @@ def check_mesh(cfg, source, data_parallel: int) -> None:
     EVALUATORS[name].check_mesh(cfg, source, data_parallel)
 
 
-def build(setup, cfg, feeds) -> dict:
-  """{name: evaluator} of the run (feeds with their data, on the devices if on-device)."""
-  return {name: EVALUATORS[name](setup, cfg, feeds) for name in names(cfg, feeds.val_source)}
+def build(setup, cfg, feeds, only: tuple[str, ...] | None = None) -> dict:
+  """{name: evaluator} of the run (feeds with their data, on the devices if on-device);
+  `only` picks some of them."""
+  return {name: EVALUATORS[name](setup, cfg, feeds) for name in names(cfg, feeds.val_source)
+          if only is None or name in only}
 
 
 def due(cfg, name: str, step: int) -> bool:

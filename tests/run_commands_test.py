@@ -1,12 +1,17 @@
-"""`python -m ncalm.sample` on tiny text and NCA runs: what it prints is the run's own greedy
-continuation (by full forward passes) or the true and predicted NCA frames; bad flags are
-one paragraph each."""
+"""The commands that read a trained run, on tiny text and NCA runs (made once per process):
+`python -m ncalm.sample` prints the run's own greedy continuation (by full forward passes)
+or the true and predicted NCA frames; `python -m ncalm.evaluate` reports the numbers the
+training loop logged, writes only under RUN/eval/STEP and resumes an interrupted
+evaluation; bad flags are one paragraph each."""
+import atexit
 import contextlib
+import functools
 import io
 import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
@@ -20,21 +25,41 @@ from ncalm import run_files
 from ncalm import run_model
 from ncalm.data import nca_tokens
 from ncalm.eval import heldout
+from ncalm.eval import nca_probe
+from ncalm.tools import evaluate
 from ncalm.tools import sample
 
 import helpers
 
 
-def sample_command(*args: str) -> str:
-  """What `python -m ncalm.sample ARGS` prints (run in this process)."""
-  argv = ['sample', *args]
+@functools.cache
+def tiny_runs() -> dict[str, str]:
+  """{'tmp', 'data', 'text', 'nca'}: a folder, a prepared corpus and two finished tiny runs."""
+  tmp = tempfile.mkdtemp()
+  atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+  paths = dict(tmp=tmp, data=helpers.make_corpus(os.path.join(tmp, 'data')),
+               text=os.path.join(tmp, 'text_run'), nca=os.path.join(tmp, 'nca_run'))
+  text_data = [f'--config.data.text.path={paths["data"]}']
+  for workdir, variant, extra in ((paths['text'], 'text', text_data), (paths['nca'], '', [])):
+    code, out = helpers.run_main(workdir, variant, extra)
+    assert code == 0, out[-3000:]
+  return paths
+
+
+def command(module, *args: str) -> str:
+  """What `python -m ncalm.MODULE ARGS` prints (run in this process)."""
+  argv = [module.__name__, *args]
   fv = flags.FlagValues()
-  sample.define_flags(fv, argv)
+  module.define_flags(fv, argv)
   rest = fv(argv)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    sample.main(rest, fv)
+    module.main(rest, fv)
   return out.getvalue()
+
+
+def sample_command(*args: str) -> str:
+  return command(sample, *args)
 
 
 def greedy_by_full_passes(run, prompt_ids, new_tokens, allowed, stop_id=None):
@@ -58,12 +83,8 @@ class TextSampleTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
-    data = helpers.make_corpus(os.path.join(cls.tmp, 'data'))
-    cls.workdir = os.path.join(cls.tmp, 'run')
-    code, out = helpers.run_main(cls.workdir, 'text', [f'--config.data.text.path={data}'])
-    assert code == 0, out[-3000:]
+    runs = tiny_runs()
+    cls.tmp, cls.workdir = runs['tmp'], runs['text']
     cls.loaded = run_model.load(cls.workdir)
     cls.tok = run_model.tokenizer_of(cls.loaded)
 
@@ -125,11 +146,8 @@ class NCASampleTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
-    cls.workdir = os.path.join(cls.tmp, 'run')
-    code, out = helpers.run_main(cls.workdir)
-    assert code == 0, out[-3000:]
+    runs = tiny_runs()
+    cls.tmp, cls.workdir = runs['tmp'], runs['nca']
 
   def test_prints_true_and_predicted_frames_and_draws_them(self):
     png = os.path.join(self.tmp, 'frames.png')
@@ -159,6 +177,93 @@ class NCASampleTest(absltest.TestCase):
       sample_command(f'--workdir={self.workdir}', '--rule=99')
     with self.assertRaisesRegex(errors.UserError, '--context_frames=2 plus --frames=1'):
       sample_command(f'--workdir={self.workdir}', '--context_frames=2')
+
+
+
+def logged_evals(workdir: str, step: int) -> dict[str, float]:
+  """The evaluation scalars the training loop logged at `step`."""
+  with open(os.path.join(workdir, run_files.METRICS)) as f:
+    rows = [json.loads(line) for line in f]
+  return {k: v for r in rows if r['step'] == step for k, v in r.items()
+          if k.split('/')[0] in ('eval', 'probe', 'induction')}
+
+
+def files_outside_eval(workdir: str) -> dict[str, float]:
+  return {os.path.join(root, n): os.path.getmtime(os.path.join(root, n))
+          for root, _, names in os.walk(workdir) for n in names
+          if not os.path.relpath(root, workdir).startswith(run_files.EVAL)}
+
+
+class EvaluateTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.runs = tiny_runs()
+
+  def test_nca_run_same_numbers_as_the_loop_and_only_eval_written(self):
+    workdir = self.runs['nca']
+    before = files_outside_eval(workdir)
+    for step in (3, 6):
+      out = command(evaluate, f'--workdir={workdir}', f'--step={step}')
+      with open(os.path.join(evaluate.out_dir(workdir, step), evaluate.REPORT)) as f:
+        report = json.load(f)
+      self.assertEqual(report['scalars'], logged_evals(workdir, step))
+      self.assertEqual(report['evals'], ['heldout', 'probe'])
+      self.assertIn(f'eval/loss {report["scalars"]["eval/loss"]:.6g}'.replace(' ', ''),
+                    out.replace(' ', ''))
+      picture = os.path.join(evaluate.out_dir(workdir, step), report['pictures'][0])
+      self.assertTrue(os.path.getsize(picture))
+    self.assertEqual(files_outside_eval(workdir), before)
+
+  def test_text_run_moved_dataset_and_limit(self):
+    workdir, data = self.runs['text'], self.runs['data']
+    moved = data + '_moved'
+    shutil.copytree(data, moved)
+    self.addCleanup(shutil.rmtree, moved, ignore_errors=True)
+    report = evaluate.evaluate(workdir, 6, overrides={'data.text.path': moved})
+    self.assertEqual(report['scalars'], logged_evals(workdir, 6))
+    limited = evaluate.evaluate(workdir, 6, ['heldout'], limit=1,
+                                overrides={'data.text.path': moved})
+    self.assertNotEqual(limited['scalars']['eval/loss'], report['scalars']['eval/loss'])
+    missing = os.path.join(self.runs['tmp'], 'nowhere')
+    with self.assertRaisesRegex(errors.UserError, 'nowhere.*--config.data.text.path=DIR'):
+      evaluate.evaluate(workdir, 6, overrides={'data.text.path': missing})
+
+  def test_an_interrupted_evaluation_resumes_from_finished_items(self):
+    workdir = os.path.join(self.runs['tmp'], 'nca_copy')
+    shutil.copytree(self.runs['nca'], workdir, ignore=shutil.ignore_patterns('eval'))
+    with mock.patch.object(nca_probe.NextFrameProbe, 'run', side_effect=KeyboardInterrupt):
+      with self.assertRaises(KeyboardInterrupt):
+        evaluate.evaluate(workdir, 6)
+    folder = evaluate.out_dir(workdir, 6)
+    self.assertFalse(os.path.exists(os.path.join(folder, evaluate.REPORT)))
+    self.assertTrue(os.path.exists(os.path.join(folder, evaluate.ITEMS_DIR, 'heldout.json')))
+    with mock.patch.object(heldout.HeldoutLoss, 'run', side_effect=AssertionError('rerun')):
+      report = evaluate.evaluate(workdir, 6)   # heldout is not run again
+    self.assertEqual(report['scalars'], logged_evals(self.runs['nca'], 6))
+
+  def test_bad_names_and_fields(self):
+    workdir = self.runs['nca']
+    with self.assertRaisesRegex(errors.UserError, "no evaluator 'nca_probe'; the evaluators "
+                                'are heldout, probe, induction'):
+      evaluate.evaluate(workdir, names=['nca_probe'])
+    with self.assertRaisesRegex(errors.UserError, "'induction' does not suit"):
+      evaluate.evaluate(workdir, names=['induction'])
+    with self.assertRaisesRegex(errors.UserError, r'evals.induction.sequences=0\): give '
+                                '--config.evals.induction.sequences=N'):
+      evaluate.evaluate(self.runs['text'], names=['induction'])
+    with self.assertRaisesRegex(errors.UserError, '--config.seed cannot be changed'):
+      command(evaluate, f'--workdir={workdir}', '--config.seed=3')
+    with self.assertRaisesRegex(errors.UserError, r'--step=4: .* has checkpoints of steps '
+                                r'\[3, 6\]'):
+      evaluate.evaluate(workdir, 4)
+    os.rename(os.path.join(workdir, run_files.RULE_BANK), workdir + '.bank')
+    try:
+      with self.assertRaisesRegex(errors.UserError, 'rule_bank.npz is missing'):
+        evaluate.evaluate(workdir)
+    finally:
+      os.rename(workdir + '.bank', os.path.join(workdir, run_files.RULE_BANK))
 
 
 if __name__ == '__main__':
