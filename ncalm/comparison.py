@@ -1,5 +1,6 @@
 """The comparison of arms: final perplexity, the step each arm reaches scratch's final
-perplexity, the speed-up, and compute — over seeds — as Markdown, CSV and a PNG; and the
+perplexity, the speed-up, compute, and any evaluators' numbers on the final checkpoints
+(a column per metric, whatever the evaluator) — over seeds — as Markdown, CSV and PNGs; the
 paired statistics fixed before the runs (docs/transfer.md): each arm's loss minus scratch's
 on the same seed at fixed fractions of stage 2, with 95% t-intervals, and the onset of
 in-context copying (the induction probe).
@@ -34,6 +35,7 @@ class ArmResult:
   flops: float = 0.0           # training FLOPs of both stages (6·N·tokens + attention)
   diverged: bool = False
   induction: Curve = dataclasses.field(default_factory=list)  # (step, second / first copy)
+  evals: dict[str, float] = dataclasses.field(default_factory=dict)  # final-checkpoint metrics
 
 
 def crossing_step(curve: Curve, target: float) -> float | None:
@@ -168,6 +170,8 @@ class Row:
   stage1_tokens: int
   flops: float
   diverged: int
+  evals: dict[str, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
+  # metric → (mean, std, seeds) of the evaluators run on the final checkpoints
 
 
 def summarise(results: dict[str, dict[int, ArmResult]], reference: str = 'scratch') -> list[Row]:
@@ -196,8 +200,57 @@ def summarise(results: dict[str, dict[int, ArmResult]], reference: str = 'scratc
         speedup=(float(np.mean(speed)), min(speed), max(speed)) if speed else None,
         stage1_tokens=any_run.stage1_tokens if any_run else 0,
         flops=float(np.mean([r.flops for r in by_seed.values()])) if by_seed else 0.0,
-        diverged=sum(r.diverged for r in by_seed.values())))
+        diverged=sum(r.diverged for r in by_seed.values()),
+        evals=_eval_summary(by_seed.values())))
   return rows
+
+
+def _eval_summary(results) -> dict[str, tuple[float, float, int]]:
+  """metric → (mean, std, seeds) over the seeds whose final checkpoint was evaluated."""
+  values: dict[str, list[float]] = {}
+  for r in results:
+    for key, value in r.evals.items():
+      values.setdefault(key, []).append(value)
+  return {key: (*_mean_std(v), len(v)) for key, v in sorted(values.items())}
+
+
+def eval_metrics(rows: list[Row]) -> list[str]:
+  """Every evaluator metric of any row, sorted: the columns of the evaluation table."""
+  return sorted({key for r in rows for key in r.evals})
+
+
+def evals_markdown(rows: list[Row]) -> str:
+  """The evaluators' numbers on the final checkpoints, mean ± std (seeds) per arm; '' when
+  no arm was evaluated."""
+  keys = eval_metrics(rows)
+  if not keys:
+    return ''
+  out = ['| arm | ' + ' | '.join(keys) + ' |', '|' + '---|' * (len(keys) + 1)]
+  for r in rows:
+    cells = [f'{r.evals[k][0]:.4g} ± {r.evals[k][1]:.2g} ({r.evals[k][2]})' if k in r.evals
+             else '–' for k in keys]
+    out.append('| ' + ' | '.join([r.arm, *cells]) + ' |')
+  return '\n'.join(out) + '\n'
+
+
+def plot_evals(rows: list[Row], png_path: str) -> None:
+  """One panel per evaluator metric: a bar per arm (mean, std as error bar)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  keys = eval_metrics(rows)
+  fig = Figure(figsize=(3.2 * len(keys) + 1, 3.6), dpi=100)
+  FigureCanvasAgg(fig)
+  for i, key in enumerate(keys):
+    ax = fig.add_subplot(1, len(keys), i + 1)
+    arms = [r for r in rows if key in r.evals]
+    ax.bar(range(len(arms)), [r.evals[key][0] for r in arms],
+           yerr=[r.evals[key][1] for r in arms], color=[f'C{j % 10}' for j in range(len(arms))])
+    ax.set_xticks(range(len(arms)), [r.arm for r in arms], rotation=45, ha='right')
+    ax.set_title(key, fontsize=9)
+  fig.tight_layout()
+  with files.atomic_path(png_path) as tmp:
+    fig.savefig(tmp, format='png')
 
 
 HEADER = ('arm', 'seeds', 'final val loss', 'final val ppl', 'step reaching scratch final',
@@ -231,12 +284,14 @@ def csv_text(rows: list[Row]) -> str:
   w = csv.writer(buffer)
   w.writerow(['arm', 'seeds', 'diverged', 'final_loss_mean', 'final_loss_std', 'final_ppl_mean',
               'final_ppl_std', 'reach_step_mean', 'reach_step_std', 'seeds_reaching',
-              'speedup_mean', 'speedup_min', 'speedup_max', 'stage1_tokens', 'total_flops'])
+              'speedup_mean', 'speedup_min', 'speedup_max', 'stage1_tokens', 'total_flops',
+              *[f'{k}_{stat}' for k in eval_metrics(rows) for stat in ('mean', 'std', 'seeds')]])
   blank = lambda x, n: list(x) if x is not None else [''] * n
   for r in rows:
     w.writerow([r.arm, r.seeds, r.diverged, *blank(r.final_loss, 2), *blank(r.final_ppl, 2),
                 *blank(r.reach_step, 2), r.reached, *blank(r.speedup, 3), r.stage1_tokens,
-                f'{r.flops:.6g}'])
+                f'{r.flops:.6g}',
+                *[x for k in eval_metrics(rows) for x in r.evals.get(k, ('',) * 3)]])
   return buffer.getvalue()
 
 
@@ -277,9 +332,12 @@ def plot(results: dict[str, dict[int, ArmResult]], png_path: str, title: str,
 def write(results: dict[str, dict[int, ArmResult]], out_prefix: str, title: str) -> list[Row]:
   """out_prefix.md, .csv and .png; returns the rows."""
   rows = summarise(results)
-  for suffix, text in (('.md', markdown(rows) + '\n' + paired_markdown(paired(results))),
-                       ('.csv', csv_text(rows))):
+  evals = evals_markdown(rows)
+  tables = [markdown(rows), paired_markdown(paired(results))] + ([evals] if evals else [])
+  for suffix, text in (('.md', '\n'.join(tables)), ('.csv', csv_text(rows))):
     with files.atomic_open(out_prefix + suffix) as f:
       f.write(text)
   plot(results, out_prefix + '.png', title)
+  if evals:
+    plot_evals(rows, out_prefix + '_evals.png')
   return rows

@@ -10,7 +10,10 @@ validation_fraction): text datasets the runs
 read, prepared here before anything else if `out` does not hold one yet (with a byte-level
 BPE of `vocab_size` ids trained on `input` first when `tokenizer` does not exist), so that
 one command needs nothing made beforehand; and optionally `contrasts`, (row, other row)
-pairs whose paired differences per seed go to WORKDIR/contrasts.md. Runs live in
+pairs whose paired differences per seed go to WORKDIR/contrasts.md; and optionally `evals`,
+evaluator names (`ncalm.eval.registry`) run on each stage-2 run's final checkpoint by
+`ncalm.evaluate` (its report in RUN/eval/STEP/; a finished run without one is evaluated,
+not retrained), whose numbers become columns of the tables. Runs live in
 
     WORKDIR/seed_S/ARM/stage1    WORKDIR/seed_S/ARM/stage2    WORKDIR/seed_S/ABLATION/stage2
 
@@ -34,6 +37,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from ncalm import checkpoint
 from ncalm import cli
 from ncalm import comparison
 from ncalm import errors
@@ -45,11 +49,14 @@ from ncalm import startup
 from ncalm import train
 from ncalm import workdir as workdir_lib
 from ncalm.data import feeds
+from ncalm.eval import registry
+from ncalm.tools import evaluate
 
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
 CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the record
-EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations', 'corpora', 'contrasts')
+EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations', 'corpora', 'contrasts',
+                     'evals')
 CORPUS_FIELDS = ('input', 'tokenizer', 'vocab_size', 'out', 'validation_fraction')
 
 
@@ -89,6 +96,12 @@ def check(exp: ml_collections.ConfigDict) -> None:
     if len(pair) != 2 or not set(pair) <= rows:
       raise errors.UserError(f'contrasts has {tuple(pair)!r}: each is (row, other row), both '
                              f'among the arms and ablations {sorted(rows)}.')
+
+
+def evals_of(exp) -> tuple[str, ...]:
+  """exp.evals as names (`--config.evals=heldout,induction` arrives as one string)."""
+  return tuple(n.strip() for item in exp.get('evals', ()) for n in str(item).split(',')
+               if n.strip())
 
 
 def prepare_corpora(exp) -> None:
@@ -208,7 +221,31 @@ def run(cfg: ml_collections.ConfigDict, run_dir: str) -> dict:
   return record
 
 
-def _result(run_dir: str, stage1_dir: str | None) -> comparison.ArmResult | None:
+def final_report(run_dir: str, names: tuple[str, ...]) -> dict | None:
+  """The `ncalm.evaluate` report of a run's final checkpoint that covers `names`, or None."""
+  steps = checkpoint.finished_steps(run_dir)
+  path = os.path.join(evaluate.out_dir(run_dir, steps[0]), evaluate.REPORT) if steps else ''
+  if not path or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    report_ = json.load(f)
+  return report_ if set(names) <= set(report_['evals']) and not report_['limit'] else None
+
+
+def evaluate_final(exp, run_dir: str) -> None:
+  """Runs the experiment's evaluators on a finished stage-2 run that lacks their report."""
+  names = evals_of(exp)
+  done = os.path.join(run_dir, DONE_FILE)
+  if not names or not os.path.exists(done) or final_report(run_dir, names) is not None:
+    return
+  with open(done) as f:
+    if json.load(f).get('diverged'):
+      return
+  logging.info('Experiment: evaluating %s with %s', run_dir, ', '.join(names))
+  evaluate.evaluate(run_dir, 0, names)
+
+
+def _result(run_dir: str, stage1_dir: str | None, evals=()) -> comparison.ArmResult | None:
   """An arm's stage-2 outcome on one seed, or None if its runs have not finished."""
   done = os.path.join(run_dir, DONE_FILE)
   if not os.path.exists(done):
@@ -224,10 +261,12 @@ def _result(run_dir: str, stage1_dir: str | None) -> comparison.ArmResult | None
   curve = [(r['step'], r['eval/loss']) for r in rows if r.get('eval/loss') is not None]
   induction = [(r['step'], r['induction/second_copy_loss'] / r['induction/first_copy_loss'])
                for r in rows if r.get('induction/second_copy_loss') is not None]
+  report_ = final_report(run_dir, evals) if evals else None
   return comparison.ArmResult(curve=curve, stage1_tokens=stage1['tokens'],
-                           stage2_tokens=record['tokens'],
-                           flops=stage1['flops'] + record['flops'],
-                           diverged=record.get('diverged', False), induction=induction)
+                              stage2_tokens=record['tokens'],
+                              flops=stage1['flops'] + record['flops'],
+                              diverged=record.get('diverged', False), induction=induction,
+                              evals=report_['scalars'] if report_ else {})
 
 
 def collect(exp, workdir: str) -> tuple[dict, dict]:
@@ -235,7 +274,7 @@ def collect(exp, workdir: str) -> tuple[dict, dict]:
   def one(name, seed, stage1_arm):
     base = os.path.join(workdir, f'seed_{seed}')
     stage1 = os.path.join(base, stage1_arm, 'stage1') if stage1_arm else None
-    return _result(os.path.join(base, name, 'stage2'), stage1)
+    return _result(os.path.join(base, name, 'stage2'), stage1, evals_of(exp))
 
   def table(rows):
     out = {}
@@ -300,7 +339,10 @@ def check_runs(exp) -> None:
   for arm in arms_of(exp):
     if arm != SCRATCH:
       startup.check(stage1_config(exp, arm, seed))
-  startup.check(stage2_config(exp, seed))
+  stage2 = stage2_config(exp, seed)
+  checked = startup.check(stage2)
+  registry.check_named(stage2, checked.feeds.val_source, list(evals_of(exp)), 'evals',
+                       '--config.stage2.')
 
 
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bool = False):
@@ -318,6 +360,8 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bo
     for index, (run_dir, cfg) in enumerate(todo):
       logging.info('Experiment: run %d of %d', index + 1, len(todo))
       run(cfg, run_dir)
+      if os.path.basename(run_dir) == 'stage2':
+        evaluate_final(exp, run_dir)
       report(exp, workdir)
   report(exp, workdir)
   logging.info('Experiment tables: %s', os.path.join(workdir, 'comparison.md'))

@@ -300,6 +300,29 @@ class ExperimentTest(absltest.TestCase):
     more_seeds.seeds = (0, 1, 2)
     experiment.check_finished(experiment.jobs(more_seeds, workdir))
 
+    # Evaluators added later: the finished runs are evaluated, not retrained, and their
+    # numbers become columns (the held-out loss of the final checkpoint = the final loss).
+    with_evals = changed()
+    with_evals.evals = ('heldout',)
+    experiment.run_experiment(with_evals, workdir)
+    self.assertEqual(os.stat(first).st_mtime_ns, finished)
+    self.assertTrue(os.path.exists(os.path.join(os.path.dirname(first), 'eval', '6',
+                                                'report.json')))
+    for table, arms in (('comparison', ['scratch', 'nca']),
+                        ('ablations', ['scratch', 'nca', 'nca_reinit_attention'])):
+      with open(os.path.join(workdir, f'{table}.csv')) as f:
+        rows = list(csv.DictReader(f))
+      for row in rows:
+        self.assertAlmostEqual(float(row['eval/loss_mean']), np.mean(final_losses(row['arm'])),
+                               places=6)
+        self.assertEqual(row['eval/loss_seeds'], '2')
+      with open(os.path.join(workdir, f'{table}.md')) as f:
+        self.assertIn('| arm | eval/bits_per_byte | eval/loss | eval/perplexity |', f.read())
+      self.assertTrue(os.path.exists(os.path.join(workdir, f'{table}_evals.png')))
+    with_evals.evals = ('probe',)
+    with self.assertRaisesRegex(errors.UserError, "evals: 'probe' does not suit"):
+      experiment.run_experiment(with_evals, workdir)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -27,7 +27,8 @@ def names(cfg, source) -> tuple[str, ...]:
   return tuple(n for n in EVALUATORS if n in source.evaluators and EVALUATORS[n].enabled(cfg))
 
 
-def check_named(cfg, source, requested: list[str], flag: str = '--evals') -> None:
+def check_named(cfg, source, requested: list[str], flag: str = '--evals',
+                config_flag: str = '--config.') -> None:
   """Refuses evaluator names that do not exist, do not suit the run's data or are off."""
   for name in requested:
     if name not in EVALUATORS:
@@ -39,7 +40,7 @@ def check_named(cfg, source, requested: list[str], flag: str = '--evals') -> Non
     if not EVALUATORS[name].enabled(cfg):
       field = f'evals.{name}.{EVALUATORS[name].ITEMS}'
       raise errors.UserError(f'{flag}: {name!r} is off in this run ({field}=0): give '
-                             f'--config.{field}=N to evaluate it on N items.')
+                             f'{config_flag}{field}=N to evaluate it on N items.')
 
 
 def check(cfg, source) -> None:
