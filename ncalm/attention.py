@@ -66,15 +66,17 @@ def causal_attention(q_BLHD, k_BLHD, v_BLHD, dropout_seed, rate: float, blocks: 
   return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
 
 
-def cached_attention(q_BTHD, k_BSHD, v_BSHD, positions_BT, key_positions_BS, dtype):
-  """softmax(q·k/√d)·v of new queries against a KV cache: a query at position p sees the
-  slots holding positions 0 .. p of its own row (empty and padding slots hold -1)."""
-  scores = jnp.einsum('bqhd,bkhd->bhqk', q_BTHD, k_BSHD).astype(jnp.float32)
+def cached_attention(q_BTHD, k_BHSD, v_BHSD, positions_BT, key_positions_BS, dtype):
+  """softmax(q·k/√d)·v of new queries against a KV cache [B, H, S, D]: a query at position
+  p sees the slots holding positions 0 .. p of its own row (empty and padding slots hold
+  -1). Returns [B, T, H, D]."""
+  q_BHTD = jnp.swapaxes(q_BTHD, 1, 2)
+  scores = jnp.einsum('bhqd,bhkd->bhqk', q_BHTD, k_BHSD).astype(jnp.float32)
   scores = scores / jnp.sqrt(q_BTHD.shape[-1])
   keys, queries = key_positions_BS[:, None, None, :], positions_BT[:, None, :, None]
   visible = (keys >= 0) & (keys <= queries)
   probs = jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v_BSHD)
+  return jnp.swapaxes(jnp.einsum('bhqk,bhkd->bhqd', probs.astype(dtype), v_BHSD), 1, 2)
 
 
 def _platform() -> str:

@@ -137,9 +137,10 @@ def rotary(x_BLHD: jax.Array, theta: float, positions_BL: jax.Array | None = Non
 
 
 class Attention(nn.Module):
-  """Self-attention; with `cache` (this layer's {'key', 'value'} [B, S, H, D]) the new keys
-  and values are written at slot `cache_index` and the queries attend to the cache: the
-  output is then (x, updated cache)."""
+  """Self-attention; with `cache` the new keys and values are written at slot
+  `cache_index` and the queries attend to the cache: the output is then (x, updated cache).
+  The cache is this layer's {'key', 'value'} [B, H, S, D]: heads before slots, the layout
+  in which both attention products read it without a transpose."""
   cfg: ModelConfig
   deterministic: bool
 
@@ -156,9 +157,9 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ('act_batch', 'act_len', 'act_heads', None))
     dropout = not self.deterministic and cfg.attn_dropout > 0
     if cache is not None:
-      write = lambda old, new: nn.with_logical_constraint(
-          jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), cache_index, axis=1),
-          CACHE_AXES[1:])
+      write = lambda old, new_BTHD: nn.with_logical_constraint(
+          jax.lax.dynamic_update_slice_in_dim(old, jnp.swapaxes(new_BTHD, 1, 2).astype(old.dtype),
+                                              cache_index, axis=2), CACHE_AXES[1:])
       cache = {'key': write(cache['key'], k), 'value': write(cache['value'], v)}
       out = attention_lib.cached_attention(q, cache['key'].astype(dt),
                                            cache['value'].astype(dt), positions_BL,
@@ -215,17 +216,24 @@ class Block(nn.Module):
     return x, cache
 
 
-# Logical axes of the KV cache's 'key' and 'value' [layers, B, S, H, D]: sharded like the
-# activations (rows over the data-parallel axes, heads over tensor parallelism).
-CACHE_AXES = ('layers', 'act_batch', None, 'act_heads', None)
+# Logical axes of the KV cache's 'key' and 'value' [layers, B, H, S, D] (one array per
+# layer without the first axis for unrolled layers): sharded like the activations (rows
+# over the data-parallel axes, heads over tensor parallelism).
+CACHE_AXES = ('layers', 'act_batch', 'act_heads', None, None)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
-  """An empty KV cache of `length` slots: {'key', 'value'} [layers, B, S, H, D] in the
-  compute dtype, and 'position' int32 [B, S], -1 where a slot holds nothing."""
-  shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
-  zeros = jnp.zeros(shape, dtype or cfg.compute_dtype)
-  return {'key': zeros, 'value': zeros, 'position': jnp.full((batch, length), -1, jnp.int32)}
+  """An empty KV cache of `length` slots: {'key', 'value'} in the compute dtype — stacked
+  [layers, B, H, S, D] for scanned layers (`nn.scan` scans it), a tuple of one [B, H, S, D]
+  per layer for unrolled ones (each written in place: no slicing or stacking per token,
+  the faster layout for decoding) — and 'position' int32 [B, S], -1 where a slot is empty."""
+  shape = (batch, cfg.num_heads, length, cfg.head_dim)
+  dtype = dtype or cfg.compute_dtype
+  def zeros():   # new buffers for keys and values (a cache is donated from call to call)
+    if cfg.scan_layers:
+      return jnp.zeros((cfg.num_layers, *shape), dtype)
+    return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return {'key': zeros(), 'value': zeros(), 'position': jnp.full((batch, length), -1, jnp.int32)}
 
 
 class Transformer(nn.Module):
@@ -267,13 +275,13 @@ class Transformer(nn.Module):
                       unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: 'layers'})
       x, layers_cache = stack(cfg, deterministic, name='layers')(x, *args, layers_cache)
     else:
-      caches = []
+      layers = [None] * cfg.num_layers
+      if cache is not None:   # one buffer per layer, each updated in place
+        layers = [{'key': k, 'value': v} for k, v in zip(cache['key'], cache['value'])]
       for i in range(cfg.num_layers):
-        layer = None if cache is None else jax.tree.map(lambda c: c[i], layers_cache)  # pylint: disable=cell-var-from-loop
-        x, layer = block(cfg, deterministic, name=f'layers_{i}')(x, *args, layer)
-        caches.append(layer)
+        x, layers[i] = block(cfg, deterministic, name=f'layers_{i}')(x, *args, layers[i])
       if cache is not None:
-        layers_cache = jax.tree.map(lambda *c: jnp.stack(c), *caches)
+        layers_cache = {name: tuple(layer[name] for layer in layers) for name in layers[0]}
     x = RMSNorm(cfg.norm_eps, name='final_norm')(x)
     head = _param(self, 'head', (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), cfg.init_std)
     if logits_at is not None:
@@ -284,9 +292,7 @@ class Transformer(nn.Module):
       logits = nn.with_logical_constraint(logits, ('act_batch', 'act_len', 'act_vocab'))
     if cache is None:
       return logits
-    cache = {key: nn.with_logical_constraint(value, CACHE_AXES) for key, value in
-             layers_cache.items()}
-    return logits, dict(cache, position=key_positions)
+    return logits, dict(layers_cache, position=key_positions)
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:

@@ -9,11 +9,16 @@ request)` returns `request.num_samples` completions of every prompt:
   function of (seed, prompt index, sample index) only, so it does not depend on the batch
   size or the number of devices.
 * Prompts are left-padded to a power-of-two bucket, so prompts of nearby lengths share one
-  compilation. A prompt plus its new tokens never runs past the model's context: a row's
-  new tokens are capped at (context − prompt length), as the published evaluations do,
-  and `Completion.capped` says so. A prompt that leaves no room (length ≥ context) is
+  compilation. Attention reads the whole cache at every step, so the cache starts with room
+  for `SEGMENT` new tokens and grows a segment at a time (one compilation per size): a step
+  costs what the tokens so far need, within a segment.
+* A prompt plus its new tokens never runs past the model's context: a row's new tokens
+  are capped at (context − prompt length), as the published evaluations do, and
+  `Completion.capped` says so. A prompt that leaves no room (length ≥ context) is
   refused (`fits` tells the caller beforehand: a command errs, an evaluator skips and
   counts it).
+* The model decodes with unrolled layers (`decode.decoding_config`): a scanned run's
+  parameters are split per layer once, a second copy of them for the sampler's life.
 * Stop ids end a row on the device; stop strings (which can span tokens) are looked for
   on the host after every chunk of `STOP_STRING_CHUNK` tokens, and the text is cut before
   the first one. Each row stops on its own.
@@ -35,6 +40,7 @@ from ncalm import model as model_lib
 from ncalm import sharding
 
 STOP_STRING_CHUNK = 32   # new tokens between two looks for stop strings
+SEGMENT = 128            # new tokens per segment: the cache grows by this many slots
 SMALLEST_BUCKET = 16     # prompts are padded to a power of two at least this long
 
 
@@ -87,16 +93,18 @@ class Sampler:
 
   def __init__(self, model_cfg: model_lib.ModelConfig, params, mesh: jax.sharding.Mesh,
                rules, batch_size: int = 32, allowed_ids: int | None = None,
-               detokenize: Callable[[Sequence[int]], str] | None = None):
+               detokenize: Callable[[Sequence[int]], str] | None = None,
+               segment: int = SEGMENT):
     self.model = model_lib.Transformer(decode.decoding_config(model_cfg))
     self.context = model_cfg.max_len
-    self.params, self.mesh, self.rules = params, mesh, rules
+    self.params, self.mesh, self.rules = decode.unstacked(params), mesh, rules
     data_parallel = sharding.data_parallel_size(mesh)
     self.batch_size = -(-batch_size // data_parallel) * data_parallel
-    self.allowed_ids, self.detokenize = allowed_ids, detokenize
+    self.allowed_ids, self.detokenize, self.segment = allowed_ids, detokenize, segment
     self._prefill = jax.jit(functools.partial(decode.prefill, self.model),
                             static_argnames=('cache_len', 'new_tokens'))
     self._decode = jax.jit(functools.partial(decode.decode, self.model), donate_argnums=(1,))
+    self._grow = jax.jit(decode.grow, static_argnames=('slots',))
 
   def fits(self, prompt_length: int) -> bool:
     """Whether a prompt leaves room for at least one new token in the context."""
@@ -138,13 +146,17 @@ class Sampler:
     put = lambda x: jax.device_put(jnp.asarray(x), batch)
     keys = decode.row_keys(request.seed, jnp.asarray([p for p, _ in rows]),
                            jnp.asarray([smp for _, smp in rows]))
+    room = min(new_tokens, self.segment)   # new tokens the cache has slots for
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      state = self._prefill(self.params, put(tokens), put(lengths), cache_len=padded + new_tokens,
+      state = self._prefill(self.params, put(tokens), put(lengths), cache_len=padded + room,
                             new_tokens=new_tokens, limit_B=put(limit), keys_B2=put(keys), s=s)
       step = 1
       cut = [None] * len(rows)
       while step < new_tokens:
-        until = min(new_tokens, step + STOP_STRING_CHUNK) if request.stop_strings else new_tokens
+        if step >= room:
+          grown = min(new_tokens, room + self.segment)
+          state, room = self._grow(state, slots=grown - room), grown
+        until = min(room, step + STOP_STRING_CHUNK) if request.stop_strings else room
         state = self._decode(self.params, state, jnp.int32(until), s)
         step = int(state.step)
         done = np.asarray(state.done)

@@ -81,7 +81,7 @@ def make_sampler(cfg=CFG, allowed_ids=37, batch_size=4):
   model, params = init(cfg)
   mesh = sharding.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1})
   sampler = sampler_lib.Sampler(cfg, params, mesh, sharding.LOGICAL_AXIS_RULES, batch_size,
-                                allowed_ids, detokenize)
+                                allowed_ids, detokenize, segment=4)   # the cache grows twice
   return model, params, sampler
 
 
