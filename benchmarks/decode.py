@@ -76,10 +76,11 @@ def main(argv):
 
   # ncalm, cached.
   mesh = sharding.make_mesh({'data': 1})
-  sampler = sampler_lib.Sampler(cfg, params, mesh, sharding.LOGICAL_AXIS_RULES, rows)
+  sampler = sampler_lib.Sampler(cfg, mesh, sharding.LOGICAL_AXIS_RULES, rows)
   request = sampler_lib.Request(max_new_tokens=new)
-  out = sampler.generate(prompts.tolist(), request)   # compiles
-  cached = median_seconds(lambda: sampler.generate(prompts.tolist(), request), _REPEATS.value)
+  out = sampler.generate(params, prompts.tolist(), request)   # compiles
+  cached = median_seconds(lambda: sampler.generate(params, prompts.tolist(), request),
+                          _REPEATS.value)
   ours = np.array([r[0].tokens for r in out])
 
   # Full forward passes over a fixed window, one per new token.

@@ -36,8 +36,8 @@ def samples(dtype: str, data_parallel: int, request: sampler_lib.Request,
                                                          jnp.zeros((1, 8), jnp.int32)))
   params = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, params['params'])
   mesh = sharding.make_mesh({'data': data_parallel}, jax.devices()[:data_parallel])
-  sampler = sampler_lib.Sampler(cfg, params, mesh, sharding.LOGICAL_AXIS_RULES, 16)
-  out = sampler.generate(prompts, request)
+  sampler = sampler_lib.Sampler(cfg, mesh, sharding.LOGICAL_AXIS_RULES, 16)
+  out = sampler.generate(params, prompts, request)
   return np.array([c.tokens for row in out for c in row])
 
 

@@ -145,6 +145,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.induction.every = 500   # steps between induction probes (text)
   c.evals.induction.sequences = 0  # rows of random tokens shown twice; 0 = off
   c.evals.induction.length = 64   # tokens in each copy (two copies fit in seq_len + 1)
+  c.evals.humaneval = ml_collections.ConfigDict()   # text (code) runs; docs/evaluation.md
+  c.evals.humaneval.every = 500   # steps between HumanEval evaluations
+  c.evals.humaneval.problems = 0  # the first N of the 164 problems; 0 = off
+  c.evals.humaneval.samples = 64  # samples per problem (pass@1, @10, @samples)
+  c.evals.humaneval.temperature = 0.4  # as published
+  c.evals.humaneval.top_p = 0.95
+  c.evals.humaneval.max_new_tokens = 500  # and at most context − prompt
+  c.evals.humaneval.seed = 0      # sampling seed
+  c.evals.humaneval.batch_size = 64  # rows decoded at once
+  c.evals.humaneval.timeout_seconds = 10.0  # per sample in the sandbox (wall clock)
+  c.evals.humaneval.unsandboxed = False  # run samples without bubblewrap (at your own risk)
   c.checkpoint_every = 500        # steps between checkpoints (and at the end, and on SIGTERM)
   c.keep_checkpoints = 3          # checkpoints kept in the workdir
   c.async_checkpoint = True       # write checkpoints in the background

@@ -1,8 +1,9 @@
 """Continuations of token prompts from a model's parameters, batched, on the run's mesh.
 
-`Sampler(model_cfg, params, mesh, rules)` compiles `ncalm.decode`'s prefill and decode
-once per (batch, prompt bucket, cache length) and reuses them; `generate(prompts,
-request)` returns `request.num_samples` completions of every prompt:
+`Sampler(model_cfg, mesh, rules)` compiles `ncalm.decode`'s prefill and decode once per
+(batch, prompt bucket, cache length) and reuses them; `generate(params, prompts, request)`
+returns `request.num_samples` completions of every prompt, from `params` as trained (in
+the run's shardings):
 
 * Rows (prompt × sample) are decoded `batch_size` at a time, rows split over the
   data-parallel devices, the cache sharded like the activations. A row's sample is a
@@ -18,7 +19,7 @@ request)` returns `request.num_samples` completions of every prompt:
   refused (`fits` tells the caller beforehand: a command errs, an evaluator skips and
   counts it).
 * The model decodes with unrolled layers (`decode.decoding_config`): a scanned run's
-  parameters are split per layer once, a second copy of them for the sampler's life.
+  parameters are split per layer at each `generate` (a second copy of them meanwhile).
 * Stop ids end a row on the device; stop strings (which can span tokens) are looked for
   on the host after every chunk of `STOP_STRING_CHUNK` tokens, and the text is cut before
   the first one. Each row stops on its own.
@@ -89,15 +90,15 @@ def bucket(length: int, context: int) -> int:
 
 
 class Sampler:
-  """Generates from `params` (sharded as the run trains them) on `mesh`."""
+  """Generates from a model's parameters on `mesh`."""
 
-  def __init__(self, model_cfg: model_lib.ModelConfig, params, mesh: jax.sharding.Mesh,
+  def __init__(self, model_cfg: model_lib.ModelConfig, mesh: jax.sharding.Mesh,
                rules, batch_size: int = 32, allowed_ids: int | None = None,
                detokenize: Callable[[Sequence[int]], str] | None = None,
                segment: int = SEGMENT):
     self.model = model_lib.Transformer(decode.decoding_config(model_cfg))
     self.context = model_cfg.max_len
-    self.params, self.mesh, self.rules = decode.unstacked(params), mesh, rules
+    self.mesh, self.rules = mesh, rules
     data_parallel = sharding.data_parallel_size(mesh)
     self.batch_size = -(-batch_size // data_parallel) * data_parallel
     self.allowed_ids, self.detokenize, self.segment = allowed_ids, detokenize, segment
@@ -105,14 +106,16 @@ class Sampler:
                             static_argnames=('cache_len', 'new_tokens'))
     self._decode = jax.jit(functools.partial(decode.decode, self.model), donate_argnums=(1,))
     self._grow = jax.jit(decode.grow, static_argnames=('slots',))
+    self._unstacked = jax.jit(decode.unstacked)
 
   def fits(self, prompt_length: int) -> bool:
     """Whether a prompt leaves room for at least one new token in the context."""
     return 0 < prompt_length < self.context
 
-  def generate(self, prompts: Sequence[Sequence[int]], request: Request
+  def generate(self, params, prompts: Sequence[Sequence[int]], request: Request
                ) -> list[list[Completion]]:
     """request.num_samples completions of each prompt, in order."""
+    params = self._unstacked(params)
     request.check()
     for i, prompt in enumerate(prompts):
       if not self.fits(len(prompt)):
@@ -129,12 +132,12 @@ class Sampler:
     for start in range(0, len(rows), self.batch_size):
       chunk = rows[start:start + self.batch_size]
       chunk = chunk + [chunk[-1]] * (self.batch_size - len(chunk))   # filler rows
-      for (p, sample), completion in zip(chunk, self._batch(prompts, chunk, padded,
+      for (p, sample), completion in zip(chunk, self._batch(params, prompts, chunk, padded,
                                                             new_tokens, request, s)):
         out[p][sample] = completion
     return out
 
-  def _batch(self, prompts, rows, padded: int, new_tokens: int, request: Request,
+  def _batch(self, params, prompts, rows, padded: int, new_tokens: int, request: Request,
              s: decode.Settings) -> list[Completion]:
     tokens = np.zeros((len(rows), padded), np.int32)
     lengths = np.array([len(prompts[p]) for p, _ in rows], np.int32)
@@ -148,7 +151,7 @@ class Sampler:
                            jnp.asarray([smp for _, smp in rows]))
     room = min(new_tokens, self.segment)   # new tokens the cache has slots for
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      state = self._prefill(self.params, put(tokens), put(lengths), cache_len=padded + room,
+      state = self._prefill(params, put(tokens), put(lengths), cache_len=padded + room,
                             new_tokens=new_tokens, limit_B=put(limit), keys_B2=put(keys), s=s)
       step = 1
       cut = [None] * len(rows)
@@ -157,7 +160,7 @@ class Sampler:
           grown = min(new_tokens, room + self.segment)
           state, room = self._grow(state, slots=grown - room), grown
         until = min(room, step + STOP_STRING_CHUNK) if request.stop_strings else room
-        state = self._decode(self.params, state, jnp.int32(until), s)
+        state = self._decode(params, state, jnp.int32(until), s)
         step = int(state.step)
         done = np.asarray(state.done)
         if done.all():

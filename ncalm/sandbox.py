@@ -37,6 +37,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -115,14 +116,18 @@ def _staged(path: str) -> str:
   return staged
 
 
-def command(workdir: str, limits: Limits, program: str = 'program.py') -> list[str]:
-  """The command line that runs `program` (in `workdir`) in a sandbox."""
-  bwrap = _bwrap()
-  if bwrap is None:
-    raise errors.UserError(unavailable_reason())
+def command(workdir: str, limits: Limits, program: str = 'program.py',
+            unsandboxed: bool = False) -> list[str]:
+  """The command line that runs `program` (in `workdir`) in a sandbox; `unsandboxed`: with
+  the limits but as this user, seeing everything this user can (the user asked for it)."""
   cmd = ['prlimit', f'--as={limits.memory_bytes}', f'--fsize={limits.output_bytes}',
          f'--nofile={limits.open_files}', f'--cpu={limits.cpu_seconds}',
          f'--nproc={limits.processes}', '--']
+  if unsandboxed:
+    return cmd + [sys.executable, '-I', '-S', os.path.join(workdir, program)]
+  bwrap = _bwrap()
+  if bwrap is None:
+    raise errors.UserError(unavailable_reason())
   if os.geteuid() == 0:   # bwrap run as root is no sandbox: drop to nobody first
     cmd += ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups', '--']
   cmd += [bwrap, '--unshare-all', '--die-with-parent', '--new-session', '--clearenv',
@@ -138,14 +143,15 @@ def command(workdir: str, limits: Limits, program: str = 'program.py') -> list[s
   return cmd
 
 
-def run(source: str, limits: Limits = Limits(), marker: str | None = None) -> Result:
+def run(source: str, limits: Limits = Limits(), marker: str | None = None,
+        unsandboxed: bool = False) -> Result:
   """Runs Python `source` in a fresh sandbox. It passes when it exits 0 and its output ends
   with the line `marker` (a fresh random line is appended to the source when not given)."""
   if marker is None:
     marker = f'ncalm-done-{secrets.token_hex(8)}'
     source = f'{source}\nprint({marker!r})\n'
   for attempt in range(SETUP_RETRIES):
-    result, setup_failed = _run_once(source, limits, marker)
+    result, setup_failed = _run_once(source, limits, marker, unsandboxed)
     if not setup_failed:
       return result
     time.sleep(0.5 * 2**attempt)   # e.g. the shared process limit, exhausted by a fork bomb
@@ -153,7 +159,8 @@ def run(source: str, limits: Limits = Limits(), marker: str | None = None) -> Re
   return result
 
 
-def _run_once(source: str, limits: Limits, marker: str) -> tuple[Result, bool]:
+def _run_once(source: str, limits: Limits, marker: str,
+              unsandboxed: bool = False) -> tuple[Result, bool]:
   workdir = tempfile.mkdtemp(prefix='ncalm-sandbox-')
   try:
     os.chmod(workdir, 0o777)   # the sandbox user writes its own files here, nowhere else
@@ -162,7 +169,8 @@ def _run_once(source: str, limits: Limits, marker: str) -> tuple[Result, bool]:
     output = os.path.join(workdir, OUTPUT_FILE)
     with open(output, 'wb') as out:
       # bwrap's own environment is readable inside (/proc/1/environ): it gets nothing but PATH.
-      proc = subprocess.Popen(command(workdir, limits), stdin=subprocess.DEVNULL, stdout=out,
+      proc = subprocess.Popen(command(workdir, limits, unsandboxed=unsandboxed),
+                              stdin=subprocess.DEVNULL, stdout=out, cwd=workdir,
                               stderr=subprocess.STDOUT, start_new_session=True,
                               env={'PATH': '/usr/bin:/bin'})
       try:
@@ -183,11 +191,12 @@ def _run_once(source: str, limits: Limits, marker: str) -> tuple[Result, bool]:
   return Result(passed, 'passed' if passed else 'failed', code, text), setup_failed
 
 
-def run_many(sources: list[str], limits: Limits = Limits(), workers: int = 0) -> list[Result]:
+def run_many(sources: list[str], limits: Limits = Limits(), workers: int = 0,
+             unsandboxed: bool = False) -> list[Result]:
   """`run` of each source, `workers` at a time (default: the CPU count)."""
   workers = workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    return list(pool.map(lambda s: run(s, limits), sources))
+    return list(pool.map(lambda s: run(s, limits, unsandboxed=unsandboxed), sources))
 
 
 def unavailable_reason() -> str:

@@ -49,8 +49,9 @@ def samples(data_parallel: int) -> dict[str, list]:
     params = jax.jit(lambda k: nn.meta.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32))),
                      out_shardings={'params': shardings})(jax.random.PRNGKey(0))['params']
   params = jax.tree.map(lambda x: x * 20 if x.ndim > 1 else x, params)   # decisive argmax
-  sampler = sampler_lib.Sampler(CFG, params, mesh, rules, batch_size=8, allowed_ids=45)
-  return {name: [[list(c.tokens) for c in row] for row in sampler.generate(PROMPTS, request)]
+  sampler = sampler_lib.Sampler(CFG, mesh, rules, batch_size=8, allowed_ids=45)
+  return {name: [[list(c.tokens) for c in row]
+                 for row in sampler.generate(params, PROMPTS, request)]
           for name, request in REQUESTS.items()}
 
 

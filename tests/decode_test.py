@@ -80,7 +80,7 @@ def detokenize(ids):
 def make_sampler(cfg=CFG, allowed_ids=37, batch_size=4):
   model, params = init(cfg)
   mesh = sharding.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1})
-  sampler = sampler_lib.Sampler(cfg, params, mesh, sharding.LOGICAL_AXIS_RULES, batch_size,
+  sampler = sampler_lib.Sampler(cfg, mesh, sharding.LOGICAL_AXIS_RULES, batch_size,
                                 allowed_ids, detokenize, segment=4)   # the cache grows twice
   return model, params, sampler
 
@@ -94,7 +94,8 @@ class SamplerTest(absltest.TestCase):
     cls.greedy = [greedy_by_full_passes(cls.model, cls.params, p, 10, 37) for p in PROMPTS]
 
   def test_greedy_rows_in_batches_equal_the_reference(self):
-    out = self.sampler.generate(PROMPTS, sampler_lib.Request(max_new_tokens=10, num_samples=2))
+    out = self.sampler.generate(self.params, PROMPTS,
+                                sampler_lib.Request(max_new_tokens=10, num_samples=2))
     for p, samples in enumerate(out):
       for s, completion in enumerate(samples):
         self.assertEqual((completion.prompt_index, completion.sample_index), (p, s))
@@ -106,7 +107,7 @@ class SamplerTest(absltest.TestCase):
     row0 = detokenize(self.greedy[0])
     stop = row0[3:5]                    # made of the 4th and 5th new tokens
     stop_id = self.greedy[1][6]
-    out = self.sampler.generate(PROMPTS, sampler_lib.Request(
+    out = self.sampler.generate(self.params, PROMPTS, sampler_lib.Request(
         max_new_tokens=10, stop_strings=(stop,), stop_ids=(stop_id,)))
     for p, (completion,) in enumerate(out):
       text = detokenize(self.greedy[p])
@@ -128,7 +129,8 @@ class SamplerTest(absltest.TestCase):
 
   def test_new_tokens_capped_at_the_context(self):
     long_prompt = list(range(1, 30))      # 29 of the 32 positions: room for 3
-    (completion,), = self.sampler.generate([long_prompt], sampler_lib.Request(max_new_tokens=8))
+    (completion,), = self.sampler.generate(self.params, [long_prompt],
+                                           sampler_lib.Request(max_new_tokens=8))
     self.assertEqual((len(completion.tokens), completion.capped), (3, True))
     self.assertEqual(list(completion.tokens),
                      greedy_by_full_passes(self.model, self.params, long_prompt, 3, 37))
@@ -137,11 +139,11 @@ class SamplerTest(absltest.TestCase):
 
   def test_samples_depend_on_seed_prompt_and_sample_only(self):
     request = sampler_lib.Request(max_new_tokens=6, num_samples=3, temperature=1.0, seed=4)
-    both = self.sampler.generate(PROMPTS[:2], request)
-    alone = self.sampler.generate(PROMPTS[1:2], request)   # now prompt 0 of its call
+    both = self.sampler.generate(self.params, PROMPTS[:2], request)
+    alone = self.sampler.generate(self.params, PROMPTS[1:2], request)   # now prompt 0 of its call
     moved = [[c.tokens for c in row] for row in both]
     self.assertNotEqual(moved[1], [c.tokens for c in alone[0]])  # prompt index is in the key
-    again = self.sampler.generate(PROMPTS[:2], request)
+    again = self.sampler.generate(self.params, PROMPTS[:2], request)
     self.assertEqual(moved, [[c.tokens for c in row] for row in again])
     self.assertGreater(len({c.tokens for c in both[0]}), 1)      # samples differ
     for row in both:

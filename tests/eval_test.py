@@ -12,7 +12,6 @@ import numpy as np
 
 from ncalm import errors
 from ncalm import startup
-from ncalm import step as step_lib
 from ncalm import viz
 from ncalm.data import batch as batch_lib
 from ncalm.data import device_sources
@@ -25,20 +24,8 @@ from ncalm.eval import induction
 from ncalm.eval import nca_probe
 from ncalm.eval import registry
 
+import helpers
 import tiny_config
-
-
-def setup_and_params(cfg):
-  """A tiny model's setup and initial parameters, and the run's feeds on the devices."""
-  checked = startup.check(cfg)
-  setup = step_lib.create_setup(cfg, checked.model)
-  params = step_lib.create_state(setup, jax.random.PRNGKey(cfg.seed)).params
-  run = feeds_lib.load(cfg, tempfile.mkdtemp())
-  if run.on_device:
-    run = feeds_lib.Feeds(*jax.device_put((run.train_source, run.val_source),
-                                          jax.sharding.NamedSharding(setup.mesh,
-                                                                     jax.sharding.PartitionSpec())))
-  return setup, params, run
 
 
 def cross_entropy_sums(setup, params, batch: batch_lib.Batch):
@@ -71,7 +58,7 @@ class DeviceHeldoutTest(WritesNothing, absltest.TestCase):
     super().setUpClass()
     cls.cfg = tiny_config.get_config()
     cls.cfg.evals.heldout.batches = 2
-    cls.setup, cls.params, cls.feeds = setup_and_params(cls.cfg)
+    cls.setup, cls.params, cls.feeds = helpers.setup_and_params(cls.cfg)
     cls.evaluator = heldout.HeldoutLoss(cls.setup, cls.cfg, cls.feeds)
     cls.scalars, cls.images = cls.evaluator.run(cls.params)
 
@@ -138,7 +125,7 @@ class ProbeTest(WritesNothing, absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.cfg = tiny_config.get_config()
-    cls.setup, cls.params, cls.feeds = setup_and_params(cls.cfg)
+    cls.setup, cls.params, cls.feeds = helpers.setup_and_params(cls.cfg)
     cls.probe = nca_probe.NextFrameProbe(cls.setup, cls.cfg, cls.feeds)
 
   def test_accuracies_and_picture_match_the_probed_sequences(self):
@@ -189,7 +176,7 @@ class TextHeldoutTest(WritesNothing, absltest.TestCase):
                     data_dir, validation_fraction=0.3, workers=1)
     cls.cfg = tiny_config.get_config('text')
     cls.cfg.data.text.path = data_dir
-    cls.setup, cls.params, cls.feeds = setup_and_params(cls.cfg)
+    cls.setup, cls.params, cls.feeds = helpers.setup_and_params(cls.cfg)
 
   def test_loss_perplexity_bits_per_byte_and_unigram_by_hand(self):
     evaluator = heldout.HeldoutLoss(self.setup, self.cfg, self.feeds)
@@ -269,7 +256,7 @@ class RegistryTest(absltest.TestCase):
     cfg.evals.induction.every = 3
     due = {n: [s for s in range(1, 11) if registry.due(cfg, n, s)] for n in registry.EVALUATORS}
     self.assertEqual(due, {'heldout': [2, 4, 6, 8, 10], 'probe': [5, 10],
-                           'induction': [3, 6, 9, 10]})
+                           'induction': [3, 6, 9, 10], 'humaneval': [10]})
 
   def test_probe_refusals_name_their_field(self):
     cfg = tiny_config.get_config()

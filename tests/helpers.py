@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tempfile
 
 import jax
 import numpy as np
@@ -102,3 +103,19 @@ def flat(tree) -> dict[str, np.ndarray]:
 def shard_shapes(array: jax.Array) -> list[list[int]]:
   """The distinct shapes of the shards of `array` this process holds, sorted."""
   return sorted({tuple(s.data.shape) for s in array.addressable_shards})
+
+
+def setup_and_params(cfg):
+  """A tiny model's setup and initial parameters, and the run's feeds on the devices."""
+  from ncalm import startup  # pylint: disable=import-outside-toplevel
+  from ncalm import step as step_lib  # pylint: disable=import-outside-toplevel
+  from ncalm.data import feeds as feeds_lib  # pylint: disable=import-outside-toplevel
+  checked = startup.check(cfg)
+  setup = step_lib.create_setup(cfg, checked.model)
+  params = step_lib.create_state(setup, jax.random.PRNGKey(cfg.seed)).params
+  run = feeds_lib.load(cfg, tempfile.mkdtemp())
+  if run.on_device:
+    run = feeds_lib.Feeds(*jax.device_put((run.train_source, run.val_source),
+                                          jax.sharding.NamedSharding(setup.mesh,
+                                                                     jax.sharding.PartitionSpec())))
+  return setup, params, run

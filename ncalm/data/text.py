@@ -74,7 +74,8 @@ class TextFeed:
   shuffle: bool
   on_device = False             # rows read by the host (`Prefetcher`), not made in the step
   tokens_per_frame = 0          # text has no frames
-  evaluators = ('heldout', 'induction')  # names in ncalm.eval.registry.EVALUATORS that suit it
+  # names in ncalm.eval.registry.EVALUATORS that suit it
+  evaluators = ('heldout', 'induction', 'humaneval')
 
   @property
   def vocab_size(self) -> int:

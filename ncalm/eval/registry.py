@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from ncalm import errors
 from ncalm.eval import heldout
+from ncalm.eval import humaneval
 from ncalm.eval import induction
 from ncalm.eval import nca_probe
 
 # name → class with enabled(cfg), check(cfg, source), check_mesh(cfg, source,
 # data_parallel) (static; refusals at start-up), __init__(setup, cfg, feeds), run(params)
 EVALUATORS = {'heldout': heldout.HeldoutLoss, 'probe': nca_probe.NextFrameProbe,
-              'induction': induction.InductionProbe}
+              'induction': induction.InductionProbe, 'humaneval': humaneval.HumanEval}
 
 
 def names(cfg, source) -> tuple[str, ...]:

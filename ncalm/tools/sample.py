@@ -100,14 +100,14 @@ def sample_text(run: run_model.Run, fv) -> None:
   prompts = read_prompts(fv)
   ids = [list(tok.encode(p)) for p in prompts]
   request = request_of(fv, (tok.eot_id,), fv.stop)
-  sampler = sampler_lib.Sampler(run.setup.model.cfg, run.params, run.setup.mesh,
+  sampler = sampler_lib.Sampler(run.setup.model.cfg, run.setup.mesh,
                                 run.setup.rules, fv.batch_size, tok.vocab_size, tok.decode)
   for i, p in enumerate(ids):
     if not sampler.fits(len(p)):
       raise errors.UserError(
           f'Prompt {i} is {len(p)} tokens long; the model\'s context is {sampler.context} '
           'tokens and must leave room for one new token: shorten the prompt.')
-  out = sampler.generate(ids, request)
+  out = sampler.generate(run.params, ids, request)
   capped = 0
   for prompt, samples in zip(prompts, out):
     for c in samples:
@@ -134,13 +134,13 @@ def sample_nca(run: run_model.Run, fv) -> None:
   sim_key = jax.random.fold_in(heldout.eval_key(run.cfg), fv.seed)
   truth = np.asarray(source.sequences(jnp.asarray(source.rule_keys)[fv.rule:fv.rule + 1],
                                       sim_key[None])[0])
-  sampler = sampler_lib.Sampler(run.setup.model.cfg, run.params, run.setup.mesh,
+  sampler = sampler_lib.Sampler(run.setup.model.cfg, run.setup.mesh,
                                 run.setup.rules, fv.batch_size,
                                 nca_tokens.start_of_frame(ncfg))
   request = request_of(fv)
   prompts = [list(truth[:fv.context_frames * tpf + 1]) for _ in range(fv.num_samples)]
   for _ in range(fv.frames):   # a frame at a time; the delimiters are the true ones
-    out = sampler.generate(prompts, sampler_lib.Request(
+    out = sampler.generate(run.params, prompts, sampler_lib.Request(
         patches, 1, request.temperature, request.top_k, request.top_p, request.seed))
     prompts = [p + list(row[0].tokens) + list(truth[len(p) + patches:len(p) + patches + 2])
                for p, row in zip(prompts, out)]

