@@ -153,6 +153,38 @@ def paired_markdown(rows: list[Paired], reference: str = 'scratch') -> str:
   return '\n'.join(out) + '\n'
 
 
+def plot_paired(rows: list[Paired], png_path: str, reference: str = 'scratch') -> None:
+  """The paired differences against the stage-2 fraction: one line per arm, 95% intervals
+  as error bars, 0 (the reference) marked; below 0 the arm is ahead."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  fig = Figure(figsize=(9, 5.6), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  ax.axhline(0, color='k', lw=1)
+  arms = [r for r in rows if r.arm != reference]
+  for index, r in enumerate(arms):
+    points = [(f, d) for f, d in r.differences.items() if d is not None]
+    if not points:
+      continue
+    offset = (index - (len(arms) - 1) / 2) * 0.006   # side by side at each fraction
+    x = [f + offset for f, _ in points]
+    mean = np.array([d[0] for _, d in points])
+    half = np.array([0.0 if math.isnan(d[1]) else d[2] - d[0] for _, d in points])
+    ax.errorbar(x, mean, yerr=half, marker='o', capsize=3, color=f'C{(index + 1) % 10}',
+                label=f'{r.arm} (n={r.seeds})')
+  ax.set_xlabel('fraction of stage 2')
+  ax.set_ylabel(f'validation loss − {reference} (nats), same seed')
+  ax.set_title('paired differences with 95% t-intervals (below 0: ahead of scratch)')
+  ax.grid(True, alpha=0.3)
+  if ax.lines:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  with files.atomic_path(png_path) as tmp:
+    fig.savefig(tmp, format='png')
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
   a = np.asarray(values, np.float64)
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
@@ -330,14 +362,17 @@ def plot(results: dict[str, dict[int, ArmResult]], png_path: str, title: str,
 
 
 def write(results: dict[str, dict[int, ArmResult]], out_prefix: str, title: str) -> list[Row]:
-  """out_prefix.md, .csv and .png; returns the rows."""
+  """out_prefix.md, .csv, .png, _paired.png (and _evals.png); returns the rows."""
   rows = summarise(results)
   evals = evals_markdown(rows)
-  tables = [markdown(rows), paired_markdown(paired(results))] + ([evals] if evals else [])
+  pairs = paired(results)
+  tables = [markdown(rows), paired_markdown(pairs)] + ([evals] if evals else [])
   for suffix, text in (('.md', '\n'.join(tables)), ('.csv', csv_text(rows))):
     with files.atomic_open(out_prefix + suffix) as f:
       f.write(text)
   plot(results, out_prefix + '.png', title)
+  if len(pairs) > 1:
+    plot_paired(pairs, out_prefix + '_paired.png')
   if evals:
     plot_evals(rows, out_prefix + '_evals.png')
   return rows

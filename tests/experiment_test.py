@@ -263,8 +263,9 @@ class ExperimentTest(absltest.TestCase):
           markdown = f.read()
         for name in arms:
           self.assertIn(f'| {name} | 2 |', markdown)
-        with Image.open(os.path.join(workdir, f'{table}.png')) as image:
-          self.assertEqual(image.size, (900, 560))
+        for picture in (f'{table}.png', f'{table}_paired.png'):
+          with Image.open(os.path.join(workdir, picture)) as image:
+            self.assertEqual(image.size, (900, 560))
     # The contrast: nca minus its attention-reinitialised twin, per seed, at the end.
     difference = np.subtract(final_losses('nca'), final_losses('nca_reinit_attention'))
     with open(os.path.join(workdir, 'contrasts.md')) as f:
