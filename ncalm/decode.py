@@ -9,11 +9,14 @@ and evaluators, the NCA probe inside its own jit):
   slot at each step; each token carries its own row's position (padding -1, never seen).
 * `decode` extends rows one token per step inside `lax.while_loop` until a bound or until
   every row is done: a row stops on its own at a stop id or its own token limit.
-* `choose` picks a token from logits: greedy at temperature 0, else a draw after the
-  allowed-ids mask, temperature, top-k and top-p (in that order, as in Hugging Face's
-  `generate`). Each row draws with its own key, fold_in(row key, token index), and a row
-  key is a function of (seed, prompt index, sample index) only (`row_keys`): a sample does
-  not depend on the batch it was decoded in, nor on how the batch is sharded.
+* `grow` gives the cache more empty slots (the sampler grows it a segment at a time).
+* `choose_rows` picks each row's token from logits: greedy at temperature 0, else a draw
+  after the allowed-ids mask, temperature, top-k and top-p (in that order, as in Hugging
+  Face's `generate`). Each row draws with its own key, fold_in(row key, token index), and a
+  row key is a function of (seed, prompt index, sample index) only (`row_keys`): a sample
+  does not depend on the batch it was decoded in, nor on how the batch is sharded.
+* `decoding_config` and `unstacked`: the model and parameters to decode with (unrolled
+  layers, each with its own cache buffer).
 """
 from __future__ import annotations
 
