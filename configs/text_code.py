@@ -25,6 +25,9 @@ byte-level BPE of 4,096 ids trained on it and a small float32 model (2 layers, d
 
 Expected (measured, README "Text"): the validation loss falls far below the corpus's
 unigram entropy within the run.
+
+`cpu1024`: the cpu model with the published 1,024-token context (4 windows a step), where the
+reasoning evaluations' prompts fit unchanged (HumanEval's; GSM8K's shots: configs/gsm8k.py).
 """
 import ml_collections
 
@@ -58,6 +61,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.log_every = 10
     c.evals.heldout.update(every=100, batches=8)
     c.checkpoint_every = 100
+  elif variant == 'cpu1024':        # the cpu model with the published 1,024-token context,
+    c = get_config('cpu')           # where the reasoning prompts fit unchanged
+    c.seq_len = 1024
+    c.global_batch = 4              # 4,096 tokens per step (the cpu variant: 2,048)
   elif variant:
-    raise ValueError(f'Unknown variant {variant!r} of text_code: use "" or "cpu".')
+    raise ValueError(f'Unknown variant {variant!r} of text_code: use "", "cpu" or "cpu1024".')
   return c

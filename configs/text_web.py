@@ -36,11 +36,11 @@ from ncalm import config_lib
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  if variant not in ('', 'cpu'):
-    raise ValueError(f'Unknown variant {variant!r} of text_web: use "" or "cpu".')
+  if variant not in ('', 'cpu', 'cpu1024'):
+    raise ValueError(f'Unknown variant {variant!r} of text_web: use "", "cpu" or "cpu1024".')
   c = config_lib.load_file(f'text_code.py{":" + variant if variant else ""}', __file__)
   c.optim.weight_decay = 1e-4       # as code's otherwise: model, batch, data format, schedule
-  if variant == 'cpu':
+  if variant in ('cpu', 'cpu1024'):
     c.data.text.path = '/tmp/ncalm_data/kjv'
     c.data.text.tokenizer = '/tmp/ncalm_data/kjv_bpe4096.json'
   else:

@@ -28,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seq_len = 1024                # model context; sequences hold seq_len + 1 tokens
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'nca'           # 'nca' | 'dyck' (made in the step) | 'text' (read by the host)
+  c.data.source = 'nca'           # 'nca' | 'dyck' (made in the step) | 'text' | 'finetune'
+                                  # (read by the host; finetune: a benchmark's solved examples)
   c.data.mode = 'fast'            # NCA rollout: 'fast' (same distribution) |
                                   # 'reference' (bit-exact)
   c.data.band = (0.5, 1.0)        # gzip band of the rules; None = unfiltered
@@ -64,6 +65,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text.prefetch = 2        # steps of host rows prepared ahead in a background thread
   c.data.text.document_masking = False  # attention stays inside each document (segment
                                   # ids); off = the paper's windows, attention crosses them
+  c.data.finetune = ml_collections.ConfigDict()   # fine-tuning on a benchmark's solved examples
+  c.data.finetune.path = ''       # EVAL_DIR made by `python -m ncalm.prepare_evals`
+  c.data.finetune.task = 'gsm8k'  # 'gsm8k' (train; held out: test) | 'bigbench_lite'
+                                  # (train; held out: validation)
+  c.data.finetune.tokenizer = ''  # tokeniser spec; '' = that of the text run init.from_run
+  c.data.finetune.min_shots = 5   # solved examples before each target: uniform in
+  c.data.finetune.max_shots = 5   # [min_shots, max_shots] (GSM8K 5-5, BIG-bench 0-3)
+  c.data.finetune.epochs = 0.0    # > 0: passes over the items; train_steps must then be
+                                  # ceil(epochs · items / global_batch) (the error names it)
 
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 0          # 0 = the source's vocabulary (10,002 for NCA)
@@ -134,6 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluators (ncalm/eval/): each runs every `every` steps and at the last step, on the
   # sources it suits (the probe on NCA only); their settings are not part of a run's identity.
   c.evals = ml_collections.ConfigDict()
+  c.evals.data = ''               # EVAL_DIR of the reasoning benchmarks (GSM8K, HumanEval,
+                                  # BIG-bench Lite) made by `python -m ncalm.prepare_evals`
   c.evals.heldout = ml_collections.ConfigDict()
   c.evals.heldout.every = 500     # steps between held-out loss evaluations
   c.evals.heldout.batches = 4     # held-out batches (of global_batch sequences) per evaluation
@@ -156,6 +168,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.humaneval.batch_size = 64  # rows decoded at once
   c.evals.humaneval.timeout_seconds = 10.0  # per sample in the sandbox (wall clock)
   c.evals.humaneval.unsandboxed = False  # run samples without bubblewrap (at your own risk)
+  c.evals.gsm8k = ml_collections.ConfigDict()   # fine-tuned math runs; docs/evaluation.md
+  c.evals.gsm8k.every = 500       # steps between GSM8K evaluations
+  c.evals.gsm8k.problems = 0      # the first N of the 1,319 test problems; 0 = off
+  c.evals.gsm8k.samples = 32      # samples per problem (pass@1, @8, @samples)
+  c.evals.gsm8k.shots = 3         # solved examples before each problem
+  c.evals.gsm8k.shots_from = 'train'  # 'train' | 'test' (published; the problem excluded)
+  c.evals.gsm8k.temperature = 0.6  # as published
+  c.evals.gsm8k.top_p = 1.0
+  c.evals.gsm8k.max_new_tokens = 250  # and at most context − prompt; end-of-text stops
+  c.evals.gsm8k.seed = 0          # shots and sampling seed
+  c.evals.gsm8k.batch_size = 32   # rows decoded at once
   c.checkpoint_every = 500        # steps between checkpoints (and at the end, and on SIGTERM)
   c.keep_checkpoints = 3          # checkpoints kept in the workdir
   c.async_checkpoint = True       # write checkpoints in the background

@@ -32,7 +32,7 @@ from ncalm.data import tokenizers
 
 # Fields a command may set for a run it reads: where its data lives now, and how much of
 # it an evaluator reads (prefixes of dotted paths).
-OVERRIDABLE = ('data.text.path', 'evals.')
+OVERRIDABLE = ('data.text.path', 'data.finetune.path', 'evals.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +114,7 @@ def load(workdir: str, step: int = 0, overrides: dict[str, Any] | None = None) -
 
 
 def tokenizer_of(run: Run) -> tokenizers.Tokenizer | None:
-  """A text run's tokeniser (its config's, else its dataset's); None for NCA and Dyck."""
-  if run.cfg.data.source != 'text':
+  """A text or fine-tuning run's tokeniser (its feed's); None for NCA and Dyck."""
+  if run.feeds.on_device:
     return None
-  feed = run.feeds.train_source
-  return tokenizers.load(run.cfg.data.text.tokenizer or feed.meta['tokenizer'])
+  return tokenizers.load(run.feeds.train_source.meta['tokenizer'])

@@ -325,9 +325,9 @@ def _feed_parts(cfg, setup: step_lib.Setup, run: feeds_lib.Feeds, train_key):
     train_step = step_lib.make_train_step(setup)
     return ((lambda state, step: train_step(state, run.train_source, train_key)),
             registry.build(setup, cfg, run), None)
-  logging.info('Text: %s, vocabulary %d ids (model: %d, padded to a multiple of %d).',
-               cfg.data.text.path, run.train_source.meta['vocab_size'],
-               setup.model.cfg.vocab_size, text.VOCAB_MULTIPLE)
+  logging.info('%s: %s, vocabulary %d ids (model: %d).', cfg.data.source,
+               cfg.data[cfg.data.source].path, run.train_source.meta['vocab_size'],
+               setup.model.cfg.vocab_size)
   prefetcher = text.Prefetcher(run.train_source, sharding.batch_sharding(setup.mesh),
                                cfg.global_batch, cfg.data.text.prefetch,
                                cfg.data.text.document_masking)

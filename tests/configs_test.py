@@ -19,16 +19,17 @@ RUN_CONFIGS = {
     'nca_164m.py': ('', 'cpu', 'decay'),
     'stage1.py': tuple(f'{arm}{suffix}' for arm in ('nca_50', 'nca_30_40', 'dyck', 'c4', 'c4_10x')
                        for suffix in ('', '_cpu')),
-    'text_code.py': ('', 'cpu'),
-    'text_math.py': ('', 'cpu'),
-    'text_web.py': ('', 'cpu'),
+    'text_code.py': ('', 'cpu', 'cpu1024'),
+    'text_math.py': ('', 'cpu', 'cpu1024'),
+    'text_web.py': ('', 'cpu', 'cpu1024'),
+    'gsm8k.py': ('', 'cpu1024'),
 }
 
 
 def check(cfg):
   config_lib.check_fields(cfg)
   config_lib.check_values(cfg)
-  if cfg.data.source != 'text':   # text configs need their prepared corpus on this machine
+  if cfg.data.source not in ('text', 'finetune'):   # these need their prepared data here
     startup.check(cfg)
 
 

@@ -3,6 +3,7 @@ json/ and email/ packages, so nothing is downloaded), awkward texts for tokenise
 tiktoken encoding, the tiny text config, `python -m ncalm.main` as a user runs it, and
 comparisons of parameter trees and metric lines. Test files import this, never each other."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +61,31 @@ def make_corpus(out_dir: str, tokenizer: str = 'bytes') -> str:
   """~300 KB of CPython's json/ and email/ packages, prepared with `tokenizer`."""
   from ncalm.data import prepare  # pylint: disable=import-outside-toplevel
   prepare.prepare(CORPUS_GLOBS, tokenizer, out_dir, validation_fraction=0.2, workers=1)
+  return out_dir
+
+
+def gsm8k_like(count: int, start: int = 0) -> list[dict]:
+  """`count` GSM8K-format problems (question, answer ending in '#### N'), short enough for
+  a tiny byte-level context."""
+  out = []
+  for i in range(start, start + count):
+    a, b = i % 7 + 1, i % 5 + 2
+    out.append({'question': f'{a} plus {b}?',
+                'answer': f'{a}+{b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}'})
+  return out
+
+
+def make_eval_data(out_dir: str, train: int = 12, test: int = 4) -> str:
+  """A prepared evaluation folder: GSM8K-format items written here and HumanEval's."""
+  from ncalm.eval import eval_data  # pylint: disable=import-outside-toplevel
+  from ncalm.tools import prepare_evals  # pylint: disable=import-outside-toplevel
+  source = out_dir + '_gsm8k'
+  os.makedirs(source)
+  for split, items in (('train', gsm8k_like(train)), ('test', gsm8k_like(test, 100))):
+    with open(os.path.join(source, f'{split}.jsonl'), 'w') as f:
+      f.writelines(json.dumps(item) + '\n' for item in items)
+  prepare_evals.prepare(out_dir, {'gsm8k': source,
+                                  'humaneval': eval_data.humaneval_source()})
   return out_dir
 
 

@@ -1,6 +1,7 @@
 """HumanEval: pass@k against a brute-force count over subsets, the scoring of samples in the
 sandbox, prompts too long for the context skipped and counted, and the refusals."""
 import itertools
+import os
 import tempfile
 from unittest import mock
 
@@ -40,9 +41,10 @@ class HumanEvalTest(absltest.TestCase):
     super().setUpClass()
     data = helpers.make_corpus(tempfile.mkdtemp())
     cls.cfg = helpers.text_config(data)
+    cls.cfg.evals.data = helpers.make_eval_data(os.path.join(tempfile.mkdtemp(), 'evals'))
     cls.cfg.evals.humaneval.update(problems=3, samples=4, timeout_seconds=5.0)
     cls.setup, cls.params, cls.feeds = helpers.setup_and_params(cls.cfg)
-    cls.problems = humaneval.read_problems()[:3]
+    cls.problems = humaneval.read_problems(cls.cfg.evals.data)[:3]
 
   def fake_generate(self, completions):
     """A sampler that writes the given completion for every sample of each prompt."""
@@ -54,8 +56,7 @@ class HumanEvalTest(absltest.TestCase):
 
   def test_scores_samples_in_the_sandbox(self):
     evaluator = humaneval.HumanEval(self.setup, self.cfg, self.feeds)
-    completions = [self.problems[0]['canonical_solution'], '    return None\n',
-                   self.problems[2]['canonical_solution']]
+    completions = [self.problems[0]['answer'], '    return None\n', self.problems[2]['answer']]
     with mock.patch.object(evaluator.sampler, 'fits', return_value=True), \
          mock.patch.object(evaluator.sampler, 'generate', self.fake_generate(completions)):
       scalars, images = evaluator.run(self.params)
@@ -78,16 +79,16 @@ class HumanEvalTest(absltest.TestCase):
 
   def test_refusals(self):
     cfg = helpers.text_config('/nowhere')
+    cfg.evals.data = self.cfg.evals.data
     cfg.evals.humaneval.update(problems=1, samples=0)
     with self.assertRaisesRegex(errors.UserError, 'evals.humaneval.samples=0 must be at least'):
       humaneval.HumanEval.check(cfg, None)
     cfg.evals.humaneval.update(samples=2, top_p=1.5)
     with self.assertRaisesRegex(errors.UserError, r'top_p=1.5 is outside'):
       humaneval.HumanEval.check(cfg, None)
-    bad = self.create_tempfile(content='{"task_id": "x"}\n').full_path
-    with self.assertRaisesRegex(errors.UserError, r"lacks \['entry_point', 'prompt', 'test'\]"):
-      humaneval.read_problems(bad)
     cfg.evals.humaneval.update(top_p=0.95)
+    with self.assertRaisesRegex(errors.UserError, "evals.data='' is not a prepared"):
+      humaneval.HumanEval.check(helpers.text_config('/nowhere'), None)
     with mock.patch.object(humaneval.sandbox, 'available', return_value=False), \
          mock.patch.object(humaneval.sandbox, '_problem', return_value='no bwrap executable'):
       with self.assertRaisesRegex(errors.UserError, 'no bwrap executable.*'

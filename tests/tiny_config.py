@@ -36,6 +36,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       c.train_steps = 40
       c.checkpoint_every = 5
       c.evals.heldout.every = 20
+  elif variant == 'finetune':       # --config.data.finetune.path=EVAL_DIR (helpers.make_eval_data)
+    c.data.source = 'finetune'
+    c.seq_len = 128
+    c.data.finetune.update(tokenizer='bytes', min_shots=0, max_shots=2)
+    c.evals.heldout.batches = 1
   elif variant:
     raise ValueError(f'unknown variant {variant!r}')
   return c

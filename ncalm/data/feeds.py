@@ -28,9 +28,11 @@ from ncalm.data import complexity
 from ncalm.data import dataset
 from ncalm.data import device_sources
 from ncalm.data import dyck
+from ncalm.data import finetune
 from ncalm.data import nca
 from ncalm.data import nca_tokens
 from ncalm.data import text
+from ncalm.eval import eval_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +99,19 @@ def _text(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
       text.open_feed(t.path, 'validation', cfg.seq_len, cfg.seed, False, t.tokenizer))
 
 
+def _finetune(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
+  del rule_keys  # fine-tuning items need no bank
+  if not cfg.data.finetune.path:
+    raise errors.UserError('data.source=finetune needs data.finetune.path: the EVAL_DIR written '
+                           'by `python -m ncalm.prepare_evals --out=EVAL_DIR ...`.')
+  if cfg.data.text.prefetch < 1:
+    raise errors.UserError(f'data.text.prefetch={cfg.data.text.prefetch} must be >= 1.')
+  return Feeds(*finetune.open_feeds(cfg))
+
+
 # data.source → builder(cfg, (train rule keys, held-out rule keys) or None) → Feeds
-BUILDERS: dict[str, Callable[..., Feeds]] = {'nca': _nca, 'dyck': _dyck, 'text': _text}
+BUILDERS: dict[str, Callable[..., Feeds]] = {'nca': _nca, 'dyck': _dyck, 'text': _text,
+                                              'finetune': _finetune}
 
 
 def build(cfg: ml_collections.ConfigDict, rule_keys=None) -> Feeds:
@@ -152,7 +165,11 @@ def load(cfg: ml_collections.ConfigDict, workdir: str) -> Feeds:
 def content_fingerprints(cfg: ml_collections.ConfigDict) -> dict[str, str]:
   """Digests of the data a config names only by path, for the run's identity
   (`workdir.check_identity`): a text run's prepared dataset (its records and metadata, the
-  tokeniser's fingerprint among them). NCA and Dyck data are functions of the config."""
+  tokeniser's fingerprint among them); a fine-tuning run's prepared benchmark files. NCA
+  and Dyck data are functions of the config."""
+  if cfg.data.source == 'finetune':
+    return {'finetune': eval_data.fingerprint(cfg.data.finetune.path, cfg.data.finetune.task,
+                                           'data.finetune.path')}
   if cfg.data.source != 'text':
     return {}
   return {'dataset': dataset.dataset_fingerprint(cfg.data.text.path)}

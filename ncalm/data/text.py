@@ -110,6 +110,12 @@ class TextFeed:
     pairs = [self.rows[g] for g in range(first, first + count)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
+  def read_batch(self, first: int, count: int) -> tuple[np.ndarray, None, np.ndarray]:
+    """What every host feed gives: (rows, per-target weights (None: all scored), segment
+    ids) of rows first .. first + count - 1."""
+    rows, segments = self.read_rows_and_segments(first, count)
+    return rows, None, segments
+
 
 def open_feed(data_dir: str, split: str, seq_len: int, seed: int, shuffle: bool,
               tokenizer_spec: str = '') -> TextFeed:
@@ -146,19 +152,23 @@ def local_rows(sharding: jax.sharding.Sharding, batch_size: int) -> tuple[int, i
 
 
 def to_global_batch(rows: np.ndarray, sharding, batch_size: int,
-                    segments: np.ndarray | None = None) -> batch_lib.Batch:
-  """This process's rows → a global Batch sharded like `sharding` (all targets scored);
-  with `segments` (the rows' segment ids) attention will stay inside each document."""
+                    segments: np.ndarray | None = None,
+                    weights: np.ndarray | None = None) -> batch_lib.Batch:
+  """This process's rows → a global Batch sharded like `sharding`; `weights` (float32
+  [rows, seq_len]) weigh each target, default all scored; with `segments` (the rows'
+  segment ids) attention will stay inside each document."""
   shape = (batch_size, rows.shape[1] - 1)
   make = lambda local: jax.make_array_from_process_local_data(sharding, local, shape)
   inputs, targets = rows[:, :-1], rows[:, 1:]
-  return batch_lib.Batch(make(inputs), make(targets), make(np.ones(inputs.shape, np.float32)),
+  weights = np.ones(inputs.shape, np.float32) if weights is None else weights
+  return batch_lib.Batch(make(inputs), make(targets), make(weights),
                          None if segments is None else make(segments[:, :-1]))
 
 
 class Prefetcher:
-  """Makes the host's rows of step t+1, t+2, ... in a background thread while step t runs;
-  what reading them raises (a damaged dataset file: a UserError) is raised by `batch`."""
+  """Makes the host's rows of step t+1, t+2, ... in a background thread while step t runs,
+  from any host feed (text windows, fine-tuning items: `read_batch`); what reading them
+  raises (a damaged dataset file: a UserError) is raised by `batch`."""
 
   def __init__(self, feed: TextFeed, sharding, batch_size: int, depth: int = 2,
                document_masking: bool = False):
@@ -169,10 +179,10 @@ class Prefetcher:
     self.pending: dict[int, concurrent.futures.Future] = {}
     self.wait_seconds = 0.0
 
-  def _rows(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
-    rows, segments = self.feed.read_rows_and_segments(step * self.batch_size + self.first,
-                                                      self.count)
-    return rows, segments if self.document_masking else None
+  def _rows(self, step: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    rows, weights, segments = self.feed.read_batch(step * self.batch_size + self.first,
+                                                   self.count)
+    return rows, weights, segments if self.document_masking else None
 
   def batch(self, step: int) -> batch_lib.Batch:
     """The global batch of `step` (asked for in increasing order)."""
@@ -180,9 +190,9 @@ class Prefetcher:
       if ahead not in self.pending:
         self.pending[ahead] = self.pool.submit(self._rows, ahead)
     start = time.perf_counter()
-    rows, segments = self.pending.pop(step).result()
+    rows, weights, segments = self.pending.pop(step).result()
     self.wait_seconds += time.perf_counter() - start
-    return to_global_batch(rows, self.sharding, self.batch_size, segments)
+    return to_global_batch(rows, self.sharding, self.batch_size, segments, weights)
 
   def close(self) -> None:
     self.pool.shutdown(wait=False, cancel_futures=True)

