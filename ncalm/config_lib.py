@@ -179,6 +179,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.gsm8k.max_new_tokens = 250  # and at most context − prompt; end-of-text stops
   c.evals.gsm8k.seed = 0          # shots and sampling seed
   c.evals.gsm8k.batch_size = 32   # rows decoded at once
+  c.evals.bigbench = ml_collections.ConfigDict()   # fine-tuned web-text runs
+  c.evals.bigbench.every = 500    # steps between BIG-bench Lite evaluations
+  c.evals.bigbench.examples = 0   # held-out examples per task (published: 350); 0 = off
+  c.evals.bigbench.mode = 'generate'  # 'generate' (exact match, pass@k) | 'loglik' (the
+                                  # most likely choice) | 'both'
+  c.evals.bigbench.samples = 64   # samples per example (pass@1, @2, @samples)
+  c.evals.bigbench.shots = 2      # the task's first training examples, before each example
+  c.evals.bigbench.temperature = 0.4  # as published
+  c.evals.bigbench.top_p = 0.95
+  c.evals.bigbench.max_new_tokens = 35
+  c.evals.bigbench.seed = 0       # sampling seed
+  c.evals.bigbench.batch_size = 64  # rows decoded (or choices scored) at once
   c.checkpoint_every = 500        # steps between checkpoints (and at the end, and on SIGTERM)
   c.keep_checkpoints = 3          # checkpoints kept in the workdir
   c.async_checkpoint = True       # write checkpoints in the background

@@ -48,6 +48,7 @@ from ncalm import run_files
 from ncalm import startup
 from ncalm import train
 from ncalm import workdir as workdir_lib
+from ncalm.data import dataset
 from ncalm.data import feeds
 from ncalm.eval import registry
 from ncalm.tools import evaluate
@@ -55,8 +56,8 @@ from ncalm.tools import evaluate
 SCRATCH = 'scratch'
 DONE_FILE = 'experiment_run.json'
 CONFIG_FILE = 'experiment_config.json'   # the config of the last start, for the record
-EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'ablations', 'corpora', 'contrasts',
-                     'evals')
+EXPERIMENT_FIELDS = ('seeds', 'arms', 'stage1', 'stage2', 'stage3', 'ablations', 'corpora',
+                     'contrasts', 'evals')
 CORPUS_FIELDS = ('input', 'tokenizer', 'vocab_size', 'out', 'validation_fraction')
 
 
@@ -143,25 +144,50 @@ def stage2_config(exp, seed: int, stage1_dir: str = '', **init) -> ml_collection
   return cfg
 
 
+def stage3_config(exp, seed: int, stage2_dir: str = '') -> ml_collections.ConfigDict:
+  """The fine-tuning stage of a stage-2 run: from its final checkpoint, with its tokeniser
+  (stage 2's, named here so that the config is checked before stage 2 exists)."""
+  cfg = ml_collections.ConfigDict(exp.stage3.to_dict())
+  cfg.seed = seed
+  cfg.init.from_run = stage2_dir
+  if not cfg.data.finetune.tokenizer:
+    text = exp.stage2.data.text
+    cfg.data.finetune.tokenizer = text.tokenizer or dataset.read_meta(text.path)['tokenizer']
+  return cfg
+
+
+def last_stage(exp) -> str:
+  """The stage whose model the experiment's evaluators measure: 'stage3' when there is
+  one (fine-tuning, as GSM8K's protocol), else 'stage2'."""
+  return 'stage3' if exp.get('stage3') else 'stage2'
+
+
 def jobs(exp, workdir: str):
-  """(run directory, config) pairs in order: the arms (stage 1 then 2, seed by seed),
-  then the ablations."""
+  """(run directory, config) pairs in order: the arms (stage 1, 2 and 3 if any, seed by
+  seed), then the ablations."""
   out = []
+
+  def add_stage2(base, seed, cfg):
+    out.append((os.path.join(base, 'stage2'), cfg))
+    if exp.get('stage3'):
+      out.append((os.path.join(base, 'stage3'),
+                  stage3_config(exp, seed, os.path.join(base, 'stage2'))))
+
   for arm in arms_of(exp):
     for seed in exp.seeds:
       base = os.path.join(workdir, f'seed_{seed}', arm)
       if arm == SCRATCH:
-        out.append((os.path.join(base, 'stage2'), stage2_config(exp, seed)))
+        add_stage2(base, seed, stage2_config(exp, seed))
         continue
       stage1 = os.path.join(base, 'stage1')
       out.append((stage1, stage1_config(exp, arm, seed)))
-      out.append((os.path.join(base, 'stage2'), stage2_config(exp, seed, stage1)))
+      add_stage2(base, seed, stage2_config(exp, seed, stage1))
   for name, ablation in exp.ablations.items():
     for seed in exp.seeds:
       stage1 = os.path.join(workdir, f'seed_{seed}', ablation.arm, 'stage1')
       init = {k: v for k, v in ablation.items() if k != 'arm'}
-      out.append((os.path.join(workdir, f'seed_{seed}', name, 'stage2'),
-                  stage2_config(exp, seed, stage1, **init)))
+      add_stage2(os.path.join(workdir, f'seed_{seed}', name), seed,
+                 stage2_config(exp, seed, stage1, **init))
   for name, ablation in exp.ablations.items():  # an ablation's stage 1 runs if its arm is not a row
     if ablation.arm not in arms_of(exp):
       for seed in exp.seeds:
@@ -233,7 +259,8 @@ def final_report(run_dir: str, names: tuple[str, ...]) -> dict | None:
 
 
 def evaluate_final(exp, run_dir: str) -> None:
-  """Runs the experiment's evaluators on a finished stage-2 run that lacks their report."""
+  """Runs the experiment's evaluators on a finished last-stage run that lacks their
+  report."""
   names = evals_of(exp)
   done = os.path.join(run_dir, DONE_FILE)
   if not names or not os.path.exists(done) or final_report(run_dir, names) is not None:
@@ -245,26 +272,32 @@ def evaluate_final(exp, run_dir: str) -> None:
   evaluate.evaluate(run_dir, 0, names)
 
 
-def _result(run_dir: str, stage1_dir: str | None, evals=()) -> comparison.ArmResult | None:
-  """An arm's stage-2 outcome on one seed, or None if its runs have not finished."""
+def _result(run_dir: str, stage1_dir: str | None, evals=(), stage3_dir: str | None = None
+            ) -> comparison.ArmResult | None:
+  """An arm's stage-2 outcome on one seed (with the evaluations and compute of its stage 3
+  when it has one), or None if its runs have not finished."""
   done = os.path.join(run_dir, DONE_FILE)
-  if not os.path.exists(done):
+  if not os.path.exists(done) or (stage3_dir and not os.path.exists(
+      os.path.join(stage3_dir, DONE_FILE))):
     return None
   with open(done) as f:
     record = json.load(f)
-  stage1 = {'tokens': 0, 'flops': 0.0}
+  stage1 = stage3 = {'tokens': 0, 'flops': 0.0}
   if stage1_dir:
     with open(os.path.join(stage1_dir, DONE_FILE)) as f:
       stage1 = json.load(f)
+  if stage3_dir:
+    with open(os.path.join(stage3_dir, DONE_FILE)) as f:
+      stage3 = json.load(f)
   path = os.path.join(run_dir, run_files.METRICS)
   rows = metrics.read_jsonl(path) if os.path.exists(path) else []
   curve = [(r['step'], r['eval/loss']) for r in rows if r.get('eval/loss') is not None]
   induction = [(r['step'], r['induction/second_copy_loss'] / r['induction/first_copy_loss'])
                for r in rows if r.get('induction/second_copy_loss') is not None]
-  report_ = final_report(run_dir, evals) if evals else None
+  report_ = final_report(stage3_dir or run_dir, evals) if evals else None
   return comparison.ArmResult(curve=curve, stage1_tokens=stage1['tokens'],
                               stage2_tokens=record['tokens'],
-                              flops=stage1['flops'] + record['flops'],
+                              flops=stage1['flops'] + record['flops'] + stage3['flops'],
                               diverged=record.get('diverged', False), induction=induction,
                               evals=report_['scalars'] if report_ else {})
 
@@ -274,7 +307,8 @@ def collect(exp, workdir: str) -> tuple[dict, dict]:
   def one(name, seed, stage1_arm):
     base = os.path.join(workdir, f'seed_{seed}')
     stage1 = os.path.join(base, stage1_arm, 'stage1') if stage1_arm else None
-    return _result(os.path.join(base, name, 'stage2'), stage1, evals_of(exp))
+    stage3 = os.path.join(base, name, 'stage3') if exp.get('stage3') else None
+    return _result(os.path.join(base, name, 'stage2'), stage1, evals_of(exp), stage3)
 
   def table(rows):
     out = {}
@@ -333,16 +367,25 @@ def check_finished(todo) -> None:
 
 
 def check_runs(exp) -> None:
-  """The start-up check of every kind of run (each arm's stage 1, the stage 2 they share),
-  so that a config that cannot work is refused before the first run, not hours into it."""
+  """The start-up check of every kind of run (each arm's stage 1, the stage 2 and stage 3
+  they share), so that a config that cannot work is refused before the first run, not
+  hours into it."""
   seed = exp.seeds[0]
   for arm in arms_of(exp):
     if arm != SCRATCH:
       startup.check(stage1_config(exp, arm, seed))
   stage2 = stage2_config(exp, seed)
   checked = startup.check(stage2)
-  registry.check_named(stage2, checked.feeds.val_source, list(evals_of(exp)), 'evals',
-                       '--config.stage2.')
+  if exp.get('stage3'):
+    stage3 = stage3_config(exp, seed)
+    stage3.init.update(from_run='', embedding='normal')   # its stage 2 does not exist yet
+    checked = startup.check(stage3)
+    if stage3.model.to_dict() != stage2.model.to_dict():
+      differ = sorted(k for k, v in stage3.model.items() if stage2.model.get(k) != v)
+      raise errors.UserError(f'stage3.model differs from stage2.model in {differ}: stage 3 '
+                             'fine-tunes stage 2\'s model, so give it the same model section.')
+  registry.check_named(stage3 if exp.get('stage3') else stage2, checked.feeds.val_source,
+                       list(evals_of(exp)), 'evals', f'--config.{last_stage(exp)}.')
 
 
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bool = False):
@@ -360,7 +403,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, report_only: bo
     for index, (run_dir, cfg) in enumerate(todo):
       logging.info('Experiment: run %d of %d', index + 1, len(todo))
       run(cfg, run_dir)
-      if os.path.basename(run_dir) == 'stage2':
+      if os.path.basename(run_dir) == last_stage(exp):
         evaluate_final(exp, run_dir)
       report(exp, workdir)
   report(exp, workdir)

@@ -23,6 +23,7 @@ RUN_CONFIGS = {
     'text_math.py': ('', 'cpu', 'cpu1024'),
     'text_web.py': ('', 'cpu', 'cpu1024'),
     'gsm8k.py': ('', 'cpu1024'),
+    'bigbench.py': ('', 'cpu1024'),
 }
 
 
@@ -49,7 +50,8 @@ class ConfigsTest(absltest.TestCase):
           check(config_lib.load_file(path))
 
   def test_experiment_configs(self):
-    for name, variants in (('code', ('', ':cpu')), ('math', ('', ':cpu')), ('web', ('', ':cpu')),
+    for name, variants in (('code', ('', ':cpu', ':cpu1024')), ('math', ('', ':cpu', ':cpu1024')),
+                           ('web', ('', ':cpu')),
                            ('code_controls', (':cpu', ':tiny'))):
       for variant in variants:
         with self.subTest(f'{name}{variant}'):

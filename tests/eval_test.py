@@ -257,7 +257,8 @@ class RegistryTest(absltest.TestCase):
     cfg.evals.induction.every = 3
     due = {n: [s for s in range(1, 11) if registry.due(cfg, n, s)] for n in registry.EVALUATORS}
     self.assertEqual(due, {'heldout': [2, 4, 6, 8, 10], 'probe': [5, 10],
-                           'induction': [3, 6, 9, 10], 'humaneval': [10], 'gsm8k': [10]})
+                           'induction': [3, 6, 9, 10], 'humaneval': [10], 'gsm8k': [10],
+                           'bigbench': [10]})
 
   def test_probe_refusals_name_their_field(self):
     cfg = tiny_config.get_config()

@@ -324,6 +324,41 @@ class ExperimentTest(absltest.TestCase):
     with self.assertRaisesRegex(errors.UserError, "evals: 'probe' does not suit"):
       experiment.run_experiment(with_evals, workdir)
 
+  def test_a_fine_tuning_stage_is_run_evaluated_and_counted(self):
+    tmp = self.create_tempdir().full_path
+    exp = config_lib.load_file(os.path.join(TESTS, 'tiny_experiment.py:finetune'))
+    exp.stage2.data.text.path = helpers.make_corpus(os.path.join(tmp, 'corpus'))
+    exp.stage3.evals.data = exp.stage3.data.finetune.path = helpers.make_eval_data(
+        os.path.join(tmp, 'evals'))
+    workdir = os.path.join(tmp, 'exp')
+    experiment.run_experiment(exp, workdir)
+    with open(os.path.join(workdir, 'comparison.csv')) as f:
+      rows = {r['arm']: r for r in csv.DictReader(f)}
+    self.assertEqual(list(rows), ['scratch', 'nca'])
+    for name, row in rows.items():
+      base = os.path.join(workdir, 'seed_0', name)
+      with open(os.path.join(base, 'stage3', 'run_config.json')) as f:
+        saved = json.load(f)['config']
+      self.assertEqual(saved['init.from_run'], os.path.join(base, 'stage2'))
+      self.assertEqual(saved['data.finetune.tokenizer'], 'bytes')   # stage 2's
+      with open(os.path.join(base, 'stage3', 'eval', '6', 'report.json')) as f:
+        report = json.load(f)['scalars']
+      self.assertEqual(float(row['gsm8k/pass@1_mean']), report['gsm8k/pass@1'])
+      self.assertEqual(report['gsm8k/problems'], 2)
+      stages = [s for s in ('stage1', 'stage2', 'stage3') if os.path.isdir(os.path.join(base, s))]
+      flops = 0.0
+      for stage in stages:
+        with open(os.path.join(base, stage, experiment.DONE_FILE)) as f:
+          flops += json.load(f)['flops']
+      self.assertAlmostEqual(float(row['total_flops']) / flops, 1.0, places=5)
+    other = config_lib.load_file(os.path.join(TESTS, 'tiny_experiment.py:finetune'))
+    other.stage2 = exp.stage2
+    other.stage3 = exp.stage3
+    other.stage3.model.d_model = 64
+    with self.assertRaisesRegex(errors.UserError, r"stage3.model differs from stage2.model "
+                                r"in \['d_model'\]"):
+      experiment.run_experiment(other, workdir)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -25,6 +25,15 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.seeds = (0,)
     c.ablations = ml_collections.ConfigDict()
     c.contrasts = ()
+  elif variant == 'finetune':       # + stage 3 on GSM8K-format items, evaluated by gsm8k
+    c.seeds = (0,)
+    c.ablations = ml_collections.ConfigDict()
+    c.contrasts = ()
+    c.stage3 = config_lib.load_file('tiny_config.py:finetune', __file__)  # data.finetune.path=
+    c.stage3.data.finetune.tokenizer = ''   # stage 2's
+    c.stage3.init.embedding = 'keep'
+    c.stage3.evals.gsm8k.update(problems=2, samples=2, shots=1, max_new_tokens=8)
+    c.evals = ('gsm8k',)
   elif variant:
     raise ValueError(f'unknown variant {variant!r}')
   return c

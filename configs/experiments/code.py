@@ -21,6 +21,11 @@ final perplexity 1.62× sooner.
 configs/text_code.py:cpu (CPython's standard library, a 4,096-id BPE, 300 steps of
 8 × 256 tokens, evaluated every 25 steps), seeds 0, 1, 2: about 45 minutes a seed
 without c4_10x, 30 more with it. What it showed is in docs/transfer.md.
+
+HumanEval (docs/evaluation.md) measures every arm's final stage-2 model: pass@1, @10, @64
+columns, with the problems from --config.stage2.evals.data=EVAL_DIR. `cpu1024`: the
+reasoning pipeline end to end at CPU scale — scratch and nca_50, seed 0, stage 2 as
+configs/text_code.py:cpu1024, HumanEval with 16 samples a problem (README, "Reasoning").
 """
 import ml_collections
 
@@ -30,8 +35,9 @@ ARMS = ('scratch', 'nca_30_40', 'nca_50', 'dyck', 'c4', 'c4_10x')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  if variant not in ('', 'cpu'):
-    raise ValueError(f'Unknown variant {variant!r} of experiments/code: use "" or "cpu".')
+  if variant not in ('', 'cpu', 'cpu1024'):
+    raise ValueError(f'Unknown variant {variant!r} of experiments/code: use "", "cpu" or '
+                     '"cpu1024".')
   suffix = '_cpu' if variant else ''
   c = ml_collections.ConfigDict()
   c.seeds = (0, 1, 2)               # every arm runs each seed (model init, rules, data order)
@@ -39,12 +45,26 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.stage1 = ml_collections.ConfigDict()  # arm → its stage-1 run config
   for arm in ARMS[1:]:
     c.stage1[arm] = config_lib.load_file(f'../stage1.py:{arm}{suffix}', __file__)
-  c.stage2 = config_lib.load_file(f'../text_code.py{":cpu" if variant else ""}', __file__)
+  c.stage2 = config_lib.load_file(f'../text_code.py{":" + variant if variant else ""}',
+                                  __file__)
   if variant:
     c.stage2.evals.heldout.every = 25  # a fine curve: the step reaching scratch's final loss
     c.stage2.checkpoint_every = 100
+  # HumanEval on every arm's final stage-2 model (docs/evaluation.md), as published; its
+  # problems come from --config.stage2.evals.data=EVAL_DIR (python -m ncalm.prepare_evals).
+  c.evals = ('humaneval',)
+  c.stage2.evals.humaneval.update(problems=164, every=1_000_000)
+  if variant == 'cpu1024':          # the reasoning pipeline end to end at CPU scale
+    c.seeds = (0,)
+    c.arms = ('scratch', 'nca_50')
+    c.stage2.evals.humaneval.update(samples=16, batch_size=64)
+  elif variant:
+    c.evals = ()                    # the cpu comparison's context (256) fits no problem
+    c.stage2.evals.humaneval.problems = 0
   c.ablations = ml_collections.ConfigDict()  # name → stage 2 of `arm` with init.* changed
   for group in ('attention', 'mlp', 'norms'):
     c.ablations[f'nca_30_40_reinit_{group}'] = ml_collections.ConfigDict(
         dict(arm='nca_30_40', reinit=group))
+  if variant == 'cpu1024':
+    c.ablations = ml_collections.ConfigDict()
   return c

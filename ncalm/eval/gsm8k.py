@@ -19,10 +19,10 @@ import decimal
 import numpy as np
 
 from ncalm import errors
-from ncalm import sampler as sampler_lib
 from ncalm.data import tokenizers
 from ncalm.eval import eval_data
 from ncalm.eval import pass_at_k
+from ncalm.eval import sampling
 
 KS = (1, 8, 32)
 
@@ -87,14 +87,12 @@ class GSM8K:
   def check(cfg, source) -> None:
     del source
     g = cfg.evals.gsm8k
-    if g.samples < 1 or g.shots < 0:
-      raise errors.UserError(f'evals.gsm8k.samples={g.samples} must be >= 1 and shots='
-                             f'{g.shots} >= 0.')
+    if g.shots < 0:
+      raise errors.UserError(f'evals.gsm8k.shots={g.shots} must be >= 0.')
     if g.shots_from not in ('train', 'test'):
       raise errors.UserError(f"evals.gsm8k.shots_from={g.shots_from!r}: use 'train' or "
                              "'test' (published: test, the target excluded).")
-    sampler_lib.Request(g.max_new_tokens, g.samples, g.temperature, 0, g.top_p).check()
-    eval_data.read_manifest(cfg.evals.data)
+    sampling.check(cfg, 'gsm8k')
 
   @staticmethod
   def check_mesh(cfg, source, data_parallel: int) -> None:
@@ -108,26 +106,21 @@ class GSM8K:
     self.pool = test if g.shots_from == 'test' else eval_data.read(cfg.evals.data, 'gsm8k',
                                                                    'train')
     self.tokenizer = tokenizers.load(feeds.train_source.meta['tokenizer'])
-    tok = self.tokenizer
-    self.sampler = sampler_lib.Sampler(setup.model.cfg, setup.mesh, setup.rules, g.batch_size,
-                                       tok.vocab_size, tok.decode)
+    self.sampler = sampling.make_sampler(setup, g, self.tokenizer)
 
   def prompt(self, index: int) -> list[int]:
     """The token ids shown for problem `index`: its shots, then its question."""
-    tok, g = self.tokenizer, self.cfg
+    g = self.cfg
     exclude = index if g.shots_from == 'test' else None
-    ids = []
-    for s in shot_indices(g.seed, index, len(self.pool), g.shots, exclude):
-      shot = self.pool[s]
-      ids += list(tok.encode(shot['prompt'])) + list(tok.encode(shot['answer'])) + [tok.eot_id]
-    return ids + list(tok.encode(self.problems[index]['prompt']))
+    shots = shot_indices(g.seed, index, len(self.pool), g.shots, exclude)
+    return sampling.few_shot_prompt(self.tokenizer, [self.pool[s] for s in shots],
+                                    self.problems[index])
 
   def run(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     g = self.cfg
     prompts = [self.prompt(i) for i in range(len(self.problems))]
     fits = [i for i, ids in enumerate(prompts) if self.sampler.fits(len(ids))]
-    request = sampler_lib.Request(g.max_new_tokens, g.samples, g.temperature, 0, g.top_p,
-                                  g.seed, (self.tokenizer.eot_id,))
+    request = sampling.request(g, (self.tokenizer.eot_id,))
     out = self.sampler.generate(params, [prompts[i] for i in fits], request) if fits else []
     correct, no_answer = [], 0
     for i, row in zip(fits, out):

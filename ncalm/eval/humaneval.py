@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from ncalm import errors
-from ncalm import sampler as sampler_lib
 from ncalm import sandbox
 from ncalm.data import tokenizers
 from ncalm.eval import eval_data
 from ncalm.eval import pass_at_k
+from ncalm.eval import sampling
 
 STOP_STRINGS = ('\nclass ', '\ndef ', '\nif __name__', '\nprint(')
 KS = (1, 10, 64)
@@ -54,12 +54,8 @@ class HumanEval:
   @staticmethod
   def check(cfg, source) -> None:
     del source
-    h = cfg.evals.humaneval
-    eval_data.read_manifest(cfg.evals.data)
-    if h.samples < 1:
-      raise errors.UserError(f'evals.humaneval.samples={h.samples} must be at least 1.')
-    sampler_lib.Request(h.max_new_tokens, h.samples, h.temperature, 0, h.top_p).check()
-    if not h.unsandboxed and not sandbox.available():
+    sampling.check(cfg, 'humaneval')
+    if not cfg.evals.humaneval.unsandboxed and not sandbox.available():
       raise errors.UserError(sandbox.unavailable_reason().replace(
           '--unsandboxed', '--config.evals.humaneval.unsandboxed=true'))
 
@@ -72,9 +68,7 @@ class HumanEval:
     self.cfg, self.setup = h, setup
     self.problems = read_problems(cfg.evals.data)[:h.problems]
     self.tokenizer = tokenizers.load(feeds.train_source.meta['tokenizer'])
-    tok = self.tokenizer
-    self.sampler = sampler_lib.Sampler(setup.model.cfg, setup.mesh, setup.rules, h.batch_size,
-                                       tok.vocab_size, tok.decode)
+    self.sampler = sampling.make_sampler(setup, h, self.tokenizer)
     self.limits = sandbox.Limits(wall_seconds=h.timeout_seconds,
                                  cpu_seconds=int(h.timeout_seconds) + 1)
 
@@ -82,8 +76,7 @@ class HumanEval:
     h = self.cfg
     prompts = [list(self.tokenizer.encode(p['prompt'])) for p in self.problems]
     fits = [i for i, ids in enumerate(prompts) if self.sampler.fits(len(ids))]
-    request = sampler_lib.Request(h.max_new_tokens, h.samples, h.temperature, 0, h.top_p,
-                                  h.seed, (self.tokenizer.eot_id,), STOP_STRINGS)
+    request = sampling.request(h, (self.tokenizer.eot_id,), STOP_STRINGS)
     out = self.sampler.generate(params, [prompts[i] for i in fits], request) if fits else []
     programs = [program(self.problems[i], c.text) for i, row in zip(fits, out) for c in row]
     results = sandbox.run_many(programs, self.limits, unsandboxed=h.unsandboxed)

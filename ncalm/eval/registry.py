@@ -12,6 +12,7 @@ section that counts what it measures, which `ncalm.evaluate --limit` caps), one 
 from __future__ import annotations
 
 from ncalm import errors
+from ncalm.eval import bigbench
 from ncalm.eval import gsm8k
 from ncalm.eval import heldout
 from ncalm.eval import humaneval
@@ -22,7 +23,7 @@ from ncalm.eval import nca_probe
 # data_parallel) (static; refusals at start-up), __init__(setup, cfg, feeds), run(params)
 EVALUATORS = {'heldout': heldout.HeldoutLoss, 'probe': nca_probe.NextFrameProbe,
               'induction': induction.InductionProbe, 'humaneval': humaneval.HumanEval,
-              'gsm8k': gsm8k.GSM8K}
+              'gsm8k': gsm8k.GSM8K, 'bigbench': bigbench.BigBench}
 
 
 def names(cfg, source) -> tuple[str, ...]:
