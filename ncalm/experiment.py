@@ -1,9 +1,12 @@
-"""The paper's comparison in one command: every arm through stage 1 and stage 2, per seed.
+"""The paper's comparison in one command: every arm through stage 1 and stage 2 (and a
+fine-tuning stage 3), per seed.
 
     python -m ncalm.experiment --config=configs/experiments/code.py:cpu --workdir=/tmp/exp_code
 
 An experiment config (configs/experiments/) holds `stage1` (arm → run config), `stage2`
-(the language run config every arm shares), `arms` (rows, in order; `scratch` has no
+(the language run config every arm shares), optionally `stage3` (a fine-tuning run config
+every stage-2 run goes through, from its final checkpoint with its tokeniser: GSM8K's
+protocol), `arms` (rows, in order; `scratch` has no
 stage 1), `seeds`, `ablations` (name → an arm's stage 1 with init.* changed in stage 2),
 and optionally `corpora` (name → input, tokenizer, vocab_size, out and optionally
 validation_fraction): text datasets the runs
@@ -11,11 +14,13 @@ read, prepared here before anything else if `out` does not hold one yet (with a 
 BPE of `vocab_size` ids trained on `input` first when `tokenizer` does not exist), so that
 one command needs nothing made beforehand; and optionally `contrasts`, (row, other row)
 pairs whose paired differences per seed go to WORKDIR/contrasts.md; and optionally `evals`,
-evaluator names (`ncalm.eval.registry`) run on each stage-2 run's final checkpoint by
-`ncalm.evaluate` (its report in RUN/eval/STEP/; a finished run without one is evaluated,
-not retrained), whose numbers become columns of the tables. Runs live in
+evaluator names (`ncalm.eval.registry`) run on each last-stage run's final checkpoint (stage
+3's if there is one, else stage 2's) by `ncalm.evaluate` (its report in RUN/eval/STEP/; a
+finished run without one is evaluated, not retrained), whose numbers become columns of the
+tables; the compute column counts all of an arm's stages. Runs live in
 
     WORKDIR/seed_S/ARM/stage1    WORKDIR/seed_S/ARM/stage2    WORKDIR/seed_S/ABLATION/stage2
+    WORKDIR/seed_S/ARM/stage3    (with a stage3)
 
 A finished run has `experiment_run.json` and is skipped — after checking, before anything
 runs, that the config would make it the same way (else one paragraph names the fields;
