@@ -56,6 +56,7 @@ from ncalm import workdir as workdir_lib
 from ncalm.data import dataset
 from ncalm.data import feeds
 from ncalm.eval import registry
+from ncalm.eval import reports
 from ncalm.tools import evaluate
 
 SCRATCH = 'scratch'
@@ -255,7 +256,7 @@ def run(cfg: ml_collections.ConfigDict, run_dir: str) -> dict:
 def final_report(run_dir: str, names: tuple[str, ...]) -> dict | None:
   """The `ncalm.evaluate` report of a run's final checkpoint that covers `names`, or None."""
   steps = checkpoint.finished_steps(run_dir)
-  path = os.path.join(evaluate.out_dir(run_dir, steps[0]), evaluate.REPORT) if steps else ''
+  path = os.path.join(reports.out_dir(run_dir, steps[0]), reports.REPORT) if steps else ''
   if not path or not os.path.exists(path):
     return None
   with open(path) as f:

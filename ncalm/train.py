@@ -34,6 +34,7 @@ from ncalm import workdir as workdir_lib
 from ncalm.data import feeds as feeds_lib
 from ncalm.data import text
 from ncalm.eval import registry
+from ncalm.eval import reports
 
 # -------------------------------------------------------------------------- loop
 
@@ -254,8 +255,9 @@ def _train(cfg, workdir: str, setup: step_lib.Setup, store: checkpoint.Checkpoin
           last = settle(pending)  # never save or evaluate a state with a bad loss
           pending = None
         if eval_now:
+          final = cfg if done == cfg.train_steps else None   # kept for ncalm.evaluate
           last.update(_evaluate({n: evaluators[n] for n in due}, state.params, done, workdir,
-                                writer))
+                                writer, final))
         if save_now:
           store.save(done, state)
         if save_now or eval_now:
@@ -279,14 +281,20 @@ SHOWN = ('eval/loss', 'eval/unigram_loss', 'eval/perplexity', 'eval/bits_per_byt
          'induction/second_copy_loss')
 
 
-def _evaluate(evaluators: dict, params, step: int, workdir: str, writer) -> dict[str, float]:
+def _evaluate(evaluators: dict, params, step: int, workdir: str, writer,
+              final_cfg=None) -> dict[str, float]:
   """Runs the evaluators; writes their scalars (one JSONL line), their pictures
-  (TensorBoard, and workdir/TAG_DIR/step_NNNNNNN.png) and one log line."""
+  (TensorBoard, and workdir/TAG_DIR/step_NNNNNNN.png) and one log line. At the last step
+  (`final_cfg`: the run's config) each evaluator's result is also kept where
+  `ncalm.evaluate` reuses it (`ncalm.eval.reports`)."""
   scalars, images = {}, {}
-  for evaluator in evaluators.values():
+  for name, evaluator in evaluators.items():
     more_scalars, more_images = evaluator.run(params)
     scalars.update(more_scalars)
     images.update(more_images)
+    if final_cfg is not None and jax.process_index() == 0:
+      reports.write_item(reports.out_dir(workdir, step), name,
+                         reports.settings(final_cfg, name), more_scalars, more_images)
   if jax.process_index() == 0:
     for tag, picture in images.items():
       path = os.path.join(workdir, run_files.picture(tag, step))

@@ -26,6 +26,7 @@ from ncalm import run_model
 from ncalm.data import nca_tokens
 from ncalm.eval import heldout
 from ncalm.eval import nca_probe
+from ncalm.eval import reports
 from ncalm.tools import evaluate
 from ncalm.tools import sample
 
@@ -206,15 +207,26 @@ class EvaluateTest(absltest.TestCase):
     before = files_outside_eval(workdir)
     for step in (3, 6):
       out = command(evaluate, f'--workdir={workdir}', f'--step={step}')
-      with open(os.path.join(evaluate.out_dir(workdir, step), evaluate.REPORT)) as f:
+      with open(os.path.join(reports.out_dir(workdir, step), reports.REPORT)) as f:
         report = json.load(f)
       self.assertEqual(report['scalars'], logged_evals(workdir, step))
       self.assertEqual(report['evals'], ['heldout', 'probe'])
       self.assertIn(f'eval/loss {report["scalars"]["eval/loss"]:.6g}'.replace(' ', ''),
                     out.replace(' ', ''))
-      picture = os.path.join(evaluate.out_dir(workdir, step), report['pictures'][0])
+      picture = os.path.join(reports.out_dir(workdir, step), report['pictures'][0])
       self.assertTrue(os.path.getsize(picture))
     self.assertEqual(files_outside_eval(workdir), before)
+
+  def test_the_loops_final_evaluation_is_kept_and_reused(self):
+    workdir = os.path.join(self.runs['tmp'], 'nca_final')
+    shutil.copytree(self.runs['nca'], workdir, ignore=shutil.ignore_patterns('eval'))
+    self.assertFalse(os.path.exists(reports.out_dir(workdir, 6)))
+    shutil.copytree(os.path.join(self.runs['nca'], 'eval', '6', 'items'),
+                    os.path.join(workdir, 'eval', '6', 'items'))  # as the loop left them
+    with mock.patch.object(heldout.HeldoutLoss, 'run', side_effect=AssertionError('rerun')), \
+         mock.patch.object(nca_probe.NextFrameProbe, 'run', side_effect=AssertionError('rerun')):
+      report = evaluate.evaluate(workdir, 6)
+    self.assertEqual(report['scalars'], logged_evals(self.runs['nca'], 6))
 
   def test_text_run_moved_dataset_and_limit(self):
     workdir, data = self.runs['text'], self.runs['data']
@@ -236,9 +248,9 @@ class EvaluateTest(absltest.TestCase):
     with mock.patch.object(nca_probe.NextFrameProbe, 'run', side_effect=KeyboardInterrupt):
       with self.assertRaises(KeyboardInterrupt):
         evaluate.evaluate(workdir, 6)
-    folder = evaluate.out_dir(workdir, 6)
-    self.assertFalse(os.path.exists(os.path.join(folder, evaluate.REPORT)))
-    self.assertTrue(os.path.exists(os.path.join(folder, evaluate.ITEMS_DIR, 'heldout.json')))
+    folder = reports.out_dir(workdir, 6)
+    self.assertFalse(os.path.exists(os.path.join(folder, reports.REPORT)))
+    self.assertTrue(os.path.exists(os.path.join(folder, reports.ITEMS_DIR, 'heldout.json')))
     with mock.patch.object(heldout.HeldoutLoss, 'run', side_effect=AssertionError('rerun')):
       report = evaluate.evaluate(workdir, 6)   # heldout is not run again
     self.assertEqual(report['scalars'], logged_evals(self.runs['nca'], 6))

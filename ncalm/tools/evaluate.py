@@ -14,7 +14,8 @@ Everything is written under RUN/eval/STEP/ and nothing else in RUN is touched, s
 safe while the run is training: `report.json` (written last, atomically: its presence means
 the evaluation is complete), the pictures beside it, and `items/NAME.json` for each
 evaluator as it finishes. A rerun after an interruption reuses the items made with the same
-settings and runs only the rest.
+settings and runs only the rest; so does evaluating a finished run's last checkpoint, whose
+items the training loop wrote at its final evaluation (`ncalm.eval.reports`).
 """
 from __future__ import annotations
 
@@ -25,21 +26,16 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import numpy as np
 
 from ncalm import cli
 from ncalm import config_lib
 from ncalm import errors
 from ncalm import files
-from ncalm import run_files
 from ncalm import run_model
 from ncalm import sharding
-from ncalm import viz
 from ncalm.data import feeds as feeds_lib
 from ncalm.eval import registry
-
-REPORT = 'report.json'
-ITEMS_DIR = 'items'
+from ncalm.eval import reports
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None) -> None:
@@ -52,28 +48,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, argv: list[str] | None = No
   config_flags.DEFINE_config_dict('config', config_lib.base_config(),
                                   'Fields the run may take anew: data.text.path, evals.*.',
                                   sys_argv=argv, **kw)
-
-
-def out_dir(workdir: str, step: int) -> str:
-  """Where an evaluation of `step` is written: RUN/eval/STEP."""
-  return os.path.join(workdir, run_files.EVAL, str(step))
-
-
-def _settings(cfg, name: str) -> dict:
-  """What an evaluator's numbers depend on besides the checkpoint: its section, the data's
-  path and the held-out batch size (an item made with other settings is not reused)."""
-  host_data = '' if cfg.data.source not in ('text', 'finetune') else cfg.data[cfg.data.source].path
-  return dict(config_lib.flatten(cfg.evals[name]), global_batch=cfg.global_batch,
-              seq_len=cfg.seq_len, data=host_data, evals_data=cfg.evals.data)
-
-
-def _read_item(path: str, settings: dict) -> dict | None:
-  try:
-    with open(path) as f:
-      item = json.load(f)
-  except (OSError, ValueError):
-    return None   # absent, or cut short: made again
-  return item if item.get('settings') == settings else None
 
 
 def evaluate(workdir: str, step: int = 0, names=(), limit: int = 0,
@@ -92,40 +66,34 @@ def evaluate(workdir: str, step: int = 0, names=(), limit: int = 0,
         run.cfg.evals[name][field] = min(run.cfg.evals[name][field], limit)
   registry.check(run.cfg, run.feeds.val_source)
   registry.check_mesh(run.cfg, run.feeds.val_source, sharding.data_parallel_size(run.setup.mesh))
-  folder = out_dir(workdir, run.step)
-  items_dir = os.path.join(folder, ITEMS_DIR)
+  folder = reports.out_dir(workdir, run.step)
   writer = jax.process_index() == 0
   if writer:
-    os.makedirs(items_dir, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
   feeds = run.feeds
   if feeds.on_device:
     feeds = feeds_lib.Feeds(*jax.device_put((feeds.train_source, feeds.val_source),
                                             sharding.replicated(run.setup.mesh)))
   results = {}
   for name in names:
-    path, settings = os.path.join(items_dir, f'{name}.json'), _settings(run.cfg, name)
-    item = _read_item(path, settings)
+    settings = reports.settings(run.cfg, name)
+    item = reports.read_item(folder, name, settings)
     if item is not None:
-      logging.info('%s: reusing %s', name, path)
+      logging.info('%s: reusing %s', name, reports.item_path(folder, name))
     else:
       evaluator = registry.build(run.setup, run.cfg, feeds, only=(name,))[name]
       scalars, images = evaluator.run(run.params)
-      pictures = {}
-      for tag, picture in images.items():
-        pictures[tag] = tag.replace('/', '_') + '.png'
-        if writer:
-          viz.save_png(os.path.join(folder, pictures[tag]), np.asarray(picture))
-      item = dict(settings=settings, scalars=scalars, pictures=pictures)
+      item = dict(settings=settings, scalars=scalars,
+                  pictures={tag: tag.replace('/', '_') + '.png' for tag in images})
       if writer:
-        with files.atomic_open(path) as f:
-          json.dump(item, f, indent=1)
+        item = reports.write_item(folder, name, settings, scalars, images)
     results[name] = item
   report = dict(workdir=os.path.abspath(workdir), step=run.step, evals=names, limit=limit,
                 overrides=overrides,
                 scalars={k: v for item in results.values() for k, v in item['scalars'].items()},
                 pictures=sorted(p for item in results.values() for p in item['pictures'].values()))
   if writer:
-    with files.atomic_open(os.path.join(folder, REPORT)) as f:
+    with files.atomic_open(os.path.join(folder, reports.REPORT)) as f:
       json.dump(report, f, indent=1)
   return report
 
@@ -141,8 +109,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
   print(f'{report["workdir"]} step {report["step"]}: {", ".join(report["evals"])}')
   for key, value in sorted(report['scalars'].items()):
     print(f'  {key:32s} {value:.6g}')
-  folder = out_dir(fv.workdir, report['step'])
-  print(f'Wrote {os.path.join(folder, REPORT)}'
+  folder = reports.out_dir(fv.workdir, report['step'])
+  print(f'Wrote {os.path.join(folder, reports.REPORT)}'
         + (f' and {len(report["pictures"])} picture(s) beside it.' if report['pictures']
            else '.'))
 
