@@ -5,17 +5,25 @@ skipped and counted), epochs turned into steps, a fine-tuning run from a text ru
 GSM8K evaluator's prompts, answer extraction, number comparison and pass@k."""
 import json
 import os
+import shutil
 import tempfile
 from unittest import mock
 
 from absl.testing import absltest
+import flax.linen as nn
+import jax
 import numpy as np
 
+from ncalm import checkpoint
 from ncalm import errors
 from ncalm import sampler as sampler_lib
+from ncalm import sharding
+from ncalm import startup
+from ncalm import step as step_lib
 from ncalm import train
 from ncalm.data import feeds as feeds_lib
 from ncalm.data import finetune
+from ncalm.data import text
 from ncalm.data import tokenizers
 from ncalm.eval import eval_data
 from ncalm.eval import gsm8k
@@ -161,6 +169,37 @@ class FinetuneFeedTest(absltest.TestCase):
       with self.assertRaisesRegex(errors.UserError, message):
         feeds_lib.build(finetune_config(self.dir, **fields))
 
+  def test_the_loop_trains_on_the_rows_with_their_weights_and_resumes_exactly(self):
+    cfg = finetune_config(self.dir)
+    cfg.evals.heldout.every = 100
+    workdir = os.path.join(tempfile.mkdtemp(), 'run')
+    train.train_and_evaluate(cfg, workdir)
+    checked = startup.check(cfg)
+    setup = step_lib.create_setup(cfg, checked.model)
+    # Step 1 by hand: the feed's rows 0..B-1 with their loss weights.
+    one = cfg.copy_and_resolve_references()
+    one.train_steps = 1
+    one_dir = os.path.join(tempfile.mkdtemp(), 'one')
+    train.train_and_evaluate(one, one_dir)
+    by_hand = step_lib.create_state(setup, jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
+    rows, weights, _ = checked.feeds.train_source.read_batch(0, cfg.global_batch)
+    batch = text.to_global_batch(rows, sharding.batch_sharding(setup.mesh), cfg.global_batch,
+                                 weights=weights)
+    step = step_lib.make_train_step_on_batch(setup)
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+      by_hand, _ = step(by_hand, batch, jax.random.split(jax.random.PRNGKey(cfg.seed))[1])
+    state, _ = checkpoint.load_latest(one_dir, one, setup)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+                 jax.device_get(by_hand.params))
+    # Resumed from its step-3 checkpoint, the run ends where the uninterrupted one did.
+    resumed = os.path.join(tempfile.mkdtemp(), 'resumed')
+    shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('6', 'eval'))
+    train.train_and_evaluate(cfg, resumed)
+    (a, step_a), (b, step_b) = (checkpoint.load_latest(w, cfg, setup) for w in (workdir, resumed))
+    self.assertEqual((step_a, step_b), (6, 6))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params),
+                 jax.device_get(b.params))
+
   def test_fine_tunes_a_text_run_with_its_tokeniser_and_reports_gsm8k(self):
     tmp = tempfile.mkdtemp()
     text_cfg = helpers.text_config(helpers.make_corpus(os.path.join(tmp, 'data')))
@@ -190,8 +229,8 @@ class GSM8KTest(absltest.TestCase):
   def test_answer_extraction_and_comparison(self):
     cases = {'x\n#### 18\nFinal Answer: 18': '18', '#### 7 apples': 'apples',
              '#### 1\n#### 2': '2', 'no marker 5': None, '####   ': None}
-    for text, answer in cases.items():
-      self.assertEqual(gsm8k.extract_answer(text), answer, text)
+    for sample, answer in cases.items():
+      self.assertEqual(gsm8k.extract_answer(sample), answer, sample)
     for answer, ref, same in (('1,000', '1000', True), ('$18.', '18', True),
                               ('18.0', '18', True), ('19', '18', False),
                               ('1/2', '0.5', True), ('apples', '3', False), (None, '3', False)):
