@@ -64,6 +64,7 @@ class HumanEvalTest(absltest.TestCase):
     self.assertAlmostEqual(scalars['humaneval/pass@1'], 2 / 3)
     self.assertEqual((scalars['humaneval/problems'], scalars['humaneval/skipped']), (3, 0))
     self.assertNotIn('humaneval/pass@10', scalars)   # k > samples is not reported
+    self.assertAlmostEqual(scalars['humaneval/pass@4'], 2 / 3)   # k = the number of samples
 
   def test_prompts_longer_than_the_context_are_skipped_and_counted(self):
     evaluator = humaneval.HumanEval(self.setup, self.cfg, self.feeds)

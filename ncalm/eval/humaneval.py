@@ -83,7 +83,8 @@ class HumanEval:
     correct = [sum(r.passed for r in results[j * h.samples:(j + 1) * h.samples])
                for j in range(len(fits))]
     scalars = {f'humaneval/pass@{k}': v
-               for k, v in pass_at_k.mean_pass_at_k(correct, h.samples, KS).items()}
+               for k, v in pass_at_k.mean_pass_at_k(correct, h.samples,
+                                                    sorted({*KS, h.samples})).items()}
     scalars.update({'humaneval/problems': float(len(fits)),
                     'humaneval/skipped': float(len(self.problems) - len(fits)),
                     'humaneval/capped': float(sum(c.capped for row in out for c in row))})
