@@ -47,7 +47,7 @@ NOBODY = 65534                  # the unprivileged uid/gid a root harness drops 
 PYTHON = '/usr/bin/python3'     # the interpreter inside (readable by the sandbox user)
 SANDBOX_DIR = '/sandbox'        # the fresh working directory, as the program sees it
 OUTPUT_FILE = 'output.txt'
-SETUP_RETRIES = 4               # a sandbox that could not be created is tried again
+SETUP_PATIENCE = 60.0           # seconds a sandbox that could not be created is retried
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,8 @@ class Limits:
 @dataclasses.dataclass(frozen=True)
 class Result:
   passed: bool
-  status: str                   # 'passed', 'failed', 'timeout' or 'not_run'
+  status: str                   # 'passed', 'failed', 'timeout' or 'not_run' (no sandbox
+                                # could be made within SETUP_PATIENCE: not a verdict)
   returncode: int | None
   output: str                   # what the program printed, at most Limits.output_bytes
 
@@ -150,13 +151,17 @@ def run(source: str, limits: Limits = Limits(), marker: str | None = None,
   if marker is None:
     marker = f'ncalm-done-{secrets.token_hex(8)}'
     source = f'{source}\nprint({marker!r})\n'
-  for attempt in range(SETUP_RETRIES):
+  deadline, wait = time.monotonic() + SETUP_PATIENCE, 0.05
+  while True:
     result, setup_failed = _run_once(source, limits, marker, unsandboxed)
     if not setup_failed:
       return result
-    time.sleep(0.5 * 2**attempt)   # e.g. the shared process limit, exhausted by a fork bomb
-    # whose processes the kernel is still reaping (about a second)
-  return result
+    # e.g. the shared process limit, exhausted by a fork bomb whose processes the kernel is
+    # still reaping (a tenth of a second on a quiet machine, seconds on a busy one)
+    if time.monotonic() + wait > deadline:
+      return Result(False, 'not_run', result.returncode, result.output)
+    time.sleep(wait)
+    wait = min(2 * wait, 2.0)
 
 
 def _run_once(source: str, limits: Limits, marker: str,

