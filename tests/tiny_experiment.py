@@ -27,6 +27,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.contrasts = ()
   elif variant == 'finetune':       # + stage 3 on GSM8K-format items, evaluated by gsm8k
     c.seeds = (0,)
+    c.arms = ('scratch',)
     c.ablations = ml_collections.ConfigDict()
     c.contrasts = ()
     c.stage3 = config_lib.load_file('tiny_config.py:finetune', __file__)  # data.finetune.path=
