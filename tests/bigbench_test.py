@@ -184,7 +184,8 @@ class BigBenchEvaluatorTest(absltest.TestCase):
       bigbench.BigBench.check_mesh(cfg, None, 2)
 
   def test_matching_and_chance(self):
-    self.assertTrue(bigbench.matches('  Paris.\n'.replace('.', ''), ['paris']))
+    self.assertTrue(bigbench.matches('  Paris\n', ['paris']))
+    self.assertFalse(bigbench.matches('Paris.', ['paris']))
     self.assertFalse(bigbench.matches('Paris, France', ['paris']))
     self.assertEqual(bigbench.normalised(0.25, 0.5), 0.0)
     self.assertEqual(bigbench.normalised(0.75, 0.5), 0.5)

@@ -163,7 +163,9 @@ class CorporaTest(absltest.TestCase):
       experiment.prepare_corpora(exp)
 
   def test_the_h200_variant_fits_8_minutes_of_steps_by_the_dry_run(self):
-    """The dry run's step time on one H200 (40% MFU) over every run of the variant."""
+    """The dry run's step-time estimate (FLOPs at 40% of the H200's peak: arithmetic on the
+    config, no clock is read) summed over every run of the variant: the budget the variant
+    was sized to."""
     exp = config_lib.load_file(os.path.join(ROOT, 'configs', 'experiments',
                                             'code_controls.py:h200'))
     data = helpers.make_corpus(os.path.join(self.create_tempdir().full_path, 'corpus'))

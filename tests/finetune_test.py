@@ -3,6 +3,7 @@ checksums, refusals), the rows of the fine-tuning feed (prompt tokens unscored, 
 function of (seed, row), every item once an epoch, shots dropped to fit, items too long
 skipped and counted), epochs turned into steps, a fine-tuning run from a text run, and the
 GSM8K evaluator's prompts, answer extraction, number comparison and pass@k."""
+import functools
 import json
 import os
 import shutil
@@ -33,10 +34,16 @@ import helpers
 import tiny_config
 
 
-def finetune_config(eval_dir: str, **finetune_fields):
+@functools.cache
+def eval_dir() -> str:
+  """One prepared folder (GSM8K-format items, HumanEval) the test classes share."""
+  return helpers.make_eval_data(os.path.join(tempfile.mkdtemp(), 'evals'))
+
+
+def finetune_config(folder: str, **finetune_fields):
   cfg = tiny_config.get_config('finetune')
-  cfg.data.finetune.update({'path': eval_dir, **finetune_fields})
-  cfg.evals.data = eval_dir
+  cfg.data.finetune.update({'path': folder, **finetune_fields})
+  cfg.evals.data = folder
   return cfg
 
 
@@ -45,7 +52,7 @@ class EvalDataTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = helpers.make_eval_data(os.path.join(tempfile.mkdtemp(), 'evals'))
+    cls.dir = eval_dir()
 
   def test_gsm8k_items_in_the_published_layout(self):
     item = eval_data.read(self.dir, 'gsm8k', 'train')[0]
@@ -97,7 +104,7 @@ class FinetuneFeedTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = helpers.make_eval_data(os.path.join(tempfile.mkdtemp(), 'evals'))
+    cls.dir = eval_dir()
     cls.cfg = finetune_config(cls.dir)
     feeds = feeds_lib.build(cls.cfg)
     cls.train, cls.held = feeds.train_source, feeds.val_source
@@ -207,6 +214,7 @@ class FinetuneFeedTest(absltest.TestCase):
     train.train_and_evaluate(text_cfg, os.path.join(tmp, 'text'))
     cfg = finetune_config(self.dir, tokenizer='')
     cfg.init.update(from_run=os.path.join(tmp, 'text'), embedding='keep')
+    self.assertEqual(finetune.tokenizer_spec(cfg), 'bytes')   # the text run's dataset's
     cfg.evals.gsm8k.update(problems=2, samples=2, shots=1, max_new_tokens=8, every=3)
     metrics = train.train_and_evaluate(cfg, os.path.join(tmp, 'gsm8k'))
     self.assertEqual((metrics['gsm8k/problems'], metrics['gsm8k/skipped']), (2, 0))
@@ -221,7 +229,7 @@ class GSM8KTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = helpers.make_eval_data(os.path.join(tempfile.mkdtemp(), 'evals'))
+    cls.dir = eval_dir()
     cls.cfg = finetune_config(cls.dir)
     cls.cfg.evals.gsm8k.update(problems=4, samples=4, shots=1)
     cls.setup, cls.params, cls.feeds = helpers.setup_and_params(cls.cfg)
