@@ -238,6 +238,9 @@ class EvaluateTest(absltest.TestCase):
     limited = evaluate.evaluate(workdir, 6, ['heldout'], limit=1,
                                 overrides={'data.text.path': moved})
     self.assertNotEqual(limited['scalars']['eval/loss'], report['scalars']['eval/loss'])
+    with open(os.path.join(reports.out_dir(workdir, 6), reports.REPORT)) as f:
+      self.assertEqual(json.load(f)['scalars'], report['scalars'])   # the whole one is kept
+    self.assertTrue(os.path.exists(os.path.join(reports.out_dir(workdir, 6, 1), reports.REPORT)))
     missing = os.path.join(self.runs['tmp'], 'nowhere')
     with self.assertRaisesRegex(errors.UserError, 'nowhere.*--config.data.text.path=DIR'):
       evaluate.evaluate(workdir, 6, overrides={'data.text.path': missing})

@@ -2,7 +2,8 @@
 
 `items/NAME.json` holds one evaluator's result ({settings, scalars, pictures}) with the
 settings it depends on (`settings`); `report.json`, written last by `ncalm.evaluate`, says
-the evaluation of that step is complete. The training loop writes the items of its final
+the evaluation of that step is complete. An evaluation capped at K items (`--limit=K`) has
+its own folder, STEP/limit_K/, so a quick look never replaces the whole one. The training loop writes the items of its final
 evaluation here too, so evaluating a finished run's last checkpoint with the same settings
 (`ncalm.evaluate`, an experiment's `evals`) reuses them instead of measuring twice.
 """
@@ -22,9 +23,11 @@ REPORT = 'report.json'
 ITEMS_DIR = 'items'
 
 
-def out_dir(workdir: str, step: int) -> str:
-  """Where an evaluation of `step` is written: RUN/eval/STEP."""
-  return os.path.join(workdir, run_files.EVAL, str(step))
+def out_dir(workdir: str, step: int, limit: int = 0) -> str:
+  """Where an evaluation of `step` is written: RUN/eval/STEP, or RUN/eval/STEP/limit_K for
+  one capped at K items (so a quick look never replaces the whole evaluation)."""
+  folder = os.path.join(workdir, run_files.EVAL, str(step))
+  return os.path.join(folder, f'limit_{limit}') if limit else folder
 
 
 def settings(cfg, name: str) -> dict:

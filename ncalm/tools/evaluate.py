@@ -10,7 +10,8 @@ batches, probe sequences) at K; `--config.evals.NAME.FIELD=V` sets an evaluator'
 (e.g. turns on one that the run had off) and `--config.data.text.path=DIR` points at a
 prepared dataset that has moved; nothing else of the run can be changed.
 
-Everything is written under RUN/eval/STEP/ and nothing else in RUN is touched, so this is
+Everything is written under RUN/eval/STEP/ (RUN/eval/STEP/limit_K/ with --limit=K, so a
+capped look never replaces a whole evaluation) and nothing else in RUN is touched, so this is
 safe while the run is training: `report.json` (written last, atomically: its presence means
 the evaluation is complete), the pictures beside it, and `items/NAME.json` for each
 evaluator as it finishes. A rerun after an interruption reuses the items made with the same
@@ -66,7 +67,7 @@ def evaluate(workdir: str, step: int = 0, names=(), limit: int = 0,
         run.cfg.evals[name][field] = min(run.cfg.evals[name][field], limit)
   registry.check(run.cfg, run.feeds.val_source)
   registry.check_mesh(run.cfg, run.feeds.val_source, sharding.data_parallel_size(run.setup.mesh))
-  folder = reports.out_dir(workdir, run.step)
+  folder = reports.out_dir(workdir, run.step, limit)
   writer = jax.process_index() == 0
   if writer:
     os.makedirs(folder, exist_ok=True)
@@ -109,7 +110,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
   print(f'{report["workdir"]} step {report["step"]}: {", ".join(report["evals"])}')
   for key, value in sorted(report['scalars'].items()):
     print(f'  {key:32s} {value:.6g}')
-  folder = reports.out_dir(fv.workdir, report['step'])
+  folder = reports.out_dir(fv.workdir, report['step'], report['limit'])
   print(f'Wrote {os.path.join(folder, reports.REPORT)}'
         + (f' and {len(report["pictures"])} picture(s) beside it.' if report['pictures']
            else '.'))
