@@ -15,11 +15,11 @@ Expected: the paper's pass@1 is 3.82 from scratch, 4.36 after NCA pre-pre-traini
 (1.6B model, docs/method.md §7).
 
     python -m ncalm.main --config=configs/gsm8k.py:cpu1024 --workdir=/tmp/gsm8k_cpu \
-        --config.init.from_run=/tmp/exp_math1024/seed_0/scratch/stage2 --config.data.finetune.path=/tmp/evals \
-        --config.evals.data=/tmp/evals
+        --config.init.from_run=/tmp/exp_math1024/seed_0/scratch/stage2 \
+        --config.data.finetune.path=/tmp/evals --config.evals.data=/tmp/evals
 
-`cpu1024`: from a `text_math.py:cpu1024` run (above: the math experiment's scratch arm); one epoch at 4 rows a step (1,869 steps),
-lr 1e-4, evaluated on the first 100 test problems with 8 samples each. At this scale the
+`cpu1024`: from a `text_math.py:cpu1024` run (above: the math experiment's scratch arm); one
+epoch at 4 rows a step (1,869 steps), lr 1e-4, evaluated on the first 100 test problems with 8 samples each. At this scale the
 model cannot do arithmetic word problems: expect pass@1 near 0; the point is the pipeline.
 """
 import ml_collections
