@@ -19,8 +19,9 @@ Expected: the paper's pass@1 is 3.82 from scratch, 4.36 after NCA pre-pre-traini
         --config.data.finetune.path=/tmp/evals --config.evals.data=/tmp/evals
 
 `cpu1024`: from a `text_math.py:cpu1024` run (above: the math experiment's scratch arm); one
-epoch at 4 rows a step (1,869 steps), lr 1e-4, evaluated on the first 100 test problems with 8 samples each. At this scale the
-model cannot do arithmetic word problems: expect pass@1 near 0; the point is the pipeline.
+epoch at 4 rows a step (1,869 steps), lr 1e-4, evaluated on the first 100 test problems
+with 8 samples each. At this scale the model cannot do arithmetic word problems: expect
+pass@1 near 0 (measured: README, "Reasoning"); the point is the pipeline.
 """
 import ml_collections
 
