@@ -5,8 +5,8 @@ The items are a benchmark's splits in the prepared evaluation folder (`ncalm.eva
 g = t·B + r) is built from (seed, g) alone, so a resumed run reads what an uninterrupted
 one would:
 
-* its target item: epoch e = g // N walks the N items that fit in a permutation drawn from
-  (seed, e) (held-out rows: in order);
+* its target item: each epoch walks the N items that fit in a permutation grain draws from
+  the seed, as for text windows (held-out rows: in order);
 * its shots: k solved examples of the shot split drawn from (seed, g) (k uniform in
   [min_shots, max_shots]; never the target itself), placed before the target;
 * each example is prompt, answer, end-of-text; the answers and their end-of-text are
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import grain
 import numpy as np
 
 from ncalm import errors
@@ -86,20 +87,18 @@ class ItemFeed:
     scored = sum(len(a) + 1 for a in self.targets.answers)
     return self.targets.answer_bytes / max(scored, 1)
 
-  def _order(self, epoch: int) -> np.ndarray:
-    """The targets in epoch `epoch`'s order (the last epoch's kept)."""
-    if not self.shuffle:
-      return self.fitting
-    cache = self.__dict__.setdefault('_orders', {})
-    if epoch not in cache:
-      cache.clear()
-      n = len(self.fitting)
-      cache[epoch] = self.fitting[np.random.default_rng([self.seed, epoch]).permutation(n)]
-    return cache[epoch]
+  @functools.cached_property
+  def order(self):
+    """grain MapDataset: row g → its target (each epoch a permutation of the fitting items
+    from the seed, as the text feed's windows; held-out rows in order)."""
+    dataset = grain.MapDataset.source(self.fitting)
+    if self.shuffle:
+      dataset = dataset.shuffle(seed=self.seed)
+    return dataset.repeat()
 
   def target_of(self, g: int) -> int:
     """The target item of row g."""
-    return int(self._order(g // len(self.fitting))[g % len(self.fitting)])
+    return int(self.order[g])
 
   def shots_of(self, g: int, target: int) -> list[int]:
     """The shot items of row g (indices into the shot split)."""

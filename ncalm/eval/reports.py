@@ -3,9 +3,10 @@
 `items/NAME.json` holds one evaluator's result ({settings, scalars, pictures}) with the
 settings it depends on (`settings`); `report.json`, written last by `ncalm.evaluate`, says
 the evaluation of that step is complete. An evaluation capped at K items (`--limit=K`) has
-its own folder, STEP/limit_K/, so a quick look never replaces the whole one. The training loop writes the items of its final
-evaluation here too, so evaluating a finished run's last checkpoint with the same settings
-(`ncalm.evaluate`, an experiment's `evals`) reuses them instead of measuring twice.
+its own folder, STEP/limit_K/, so a quick look never replaces the whole one. The training
+loop writes the items of its final evaluation here too, so evaluating a finished run's
+last checkpoint with the same settings (`ncalm.evaluate`, an experiment's `evals`) reuses
+them instead of measuring twice.
 """
 from __future__ import annotations
 
