@@ -143,6 +143,7 @@ def update(setup: Setup, state: TrainState, batch: batch_lib.Batch, dropout_key)
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   (grads, total, count), _ = jax.lax.scan(
       body, (zeros, 0.0, 0.0), (jnp.arange(accum), micro))
+  count = jnp.where(count > 0, count, 1.0)   # no scored target at all: a zero gradient
   grads = jax.tree.map(lambda g: g / count, grads)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -161,8 +162,10 @@ def make_train_step(setup: Setup):
 
   def step(state, source, seed_key):
     data_key, dropout_key = step_keys(seed_key, state.step)
-    batch = device_sources.make_sharded_batch(source, data_key, batch_size, setup.mesh)
-    return update(setup, state, batch, dropout_key)
+    batch, data_scalars = device_sources.make_sharded_batch(source, data_key, batch_size,
+                                                             setup.mesh)
+    state, scalars = update(setup, state, batch, dropout_key)
+    return state, {**scalars, **data_scalars}
 
   rep = sharding.replicated(setup.mesh)
   return jax.jit(step, in_shardings=(setup.state_shardings, rep, rep),

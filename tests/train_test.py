@@ -44,7 +44,7 @@ class StepTest(absltest.TestCase):
   def test_batch_made_in_step_equals_source_batch(self):
     source = self.run_data.train_source
     key = jax.random.PRNGKey(3)
-    sharded = device_sources.make_sharded_batch(source, key, 4, self.setup.mesh)
+    sharded, _ = device_sources.make_sharded_batch(source, key, 4, self.setup.mesh)
     plain = source.batch(key, 4)
     for a, b in zip(sharded, plain):
       np.testing.assert_array_equal(a, b)

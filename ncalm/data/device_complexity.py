@@ -52,5 +52,26 @@ def lz_parse(ids: jax.Array) -> tuple[jax.Array, jax.Array]:
 @jax.jit
 def lz_score(ids_BN: jax.Array) -> jax.Array:
   """float32 [B]: (phrases + literals) / N of each row of patch ids; lower is simpler."""
-  phrases, literals = jax.vmap(lz_parse)(ids_BN)
-  return (phrases + literals).astype(jnp.float32) / ids_BN.shape[1]
+  return jax.vmap(lz_ratio)(ids_BN)
+
+
+def lz_ratio(ids: jax.Array) -> jax.Array:
+  """`lz_score` of one 1-D id sequence (unjitted, for use inside other traced code)."""
+  phrases, literals = lz_parse(ids)
+  return (phrases + literals).astype(jnp.float32) / ids.shape[0]
+
+
+def periodicity(frames_T: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(first, period) of a trajectory T×...: `first` is the first frame equal to an earlier
+  one (T when no frame repeats: aperiodic over the window) and `period` the distance back
+  to the latest such earlier frame (0 when none). A fixed point has period 1; on the torus
+  a translation is periodic too."""
+  t = frames_T.shape[0]
+  flat = frames_T.reshape(t, -1)
+  same = jnp.all(flat[:, None, :] == flat[None, :, :], axis=-1)
+  same = same & jnp.tril(jnp.ones((t, t), bool), k=-1)            # earlier frames only
+  repeats = jnp.any(same, axis=1)
+  first = jnp.where(jnp.any(repeats), jnp.argmax(repeats), t)
+  row = same[jnp.minimum(first, t - 1)]
+  latest = jnp.max(jnp.where(row, jnp.arange(t), -1))
+  return first, jnp.where(first < t, first - latest, 0)

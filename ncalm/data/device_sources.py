@@ -33,7 +33,18 @@ class _OnDevice:
   evaluators = ('heldout',)     # names in ncalm.eval.registry.EVALUATORS that suit it
 
   def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
-    return to_batch(self.rows(self.row_keys(key, batch_size)), self.loss_mask())
+    rows, stats = self.rows_and_stats(self.row_keys(key, batch_size))
+    return to_batch(rows, self.loss_mask(), stats.get('kept'))
+
+  def rows_and_stats(self, row_keys) -> tuple[jax.Array, dict]:
+    """The rows and per-row statistics of how they were made ({} here). A bool [B] `kept`
+    False marks a row that is not scored (its loss weights are 0)."""
+    return self.rows(row_keys), {}
+
+  def batch_metrics(self, stats: dict) -> dict:
+    """Scalars of a training batch's making, from the statistics of `rows_and_stats`."""
+    del stats
+    return {}
 
   def unigram_log_probs(self, key: jax.Array, batch_size: int = 256) -> np.ndarray:
     """log p(token) of this source's token distribution (add-½ smoothing), from
@@ -106,7 +117,10 @@ class NCASource(_OnDevice):
 
   def sequences(self, rule_keys: jax.Array, sim_keys: jax.Array) -> jax.Array:
     """Token sequences B × frames·tokens_per_frame for explicit keys."""
-    frames = nca.rollout(rule_keys, sim_keys, self.sim_cfg, self.mode)
+    return self.tokens(nca.rollout(rule_keys, sim_keys, self.sim_cfg, self.mode), sim_keys)
+
+  def tokens(self, frames: jax.Array, sim_keys: jax.Array) -> jax.Array:
+    """Trajectories B × frames × H × W as token sequences (shuffled for the control)."""
     if self.shuffle:
       shuffle_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sim_keys, SHUFFLE_KEY)
       frames = jax.vmap(shuffled, in_axes=(0, 0, None, None))(
@@ -152,20 +166,28 @@ class DyckSource(_OnDevice):
         row_keys, self.seq_len + 1, self.cfg)
 
 
-def make_sharded_batch(source, key: jax.Array, batch_size: int, mesh) -> batch_lib.Batch:
+def make_sharded_batch(source, key: jax.Array, batch_size: int,
+                       mesh) -> tuple[batch_lib.Batch, dict]:
   """`source.batch(key, batch_size)` with each device making its own rows (no
-  communication); the rows come out split over the mesh's data-parallel axes."""
+  communication); the rows come out split over the mesh's data-parallel axes. Also
+  returns the source's scalars about the batch (`batch_metrics`; {} for most sources)."""
   spec = P(sharding.BATCH_AXES)
-  make_rows = jax.shard_map(lambda src, keys: src.rows(keys), mesh=mesh,
+  make_rows = jax.shard_map(lambda src, keys: src.rows_and_stats(keys), mesh=mesh,
                             in_specs=(P(), spec), out_specs=spec, check_vma=False)
-  return to_batch(make_rows(source, source.row_keys(key, batch_size)), source.loss_mask())
+  rows, stats = make_rows(source, source.row_keys(key, batch_size))
+  return to_batch(rows, source.loss_mask(), stats.get('kept')), source.batch_metrics(stats)
 
 
-def to_batch(rows: jax.Array, loss_mask: jax.Array) -> batch_lib.Batch:
-  """Rows of seq_len + 1 tokens → inputs, next-token targets, per-target weights."""
+def to_batch(rows: jax.Array, loss_mask: jax.Array,
+             kept: jax.Array | None = None) -> batch_lib.Batch:
+  """Rows of seq_len + 1 tokens → inputs, next-token targets, per-target weights (0 on
+  every target of a row whose `kept` is False)."""
   seq_len = rows.shape[-1] - 1
   inputs, targets = nca_tokens.inputs_and_targets(rows, seq_len)
-  return batch_lib.Batch(inputs, targets, jnp.broadcast_to(loss_mask, inputs.shape))
+  weights = jnp.broadcast_to(loss_mask, inputs.shape)
+  if kept is not None:
+    weights = weights * kept[:, None].astype(weights.dtype)
+  return batch_lib.Batch(inputs, targets, weights)
 
 
 jax.tree_util.register_dataclass(

@@ -72,7 +72,7 @@ class HeldoutLoss:
                                                                               UNIGRAM_KEY))
 
     def loss_fn(params, src, key):
-      batch = device_sources.make_sharded_batch(src, key, cfg.global_batch, mesh)
+      batch, _ = device_sources.make_sharded_batch(src, key, cfg.global_batch, mesh)
       sums = position_loss_sums(setup.model, params, batch)
       return sums, batch_lib.token_counts(batch, setup.model.cfg.vocab_size)
 

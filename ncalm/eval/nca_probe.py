@@ -66,7 +66,7 @@ class NextFrameProbe:
     model = model_lib.Transformer(decode.decoding_config(setup.model.cfg))
 
     def probe_fn(params, src, k):
-      batch = device_sources.make_sharded_batch(src, k, sequences, setup.mesh)
+      batch, _ = device_sources.make_sharded_batch(src, k, sequences, setup.mesh)
       predicted = decode.greedy(model, params, batch.inputs[:, :start], patches,
                                 nca_tokens.start_of_frame(ncfg))
       truth = batch.inputs[:, start:start + patches]
