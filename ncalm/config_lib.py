@@ -32,9 +32,20 @@ def base_config() -> ml_collections.ConfigDict:
                                   # (read by the host; finetune: a benchmark's solved examples)
   c.data.mode = 'fast'            # NCA rollout: 'fast' (same distribution) |
                                   # 'reference' (bit-exact)
-  c.data.band = (0.5, 1.0)        # gzip band of the rules; None = unfiltered
-  c.data.num_train_rules = 16000  # rules in the training bank
-  c.data.num_val_rules = 2000     # held-out rules for evaluation and the probe
+  c.data.band = (0.5, 1.0)        # complexity band of the rules (units below); None = unfiltered
+  c.data.band_units = 'gzip'      # 'gzip': data.band in gzip ratios (the paper's bands) |
+                                  # 'quantile': fractions of the family's own rules, from its
+                                  # calibration ((0.85, 1.0) = its richest 15%)
+  c.data.rules = 'bank'           # 'bank': rules sampled once on the host (gzip), drawn per
+                                  # sequence | 'fresh': a new rule per sequence, the best of
+                                  # data.candidates scored by the device score inside the step
+  c.data.candidates = 16          # fresh: candidate rules simulated per sequence; a sequence
+                                  # none of them fits is unscored (metric data/short_rows)
+  c.data.calibration = 'configs/calibration'  # folder of the device score's calibrations
+                                  # (python -m ncalm.calibrate), for fresh rules and quantiles
+  c.data.num_train_rules = 16000  # rules in the training bank (bank rules only)
+  c.data.num_val_rules = 2000     # held-out rules for evaluation and the probe (a bank, also
+                                  # with fresh rules; fresh candidates never take one of them)
   c.data.bank_seed = 0            # seed of the rule sampler (bank saved to the workdir)
   c.data.bank_mode = 'fast'       # rollout mode used to score candidate rules
   c.data.reject_periodic = False  # also reject rules whose trajectory over the training
@@ -261,7 +272,7 @@ POSITIVE_FIELDS = ('train_steps', 'global_batch', 'grad_accum', 'log_every',
                    'evals.heldout.every', 'evals.heldout.batches', 'evals.probe.every',
                    'evals.induction.every',
                    'checkpoint_every', 'keep_checkpoints',
-                   'data.num_train_rules', 'data.num_val_rules')
+                   'data.num_train_rules', 'data.num_val_rules', 'data.candidates')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 

@@ -40,7 +40,8 @@ class ConfigsTest(absltest.TestCase):
     files = {f for f in os.listdir(CONFIGS) if f.endswith('.py')}
     self.assertEqual(files, set(RUN_CONFIGS))
     self.assertEqual({f for f in os.listdir(os.path.join(CONFIGS, 'experiments'))
-                      if f.endswith('.py')}, {'code.py', 'math.py', 'web.py', 'code_controls.py'})
+                      if f.endswith('.py')},
+                     {'code.py', 'math.py', 'web.py', 'code_controls.py', 'bands.py'})
 
   def test_run_configs(self):
     for name, variants in RUN_CONFIGS.items():
@@ -52,7 +53,10 @@ class ConfigsTest(absltest.TestCase):
   def test_experiment_configs(self):
     for name, variants in (('code', ('', ':cpu', ':cpu1024')), ('math', ('', ':cpu', ':cpu1024')),
                            ('web', ('', ':cpu')),
-                           ('code_controls', (':cpu', ':tiny'))):
+                           ('code_controls', (':cpu', ':tiny')),
+                           ('bands', tuple(f':{domain}{scale}{rules}' for domain in (
+                               'code', 'math', 'web') for scale in ('', '_cpu')
+                                           for rules in ('', '_fresh')))):
       for variant in variants:
         with self.subTest(f'{name}{variant}'):
           exp = config_lib.load_file(os.path.join(CONFIGS, 'experiments', f'{name}.py{variant}'))

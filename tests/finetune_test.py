@@ -6,7 +6,6 @@ GSM8K evaluator's prompts, answer extraction, number comparison and pass@k."""
 import functools
 import json
 import os
-import shutil
 import tempfile
 from unittest import mock
 
@@ -199,13 +198,7 @@ class FinetuneFeedTest(absltest.TestCase):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                  jax.device_get(by_hand.params))
     # Resumed from its step-3 checkpoint, the run ends where the uninterrupted one did.
-    resumed = os.path.join(tempfile.mkdtemp(), 'resumed')
-    shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('6', 'eval'))
-    train.train_and_evaluate(cfg, resumed)
-    (a, step_a), (b, step_b) = (checkpoint.load_latest(w, cfg, setup) for w in (workdir, resumed))
-    self.assertEqual((step_a, step_b), (6, 6))
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params),
-                 jax.device_get(b.params))
+    helpers.assert_resumes_exactly(self, cfg, workdir, setup)
 
   def test_fine_tunes_a_text_run_with_its_tokeniser_and_reports_gsm8k(self):
     tmp = tempfile.mkdtemp()

@@ -5,6 +5,7 @@ comparisons of parameter trees and metric lines. Test files import this, never e
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -145,3 +146,15 @@ def setup_and_params(cfg):
                                           jax.sharding.NamedSharding(setup.mesh,
                                                                      jax.sharding.PartitionSpec())))
   return setup, params, run
+
+
+def assert_resumes_exactly(test, cfg, workdir: str, setup, last_step: int = 6):
+  """A copy of finished run `workdir` without its last checkpoint, run again, ends identical."""
+  from ncalm import checkpoint  # pylint: disable=import-outside-toplevel
+  from ncalm import train  # pylint: disable=import-outside-toplevel
+  resumed = os.path.join(tempfile.mkdtemp(), 'resumed')
+  shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns(str(last_step), 'eval'))
+  train.train_and_evaluate(cfg, resumed)
+  (a, step_a), (b, step_b) = (checkpoint.load_latest(w, cfg, setup) for w in (workdir, resumed))
+  test.assertEqual((step_a, step_b), (last_step, last_step))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params), jax.device_get(b.params))

@@ -3,7 +3,8 @@
 `python -m ncalm.main` runs three ways on the tiny config, each in its own workdir:
 two processes with one CPU device each (`--coordinator_address`, gloo collectives),
 one process with two CPU devices (the same global mesh, data=2), and one process with one
-device. The two-device runs compile the same partitioned program and an all-reduce of two
+device, all with fresh NCA rules chosen inside the step (data.rules='fresh'). The two-device
+runs compile the same partitioned program and an all-reduce of two
 values does not depend on the order, so their metrics and final params are bitwise equal;
 the one-device run agrees to float tolerance.
 
@@ -32,6 +33,9 @@ import xla_env
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'tests', 'tiny_config.py')
 TIMEOUT_S = 600
+# Fresh rules: each device chooses its rows' rules inside the step, and the held-out bank
+# is sampled once and shared — the bank's own path is checked on 8 devices (sharded_test).
+FRESH = ['--config.data.rules=fresh']
 
 
 def free_port() -> int:
@@ -104,10 +108,12 @@ class TwoProcessTest(absltest.TestCase):
                 for name in ('process_0', 'process_1', 'two_devices', 'one_device')}
     procs = {
         f'process_{i}': start_main(cls.workdirs['two_processes'], cls.logs[f'process_{i}'], 1,
-                                   [*coordinator, f'--process_id={i}'])
+                                   [*coordinator, f'--process_id={i}', *FRESH])
         for i in (0, 1)}
-    procs['two_devices'] = start_main(cls.workdirs['two_devices'], cls.logs['two_devices'], 2)
-    procs['one_device'] = start_main(cls.workdirs['one_device'], cls.logs['one_device'], 1)
+    procs['two_devices'] = start_main(cls.workdirs['two_devices'], cls.logs['two_devices'], 2,
+                                      FRESH)
+    procs['one_device'] = start_main(cls.workdirs['one_device'], cls.logs['one_device'], 1,
+                                     FRESH)
     codes = wait_all(procs)
     cls.output = {}
     for name, log in cls.logs.items():

@@ -1,6 +1,7 @@
 """Sharded training steps equal the single-device step on 8 host CPU devices (data, fsdp
 and tensor meshes); each device makes its own rows of the very batch a single device
-makes; a batch or a mesh that does not fit the devices stops the run at start-up.
+makes (with a rule bank, and with fresh rules chosen in the step); a batch or a mesh that
+does not fit the devices stops the run at start-up.
 
 JAX fixes its device count when it starts, and under pytest another test file has usually
 started it already, with one CPU device. So the work runs in child processes — this file
@@ -60,8 +61,8 @@ RUNS = {
 }
 SHARDED = ('data', 'fsdp', 'data_fsdp_tensor', 'data_tensor4')
 # One child per core; the compile work is about even.
-CHILD_TASKS = (('single', 'single_other_data', 'data', 'errors'),
-               ('fsdp', 'data_fsdp_tensor', 'data_tensor4', 'splash'))
+CHILD_TASKS = (('single', 'single_other_data', 'data', 'errors', 'single_fresh'),
+               ('fsdp', 'data_fsdp_tensor', 'data_tensor4', 'splash', 'data_fresh'))
 
 
 # ------------------------------------------------------------------- the child
@@ -98,7 +99,7 @@ def train_steps(run: str, source, out_dir: str, label: str, data_seed: int = DAT
     # The first step's batch as the step makes it: each device its own rows.
     data_key, _ = step_lib.step_keys(seed_key, 0)
     batch = jax.jit(lambda src, key: device_sources.make_sharded_batch(
-        src, key, GLOBAL_BATCH, setup.mesh))(source, data_key)
+        src, key, GLOBAL_BATCH, setup.mesh)[0])(source, data_key)
   gate = state.params['layers']['mlp']['gate']   # [layers, embed, mlp]
   result = {
       'devices': int(setup.mesh.devices.size),
@@ -172,8 +173,13 @@ def child_main(out_dir: str, tasks: list[str]) -> None:
   assert jax.device_count() == DEVICE_COUNT, jax.devices()
   workdir = os.path.join(out_dir, f'workdir_{os.getpid()}')  # each child its own bank file
   source = feeds.load(run_config(RUNS['single'][0]), workdir).train_source
+  fresh = run_config(RUNS['single'][0])
+  fresh.data.rules = 'fresh'        # a new in-band rule per sequence, chosen in the step
+  fresh_source = feeds.load(fresh, workdir + '_fresh').train_source
   for task in tasks:
-    if task == 'errors':
+    if task.endswith('_fresh'):
+      result = train_steps(task.removesuffix('_fresh'), fresh_source, out_dir, task)
+    elif task == 'errors':
       result = startup_errors(workdir)
     elif task == 'splash':
       result = splash_on_mesh(out_dir)
@@ -240,6 +246,14 @@ class ShardedStepTest(absltest.TestCase):
       with self.subTest(name):
         self.assertEqual(self.result(name)['devices'], DEVICE_COUNT)
         self.assert_same_training(name, 'single')
+
+  def test_fresh_rules_sharded_equal_single_device(self):
+    # Fresh rules: each device chooses its rows' rules; the same batch and training.
+    self.assert_same_training('data_fresh', 'single_fresh')
+    single, data = self.arrays('single_fresh', 'batch'), self.arrays('data_fresh', 'batch')
+    for field, value in single.items():
+      np.testing.assert_array_equal(data[field], value, err_msg=field)
+    self.assertFalse(np.array_equal(single['inputs'], self.arrays('single', 'batch')['inputs']))
 
   def test_comparison_catches_other_training(self):
     # Two steps on other data (same init): losses and params differ beyond the tolerances.

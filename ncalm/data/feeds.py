@@ -13,6 +13,8 @@ New source: its module, a builder here and one line of `BUILDERS`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import os
 from typing import Callable
 
@@ -24,11 +26,13 @@ import numpy as np
 from ncalm import errors
 from ncalm import files
 from ncalm import run_files
+from ncalm.data import calibration
 from ncalm.data import complexity
 from ncalm.data import dataset
 from ncalm.data import device_sources
 from ncalm.data import dyck
 from ncalm.data import finetune
+from ncalm.data import fresh_rules
 from ncalm.data import nca
 from ncalm.data import nca_tokens
 from ncalm.data import text
@@ -70,14 +74,60 @@ def dyck_config(cfg: ml_collections.ConfigDict) -> dyck.DyckConfig:
 # ------------------------------------------------------------------ the builders
 
 
+RULES = ('bank', 'fresh')
+
+
+def run_band(cfg: ml_collections.ConfigDict) -> calibration.Band | None:
+  """data.band on both scores (reading the family's calibration when it is needed)."""
+  d = cfg.data
+  if d.rules not in RULES:
+    raise errors.UserError(f"data.rules={d.rules!r}: use 'bank' (rules sampled once on the "
+                           "host, by gzip) or 'fresh' (a new rule per sequence, scored on the "
+                           'device inside the step).')
+  if d.rules == 'fresh' and d.band is None:
+    raise errors.UserError("data.rules='fresh' needs a band: data.band=(low, high) (gzip "
+                           "ratios, or quantiles with data.band_units='quantile'); unfiltered "
+                           "fresh rules are data.rules='fresh' with a band of (0, 1) in "
+                           'quantiles.')
+  return calibration.run_band(d.band, d.band_units, nca_config(cfg), d.calibration,
+                              need_calibration=d.rules == 'fresh')
+
+
+def check_candidates(cfg: ml_collections.ConfigDict, band: calibration.Band) -> None:
+  """Fresh rules: enough candidates that at most MAX_SHORT_ROWS of rows find none in band."""
+  d = cfg.data
+  p = band.device_acceptance
+  short = (1.0 - p) ** d.candidates
+  if short <= calibration.MAX_SHORT_ROWS:
+    return
+  if p <= 0:
+    raise errors.UserError(
+        f'data.band={tuple(d.band)} ({d.band_units}) holds no rule of this family on the '
+        f'device score (its calibration in {d.calibration!r}: lz_score edges {band.device}): '
+        "widen the band, give it in quantiles (data.band_units='quantile'), or use "
+        "data.rules='bank' (gzip on the host).")
+  needed = math.ceil(math.log(calibration.MAX_SHORT_ROWS) / math.log(1.0 - p))
+  raise errors.UserError(
+      f'data.candidates={d.candidates}: data.band={tuple(d.band)} ({d.band_units}) keeps '
+      f'{p:.1%} of candidates on the device score, so {short:.1%} of sequences would find no '
+      f'rule in the band (at most {calibration.MAX_SHORT_ROWS:.0%} allowed). Set '
+      f'data.candidates >= {needed}, or widen the band.')
+
+
 def _nca(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
   nca_cfg = nca_config(cfg)
-  if cfg.data.band is not None:
-    complexity.check_band(cfg.data.band)
+  band = run_band(cfg)
+  train_keys, val_keys = rule_keys or (None, None)
   make = lambda keys: device_sources.NCASource(nca_cfg, cfg.seq_len, cfg.data.mode, keys,
                                                cfg.data.shuffle)
-  train_keys, val_keys = rule_keys or (None, None)
-  return Feeds(make(train_keys), make(val_keys))
+  if cfg.data.rules == 'bank':
+    return Feeds(make(train_keys), make(val_keys))
+  check_candidates(cfg, band)
+  train = fresh_rules.FreshNCASource(
+      nca_cfg, cfg.seq_len, cfg.data.mode, None, cfg.data.shuffle, held_out_keys=val_keys,
+      band=band.device, candidates=cfg.data.candidates,
+      reject_periodic=cfg.data.reject_periodic)
+  return Feeds(train, make(val_keys))
 
 
 def _dyck(cfg: ml_collections.ConfigDict, rule_keys) -> Feeds:
@@ -129,7 +179,7 @@ def build(cfg: ml_collections.ConfigDict, rule_keys=None) -> Feeds:
 def abstract(cfg: ml_collections.ConfigDict) -> Feeds:
   """Feeds whose rule bank is abstract (ShapeDtypeStructs): for lowering without data."""
   d = cfg.data
-  keys = (jax.ShapeDtypeStruct((d.num_train_rules, 2), np.uint32),
+  keys = (None if d.rules == 'fresh' else jax.ShapeDtypeStruct((d.num_train_rules, 2), np.uint32),
           jax.ShapeDtypeStruct((d.num_val_rules, 2), np.uint32))
   return build(cfg, keys)
 
@@ -140,8 +190,9 @@ def load_or_sample_bank(cfg: ml_collections.ConfigDict, workdir: str) -> complex
   if os.path.exists(path):
     return complexity.RuleBank.load(path)
   d = cfg.data
-  total = d.num_train_rules + d.num_val_rules
-  band = tuple(d.band) if d.band else None
+  total = d.num_val_rules if d.rules == 'fresh' else d.num_train_rules + d.num_val_rules
+  band = run_band(cfg)
+  band = band.gzip if band else None
   logging.info('Sampling %d rules in band %s ...', total, band)
   nca_cfg = nca_config(cfg)
   bank = complexity.sample_rule_bank(jax.random.PRNGKey(d.bank_seed), total, band, nca_cfg,
@@ -159,14 +210,24 @@ def load(cfg: ml_collections.ConfigDict, workdir: str) -> Feeds:
   if cfg.data.source != 'nca':   # only NCA has a rule bank
     return build(cfg)
   bank = load_or_sample_bank(cfg, workdir)
+  if cfg.data.rules == 'fresh':   # the bank holds the held-out rules only
+    return build(cfg, (None, np.asarray(bank.keys)))
   return build(cfg, tuple(np.asarray(b.keys) for b in bank.split(cfg.data.num_val_rules)))
 
 
 def content_fingerprints(cfg: ml_collections.ConfigDict) -> dict[str, str]:
   """Digests of the data a config names only by path, for the run's identity
-  (`workdir.check_identity`): a text run's prepared dataset (its records and metadata, the
+  (`workdir.check_identity`): an NCA run's calibration, when its band uses one; a text
+  run's prepared dataset (its records and metadata, the
   tokeniser's fingerprint among them); a fine-tuning run's prepared benchmark files. NCA
   and Dyck data are functions of the config."""
+  if cfg.data.source == 'nca' and (cfg.data.rules == 'fresh' or
+                                   cfg.data.band_units == 'quantile'):
+    path = calibration.path_for(cfg.data.calibration, nca_config(cfg))
+    if not os.path.exists(path):
+      return {'calibration': ''}
+    with open(path, 'rb') as f:
+      return {'calibration': hashlib.sha256(f.read()).hexdigest()}
   if cfg.data.source == 'finetune':
     return {'finetune': eval_data.fingerprint(cfg.data.finetune.path, cfg.data.finetune.task,
                                            'data.finetune.path')}
