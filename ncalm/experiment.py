@@ -215,10 +215,13 @@ def _unique(pairs):
 
 
 def compute(cfg: ml_collections.ConfigDict) -> dict:
-  """Tokens and training FLOPs (6·N per token plus attention) of a whole run."""
-  model_cfg = startup.check(cfg).model
+  """Tokens and FLOPs of a whole run: training (6·N per token plus attention) and choosing
+  its data (fresh rules: every candidate's simulation)."""
+  checked = startup.check(cfg)
   tokens = cfg.train_steps * cfg.global_batch * cfg.seq_len
-  return dict(tokens=tokens, flops=perf.flops_per_token(model_cfg, cfg.seq_len) * tokens)
+  selection = cfg.train_steps * cfg.global_batch * checked.feeds.selection_flops_per_row
+  return dict(tokens=tokens,
+              flops=perf.flops_per_token(checked.model, cfg.seq_len) * tokens + selection)
 
 
 def _stage1_diverged(cfg) -> bool:

@@ -1,6 +1,7 @@
 """Fresh in-band rules chosen inside the step (`ncalm.data.fresh_rules`): the choice, the
 sequences it makes, short rows, the held-out rules it never takes, periodic candidates, the
 metrics, exact resume, and the start-up errors of data.rules='fresh'."""
+import functools
 import math
 import os
 import tempfile
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncalm import errors
+from ncalm import experiment
 from ncalm import metrics
 from ncalm import sharding
 from ncalm import startup
@@ -145,6 +147,31 @@ class PeriodicityTest(absltest.TestCase):
     repeats = np.asarray(complexity.repeats_a_frame(rule_keys, sim_keys, SMALL, 'fast', 12))
     np.testing.assert_array_equal(first < 12, repeats)
     self.assertTrue(repeats.any() and not repeats.all())
+
+
+class ComputeTest(absltest.TestCase):
+
+  def test_the_compute_column_counts_every_candidates_simulation(self):
+    fresh, bank = fresh_config(candidates=24), fresh_config(rules='bank')
+    source = startup.check(fresh).feeds.train_source
+    window = source.window_cfg
+    self.assertEqual(source.candidate_steps, window.burn_in + complexity.SCORE_FRAMES)
+    per_row = 24 * source.candidate_steps * nca.step_flops(window)
+    extra = experiment.compute(fresh)['flops'] - experiment.compute(bank)['flops']
+    self.assertEqual(extra, fresh.train_steps * fresh.global_batch * per_row)
+    periodic = startup.check(fresh_config(reject_periodic=True)).feeds.train_source
+    self.assertEqual(periodic.candidate_steps, window.steps)
+
+  def test_step_flops_is_near_xlas_count(self):
+    # XLA also counts the random bits of the draw, which the estimate leaves out.
+    for cfg in (SMALL, nca.NCAConfig()):
+      rule = nca.fuse_rule(nca.rule_params(jax.random.PRNGKey(0), cfg), cfg)
+      state = nca.fast_initial_state(jax.random.PRNGKey(1), cfg)
+      compiled = jax.jit(functools.partial(nca.fast_step, cfg=cfg)).lower(
+          rule, state, jax.random.PRNGKey(2)).compile()
+      cost = compiled.cost_analysis()
+      xla = (cost[0] if isinstance(cost, list) else cost)['flops']
+      self.assertBetween(nca.step_flops(cfg) / xla, 0.6, 1.0)
 
 
 class FreshRunTest(absltest.TestCase):

@@ -31,6 +31,7 @@ class _OnDevice:
   on_device = True              # batches made inside the jitted step
   tokens_per_frame = 0          # > 0: the held-out loss is also reported per frame
   evaluators = ('heldout',)     # names in ncalm.eval.registry.EVALUATORS that suit it
+  selection_flops_per_row = 0.0  # FLOPs spent choosing a row's data, beyond making it
 
   def batch(self, key: jax.Array, batch_size: int) -> batch_lib.Batch:
     rows, stats = self.rows_and_stats(self.row_keys(key, batch_size))

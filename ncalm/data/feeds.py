@@ -50,6 +50,12 @@ class Feeds:
     """True: sources made inside the step; False: host feeds (text)."""
     return self.train_source.on_device
 
+  @property
+  def selection_flops_per_row(self) -> float:
+    """FLOPs spent choosing each training row's data beyond making it (fresh rules: the
+    candidates' simulation), for the experiments' compute column."""
+    return self.train_source.selection_flops_per_row if self.on_device else 0.0
+
 
 # ----------------------------------------------------------- typed views of data.*
 

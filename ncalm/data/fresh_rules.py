@@ -57,6 +57,17 @@ class FreshNCASource(device_sources.NCASource):
     sim = self.sim_cfg
     return sim.replace(frames=max(sim.frames, complexity.SCORE_FRAMES))
 
+  @property
+  def candidate_steps(self) -> int:
+    """Steps each candidate is simulated before the choice."""
+    cfg = self.window_cfg
+    return cfg.steps if self.reject_periodic else cfg.burn_in + complexity.SCORE_FRAMES
+
+  @property
+  def selection_flops_per_row(self) -> float:
+    """The candidates' simulation for one sequence (their fusing and scoring are small)."""
+    return float(self.candidates * self.candidate_steps * nca.step_flops(self.window_cfg))
+
   def row_keys(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """(candidate rule keys [B, candidates, 2], simulation keys [B, 2])."""
     rule_key, sim_key = jax.random.split(key)
@@ -92,7 +103,7 @@ class FreshNCASource(device_sources.NCASource):
     step_keys = jax.random.split(sim_key, cfg.steps)
     start = nca.fast_initial_state(sim_key, cfg)
     rules = jax.vmap(lambda k: nca.fuse_rule(nca.rule_params(k, cfg), cfg))(candidate_keys)
-    first_steps = cfg.steps if self.reject_periodic else cfg.burn_in + complexity.SCORE_FRAMES
+    first_steps = self.candidate_steps
     ends, states = jax.vmap(_simulate, in_axes=(0, None, None, None))(
         rules, start, step_keys[:first_steps], cfg)
     scored = states[:, cfg.burn_in:cfg.burn_in + complexity.SCORE_FRAMES]

@@ -217,6 +217,14 @@ def fast_step(rule: FusedRule, state_HW: jax.Array, key: jax.Array,
   return sample_inverse_cdf(logits / cfg.tau, jax.random.uniform(key, state_HW.shape))
 
 
+def step_flops(cfg: NCAConfig) -> int:
+  """Floating-point operations of one fast-mode step of one grid, per cell: the nine table
+  rows added and the ReLU (10·hidden), the output layer (2·hidden·states) and the bias,
+  identity bias, softmax and inverse-CDF draw (about 6·states)."""
+  h, s = cfg.hidden_channels, cfg.num_states
+  return cfg.grid * cfg.grid * (10 * h + 2 * h * s + 6 * s)
+
+
 def fast_rollout(rule_key: jax.Array, sim_key: jax.Array, cfg: NCAConfig) -> jax.Array:
   """One trajectory frames×H×W (int32), same distribution as `reference_rollout`."""
   rule = fuse_rule(rule_params(rule_key, cfg), cfg)
