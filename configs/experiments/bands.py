@@ -2,7 +2,7 @@
 
     python -m ncalm.experiment --config=configs/experiments/bands.py:code_cpu \
         --workdir=/tmp/bands_code_cpu
-    python -m ncalm.band_report --experiments=code=/tmp/bands_code_cpu --out=/tmp/bands
+    python -m ncalm.band_report --experiment=code=/tmp/bands_code_cpu --out=/tmp/bands
 
 Arms: scratch and one NCA stage 1 per band, each through the domain's stage 2, over seeds
 (the layout, resuming and tables of `ncalm.experiment`; rerun the same command to continue).
