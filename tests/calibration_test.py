@@ -55,6 +55,14 @@ class BandTest(absltest.TestCase):
 
 class FileTest(absltest.TestCase):
 
+  def test_candidates_needed_leave_at_most_one_percent_short(self):
+    for acceptance in (0.9, 0.471, 0.223, 0.066, 0.01):
+      k = calibration.candidates_needed(acceptance)
+      self.assertLessEqual((1 - acceptance) ** k, calibration.MAX_SHORT_ROWS)
+      self.assertGreater((1 - acceptance) ** (k - 1), calibration.MAX_SHORT_ROWS)
+    self.assertEqual(calibration.candidates_needed(1.0), 1)
+    self.assertEqual(calibration.candidates_needed(0.0), math.inf)
+
   def test_family_names_are_stable_and_tell_families_apart(self):
     base = nca.NCAConfig()
     self.assertEqual(calibration.family_name(base), calibration.family_name(

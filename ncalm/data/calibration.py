@@ -39,6 +39,16 @@ MAX_SHORT_ROWS = 0.01       # fresh rules: most rows a band may leave without an
 _LEVEL_GRID = np.linspace(0.0, 1.0, LEVELS)
 
 
+def candidates_needed(acceptance: float) -> int | float:
+  """Candidates per sequence for at most MAX_SHORT_ROWS of sequences to find none in a band
+  that keeps `acceptance` of them (math.inf for a band that keeps none)."""
+  if acceptance >= 1:
+    return 1
+  if acceptance <= 0:
+    return math.inf
+  return max(1, math.ceil(math.log(MAX_SHORT_ROWS) / math.log(1.0 - acceptance)))
+
+
 def family(cfg: nca.NCAConfig) -> dict:
   """The fields that make an NCA family (all but `frames`)."""
   fields = dataclasses.asdict(cfg)

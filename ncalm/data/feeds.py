@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 from typing import Callable
 
@@ -112,7 +111,7 @@ def check_candidates(cfg: ml_collections.ConfigDict, band: calibration.Band) -> 
         f'device score (its calibration in {d.calibration!r}: lz_score edges {band.device}): '
         "widen the band, give it in quantiles (data.band_units='quantile'), or use "
         "data.rules='bank' (gzip on the host).")
-  needed = math.ceil(math.log(calibration.MAX_SHORT_ROWS) / math.log(1.0 - p))
+  needed = calibration.candidates_needed(p)
   raise errors.UserError(
       f'data.candidates={d.candidates}: data.band={tuple(d.band)} ({d.band_units}) keeps '
       f'{p:.1%} of candidates on the device score, so {short:.1%} of sequences would find no '
