@@ -6,7 +6,10 @@ Everything is measured in one run, interleaved, so ratios hold on a noisy machin
   1. tokens/s of a whole batch (rules from keys → rollout → tokens), fast vs reference;
   2. rules/s of the complexity scorer (simulate + tokenise + gzip), and gzip alone;
   3. the bounds: rule-network FLOPs per token against this machine's measured f32
-     matmul rate, and the sampling-free (argmax) rollout as the ceiling for a sampler.
+     matmul rate, and the sampling-free (argmax) rollout as the ceiling for a sampler;
+  4. rules/s scored on the device (simulate + tokenise + `device_complexity.lz_score`, all
+     jitted) against the host gzip path (`complexity.score_rules`), for the 12×12, 10-state
+     family and the 8×8, 2-state CPU family (`--only_scoring` runs this part alone).
 """
 import statistics
 import time
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncalm.data import complexity
+from ncalm.data import device_complexity
 from ncalm.data import device_sources
 from ncalm.data import nca
 from ncalm.data import nca_tokens
@@ -25,6 +29,8 @@ from ncalm.data import nca_tokens
 _BATCH = flags.DEFINE_integer('batch', 256, 'Sequences per batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats per variant (median kept).')
 _RULES = flags.DEFINE_integer('rules', 4096, 'Rules scored for the scoring rate.')
+_ONLY_SCORING = flags.DEFINE_bool('only_scoring', False, 'Only part 4: device vs host scoring.')
+CPU_FAMILY = nca.NCAConfig(grid=8, num_states=2, perceive_channels=1)  # stage1.py:nca_50_cpu
 
 
 def timed(fn, *args):
@@ -70,8 +76,32 @@ def network_flops_per_cell(cfg: nca.NCAConfig) -> dict:
   return dict(published=published, fused=fused)
 
 
+def scoring_rates(cfg: nca.NCAConfig, n: int, repeats: int) -> dict:
+  """rules/s: the device score (one jitted function of the keys) and the host gzip path."""
+  rk = jax.random.split(jax.random.PRNGKey(3), n)
+  sk = jax.random.split(jax.random.PRNGKey(4), n)
+  device = jax.jit(lambda r, s: device_complexity.lz_score(
+      complexity.score_ids(r, s, cfg, 'fast')))
+  host = lambda r, s: complexity.score_rules(r, s, cfg, 'fast')
+  t = interleave({'device': timed(device, rk, sk), 'host gzip': timed(host, rk, sk)}, repeats)
+  return {name: n / sec for name, sec in t.items()}
+
+
+def score_rates(repeats: int) -> None:
+  n = _RULES.value
+  print(f'4. rules scored per second ({n:,} rules, simulate 10+10 steps + tokenise + score)')
+  for name, cfg in (('12×12, 10 states', nca.NCAConfig()), ('8×8, 2 states', CPU_FAMILY)):
+    rate = scoring_rates(cfg, n, repeats)
+    print(f'  {name}: device lz_score {rate["device"]:,.0f} rules/s, host gzip '
+          f'{rate["host gzip"]:,.0f} rules/s: device / host = '
+          f'{rate["device"] / rate["host gzip"]:.1f}×')
+
+
 def main(argv):
   del argv
+  if _ONLY_SCORING.value:
+    score_rates(_REPEATS.value)
+    return
   cfg = nca.NCAConfig()
   b = _BATCH.value
   rule_keys = jax.random.split(jax.random.PRNGKey(1), b)
@@ -117,6 +147,7 @@ def main(argv):
     ceiling = peak / (flops[name] * cells_per_token)
     print(f'  {name} network at the matmul rate: {ceiling / 1e6:,.0f} M tokens/s '
           f'(fast mode reaches {rate["fast"] / ceiling:.1%})')
+  score_rates(_REPEATS.value)
 
 
 if __name__ == '__main__':

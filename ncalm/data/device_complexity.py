@@ -7,11 +7,15 @@ patch ids (10 frames, delimiters dropped, as gzip sees them) where each phrase i
 longest earlier match at its position (overlapping allowed, at most MAX_MATCH ids, as
 deflate's 258 bytes are 64 int32 ids), or one literal id when nothing earlier matches.
 score = (phrases + literals) / ids: a literal costs about twice a copy. It is jittable and
-vmappable (fixed shapes; an O(n²) match table per trajectory), so rules can be scored where
-they are simulated. How closely it ranks rules as gzip does is measured, per NCA family, by
-experiments/device_score.py (docs/transfer.md, "A complexity score on the device").
+vmappable (fixed shapes; an O(n²) int8 match table per trajectory, and the parse counted by
+pointer doubling), so rules can be scored where they are simulated. How closely it ranks
+rules as gzip does is measured per NCA family by experiments/device_score.py, and
+`python -m ncalm.calibrate` stores each family's rank-matched band edges (docs/transfer.md,
+"A complexity score on the device").
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,33 +24,36 @@ MAX_MATCH = 64   # deflate copies at most 258 bytes: 64 ids written as int32
 
 
 def longest_earlier_match(ids: jax.Array) -> jax.Array:
-  """int32 [n]: for each position i, the length of the longest common prefix of ids[i:]
-  and ids[j:] over j < i (0 when ids[i] never occurred before)."""
+  """int32 [n]: for each position i, the length (capped at MAX_MATCH) of the longest common
+  prefix of ids[i:] and ids[j:] over j < i (0 when ids[i] never occurred before)."""
   n = ids.shape[0]
-  equal = (ids[:, None] == ids[None, :]).astype(jnp.int32)
-
-  def row(below, equal_row):          # lcp[i, j] = equal[i, j] · (1 + lcp[i + 1, j + 1])
-    shifted = jnp.concatenate([below[1:], jnp.zeros(1, jnp.int32)])
-    current = equal_row * (1 + shifted)
-    return current, current
-
-  _, rows = jax.lax.scan(row, jnp.zeros(n, jnp.int32), equal[::-1])
   earlier = jnp.tril(jnp.ones((n, n), bool), k=-1)
-  return jnp.max(jnp.where(earlier, rows[::-1], 0), axis=1)
+  equal = (earlier & (ids[:, None] == ids[None, :])).astype(jnp.int8)
+
+  def row(below, equal_row):  # lcp[i, j] = equal[i, j] · (1 + lcp[i + 1, j + 1]), capped
+    shifted = jnp.concatenate([below[1:], jnp.zeros(1, jnp.int8)])
+    current = equal_row * (1 + jnp.minimum(shifted, MAX_MATCH - 1))
+    return current, jnp.max(current)
+
+  _, longest = jax.lax.scan(row, jnp.zeros(n, jnp.int8), equal[::-1])  # int8: 4× the lanes
+  return longest[::-1].astype(jnp.int32)
 
 
 def lz_parse(ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(phrases, literals) of the greedy parse of a 1-D id sequence."""
+  """(phrases, literals) of the greedy parse of a 1-D id sequence: the phrase at position i
+  ends at next[i] = i + max(match[i], 1), and the chain from 0 is counted by pointer
+  doubling (log₂ n gathers, no sequential loop)."""
   n = ids.shape[0]
-  match = jnp.minimum(longest_earlier_match(ids), MAX_MATCH)
-
-  def step(state):
-    position, phrases, literals = state
-    return (position + jnp.maximum(match[position], 1), phrases + 1,
-            literals + (match[position] == 0))
-
-  _, phrases, literals = jax.lax.while_loop(lambda s: s[0] < n, step, (0, 0, 0))
-  return phrases, literals
+  match = jnp.append(longest_earlier_match(ids), 0)          # position n: the end
+  index = jnp.arange(n + 1)
+  following = jnp.where(index < n, jnp.minimum(index + jnp.maximum(match, 1), n), n)
+  phrases = (index < n).astype(jnp.int32)                    # over 2^k phrases from i
+  literals = ((index < n) & (match == 0)).astype(jnp.int32)
+  for _ in range(max(1, math.ceil(math.log2(n)))):
+    phrases = phrases + phrases[following]
+    literals = literals + literals[following]
+    following = following[following]
+  return phrases[0], literals[0]
 
 
 @jax.jit
