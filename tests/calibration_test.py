@@ -53,6 +53,15 @@ class BandTest(absltest.TestCase):
     self.assertAlmostEqual(cal.device_acceptance((0.8, 0.9), 'quantile'), 0.1, delta=2e-3)
 
 
+  def test_agreement_counts_membership_as_each_filter_does(self):
+    cal = linear()                                    # gzip band (0.2, 0.4) ↔ lz (0.4, 0.8]
+    gzip = np.array([0.1, 0.25, 0.3, 0.35, 0.5, 0.2])   # in gzip's band: rules 1, 2, 3
+    device = np.array([0.2, 0.5, 0.6, 0.9, 0.7, 0.3])   # in the device band: rules 1, 2, 4
+    agree, precision = calibration.agreement(cal, (0.2, 0.4), 'gzip', gzip, device)
+    self.assertAlmostEqual(agree, 4 / 6)    # rules 0, 1, 2, 5 (0.2 is not inside (0.2, 0.4))
+    self.assertAlmostEqual(precision, 2 / 3)
+
+
 class FileTest(absltest.TestCase):
 
   def test_candidates_needed_leave_at_most_one_percent_short(self):

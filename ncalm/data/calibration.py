@@ -145,13 +145,29 @@ def scores(cfg: nca.NCAConfig, rules: int, seed: int) -> tuple[np.ndarray, np.nd
   return np.concatenate(gzip).astype(np.float64), np.concatenate(device).astype(np.float64)
 
 
-def calibrate(cfg: nca.NCAConfig, rules: int = DEFAULT_RULES, seed: int = 0) -> Calibration:
-  """Scores `rules` random rules both ways and keeps the quantiles."""
+def calibrate(cfg: nca.NCAConfig, rules: int = DEFAULT_RULES, seed: int = 0,
+              scored: tuple[np.ndarray, np.ndarray] | None = None) -> Calibration:
+  """Scores `rules` random rules both ways (or takes `scored`, as `scores` returns them) and
+  keeps the quantiles."""
   from scipy import stats  # pylint: disable=import-outside-toplevel
-  gzip, device = scores(cfg, rules, seed)
+  gzip, device = scored if scored is not None else scores(cfg, rules, seed)
   return Calibration(family(cfg), rules, seed, np.quantile(gzip, _LEVEL_GRID),
                      np.quantile(device, _LEVEL_GRID),
                      float(stats.spearmanr(gzip, device).correlation))
+
+
+def agreement(cal: Calibration, band, units: str, gzip: np.ndarray,
+              device: np.ndarray) -> tuple[float, float]:
+  """(the share of rules on which gzip's band and the device band agree about membership,
+  the share of the device band's rules that lie in gzip's band), each band compared as its
+  filter compares it (`complexity.in_band` for gzip; float32 (low, high] on the device)."""
+  glow, ghigh = cal.gzip_band(band, units)
+  in_gzip = complexity.in_band(gzip, (glow, ghigh))
+  low, high = (np.float32(edge) for edge in cal.device_band(band, units))
+  on_device = device.astype(np.float32)
+  in_device = (on_device > low) & (on_device <= high)
+  precision = float(in_gzip[in_device].mean()) if in_device.any() else math.nan
+  return float(np.mean(in_gzip == in_device)), precision
 
 
 def save(calibration: Calibration, path: str) -> None:

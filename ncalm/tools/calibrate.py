@@ -45,7 +45,8 @@ def run(flag_values: flags.FlagValues = flags.FLAGS) -> str:
   path = calibration.path_for(directory, family)
   print(f'Scoring {flag_values.rules:,} rules of {calibration.family_name(family)} both ways ...',
         flush=True)
-  cal = calibration.calibrate(family, flag_values.rules, flag_values.seed)
+  scored = calibration.scores(family, flag_values.rules, flag_values.seed)
+  cal = calibration.calibrate(family, flag_values.rules, flag_values.seed, scored)
   calibration.save(cal, path)
   print(f'Spearman rank correlation of gzip and lz_score: {cal.spearman:.4f}')
   if cfg.data.band is not None:
@@ -57,6 +58,9 @@ def run(flag_values: flags.FlagValues = flags.FLAGS) -> str:
     print(f'data.band={band} ({units}): quantiles {low:.3f}-{high:.3f} of the family, gzip '
           f'{glow:.4f}-{ghigh:.4f}, lz_score ({dlow:.4f}, {dhigh:.4f}], keeping '
           f'{cal.device_acceptance(band, units):.1%} of candidates on the device')
+    agree, precision = calibration.agreement(cal, band, units, *scored)
+    print(f'On these rules the two bands agree about membership on {agree:.1%} of them, and '
+          f'{precision:.1%} of the device band\'s rules lie in gzip\'s band.')
   print(f'Wrote {path}')
   return path
 
