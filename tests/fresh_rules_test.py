@@ -30,6 +30,7 @@ import tiny_config
 
 SMALL = nca.NCAConfig(grid=8, num_states=2, perceive_channels=1)   # the CPU family
 MESH = sharding.make_mesh(dict(data=1), jax.devices()[:1])
+make_batch = jax.jit(device_sources.make_sharded_batch, static_argnums=(2, 3))
 
 
 def fresh_config(**data):
@@ -76,7 +77,7 @@ class ChoiceTest(absltest.TestCase):
   def test_a_sequence_shorter_than_the_scored_frames_is_the_head_of_the_window(self):
     source = self.make(seq_len=18 * 3 - 1, band=(-math.inf, math.inf), candidates=2)
     keys = source.row_keys(jax.random.PRNGKey(1), 3)
-    rows, stats = source.rows_and_stats(keys)
+    rows, stats = jax.jit(source.rows_and_stats)(keys)
     self.assertTrue(np.all(stats['kept']))
     _, frames = candidate_scores(source, stats['rule_keys'], keys[1][0])
     for r in range(3):
@@ -86,14 +87,14 @@ class ChoiceTest(absltest.TestCase):
 
   def test_short_rows_are_unscored_and_counted(self):
     source = self.make(band=(5.0, 6.0), candidates=4)        # no lz_score reaches 5
-    batch, scalars = device_sources.make_sharded_batch(
+    batch, scalars = make_batch(
         source, jax.random.PRNGKey(2), 4, MESH)
     self.assertEqual(float(jnp.sum(batch.loss_mask)), 0.0)
     self.assertEqual(float(scalars['data/short_rows']), 4.0)
     self.assertEqual(float(scalars['data/accepted_fraction']), 0.0)
     # A band every candidate fits: all rows scored, as the NCA loss mask says.
     wide = self.make(band=(-math.inf, math.inf), candidates=4)
-    batch, scalars = device_sources.make_sharded_batch(
+    batch, scalars = make_batch(
         wide, jax.random.PRNGKey(2), 4, MESH)
     np.testing.assert_array_equal(batch.loss_mask[0], wide.loss_mask())
     self.assertEqual((float(scalars['data/short_rows']),
@@ -102,24 +103,24 @@ class ChoiceTest(absltest.TestCase):
   def test_held_out_rules_are_never_chosen(self):
     source = self.make(band=(-math.inf, math.inf), candidates=3)
     keys = source.row_keys(jax.random.PRNGKey(3), 4)
-    _, stats = source.rows_and_stats(keys)
+    _, stats = jax.jit(source.rows_and_stats)(keys)
     first_choices = np.asarray(stats['rule_keys'])     # every row took its candidate 0
     np.testing.assert_array_equal(first_choices, np.asarray(keys[0][:, 0]))
     held = np.concatenate([first_choices[:2], np.asarray(keys[0][2:]).reshape(-1, 2)])
     guarded = self.make(band=(-math.inf, math.inf), candidates=3, held_out_keys=held)
-    _, stats = guarded.rows_and_stats(keys)
+    _, stats = jax.jit(guarded.rows_and_stats)(keys)
     np.testing.assert_array_equal(stats['rule_keys'][:2], np.asarray(keys[0][:2, 1]))
     self.assertEqual(stats['kept'].tolist(), [True, True, False, False])
 
   def test_periodic_candidates_are_rejected(self):
     source = self.make(band=(-math.inf, math.inf), candidates=8)
     keys = source.row_keys(jax.random.PRNGKey(4), 8)
-    _, stats = source.rows_and_stats(keys)
+    _, stats = jax.jit(source.rows_and_stats)(keys)
     plain = nca.rollout(stats['rule_keys'], keys[1], source.sim_cfg)
     firsts = [int(device_complexity.periodicity(t)[0]) for t in plain]
     self.assertLess(min(firsts), 12)                   # the first candidates are often periodic
     aperiodic = self.make(band=(-math.inf, math.inf), candidates=8, reject_periodic=True)
-    _, stats = aperiodic.rows_and_stats(keys)
+    _, stats = jax.jit(aperiodic.rows_and_stats)(keys)
     chosen = nca.rollout(stats['rule_keys'], keys[1], aperiodic.sim_cfg)
     for kept, trajectory in zip(stats['kept'], chosen):
       if kept:
