@@ -62,7 +62,7 @@ def main():
   args = parser.parse_args()
   panels = []
   for name, cfg, mode, bands in families():
-    n = args.rules if mode == 'fast' else args.rules // 5
+    n = args.rules
     rule_keys = np.asarray(jax.random.split(jax.random.PRNGKey(1), n))
     sim_keys = np.asarray(jax.random.split(jax.random.PRNGKey(2), n))
     device_scores(rule_keys[:CHUNK], sim_keys[:CHUNK], cfg, mode)     # compile
