@@ -53,12 +53,13 @@ itself when they are missing.
 states, the 50%+ band) and a model of 21M parameters in its blocks (6 layers, d_model 384,
 bf16), sequences of 1,024 tokens, batches of 32: stage 1 50 steps (1.6M tokens, 10% of
 stage 2), stage 2 500 steps (16.4M tokens), every arm and control, 5 seeds. The dry run's
-estimate for the whole set at 40% MFU is 4.5 minutes of steps (tests/experiment_test.py adds
-it up and holds it under 8); compiling and starting 75 runs comes on top. The aperiodic arm
-uses 24×24 grids: the paper's family has no periodic rule in its 50%+ band at 12×12 (none of
-124 in-band among 256 candidates repeat a frame in a window's 27 frames), so the filter
-alone would change nothing there. The stage-2 learning rate (1e-3) is not screened in this
-variant yet. The corpora are prepared on the machine's CPU cores by the same command:
+estimate for the whole set at 40% MFU is 4.5 minutes of steps
+(benchmarks/experiment_budget.py); compiling and starting 75 runs comes on top. The
+aperiodic arm uses 24×24 grids: the paper's family has no periodic rule in its 50%+ band
+at 12×12 (none of 124 in-band among 256 candidates repeat a frame in a window's 27
+frames), so the filter alone would change nothing there. The stage-2 learning rate (1e-3)
+is not screened in this variant yet. The corpora are prepared on the machine's CPU cores
+by the same command:
 
     python -m ncalm.experiment --config=configs/experiments/code_controls.py:h200 \
         --workdir=/tmp/exp_code_controls_h200
