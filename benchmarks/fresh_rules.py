@@ -17,7 +17,6 @@ model) — in one run, interleaved:
      simulation's.
 """
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import time
 from absl import app
 from absl import flags
 import flax.linen as nn
+from gpu import timing  # benchmarks/gpu/timing.py: interleaved rounds, medians
 import jax
 
 from ncalm import config_lib
@@ -71,15 +71,6 @@ def step_closure(cfg):
   return once, setup, run.train_source
 
 
-def interleave(runs: dict, setup, repeats: int) -> dict:
-  times = {name: [] for name in runs}
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    for _ in range(repeats):
-      for name, once in runs.items():
-        times[name].append(once())
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def host_rate(cfg, n: int) -> float:
   """rules/s of the host path (simulate, then gzip each rule) in cfg's family."""
   nca_cfg = feeds.nca_config(cfg)
@@ -105,7 +96,8 @@ def measure(spec: str, repeats: int, n: int) -> dict:
     runs[name], setup, source = step_closure(cfg)
     if name == 'fresh':
       selection = source.selection_flops_per_row
-  t = interleave(runs, setup, repeats)
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    t = timing.interleave(runs, repeats)
   model_flops = perf.flops_per_token(startup.check(bank).model, bank.seq_len) * bank.seq_len
   rows = bank.global_batch
   extra = t['fresh'] - t['bank']
